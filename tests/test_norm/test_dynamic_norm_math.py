@@ -1,0 +1,272 @@
+"""DN's arithmetic: the formulas of the paper, the fast path, gradients."""
+import copy
+
+import pytest
+import torch
+
+from dn_mmdet.norm import DynamicNorm2d, GroupedFC, SCModule, fc2_groups
+
+
+def randomize(dn: DynamicNorm2d, seed: int = 0) -> DynamicNorm2d:
+    """Give every parameter and buffer non-trivial values (FC2 starts at 0,
+    which would hide half of the SC-Module)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in dn.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        dn.base_scale.copy_(1 + 0.2 * torch.randn(dn.num_features,
+                                                  generator=gen))
+        dn.base_shift.copy_(0.2 * torch.randn(dn.num_features, generator=gen))
+        if dn.track_running_stats:
+            dn.bn.running_mean.normal_(generator=gen)
+            dn.bn.running_var.uniform_(0.5, 1.5, generator=gen)
+    return dn
+
+
+def sc_formula(dn, z):
+    """FC1 -> sigmoid -> grouped FC2, written from SPEC section 1 in float64."""
+    fc1, fc2 = dn.sc.fc1, dn.sc.fc2
+    hid = torch.sigmoid(z @ fc1.weight.double().t() + fc1.bias.double())
+    groups = fc2.groups
+    w = fc2.weight.double()  # (2C, h / groups)
+    outs = []
+    out_per_group = w.shape[0] // groups
+    in_per_group = hid.shape[1] // groups
+    for k in range(groups):
+        hk = hid[:, k * in_per_group:(k + 1) * in_per_group]
+        wk = w[k * out_per_group:(k + 1) * out_per_group]
+        outs.append(hk @ wk.t())
+    out = torch.cat(outs, 1)
+    c = dn.num_features
+    return out[:, :c], out[:, c:]
+
+
+def dn_formula(dn, x, training):
+    """Y = X~ * alpha + lambda, in float64, from the paper's equations."""
+    x = x.double()
+    eps = dn.eps
+    if training:
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+    else:
+        mean = dn.bn.running_mean.double()
+        var = dn.bn.running_var.double()
+    x_tilde = (x - mean[:, None, None]) / (var[:, None, None] + eps).sqrt()
+    if dn.mode == 'B':
+        a, l = sc_formula(dn, x.mean(dim=(2, 3)))
+    else:
+        std = (var + eps).sqrt()
+        if dn.mode == 'C1':
+            fc1, fc2 = dn.sc.fc1, dn.sc.fc2
+            pre = (mean[None] @ fc1.weight.double().t() + fc1.bias.double() +
+                   std[None] @ fc1.weight.double().t() + fc1.bias.double())
+            hid = torch.sigmoid(pre)
+            # fc2 applied to a given hidden vector, through the helper
+            a, l = sc_formula_from_hidden(dn, hid)
+        else:
+            a1, l1 = sc_formula(dn, mean[None])
+            a2, l2 = sc_formula(dn, std[None])
+            a, l = a1 + a2, l1 + l2
+    alpha = a + dn.base_scale.double()
+    lam = l + dn.base_shift.double()
+    return x_tilde * alpha[:, :, None, None] + lam[:, :, None, None]
+
+
+def sc_formula_from_hidden(dn, hid):
+    fc2 = dn.sc.fc2
+    groups = fc2.groups
+    w = fc2.weight.double()
+    out_per_group = w.shape[0] // groups
+    in_per_group = hid.shape[1] // groups
+    out = torch.cat([
+        hid[:, k * in_per_group:(k + 1) * in_per_group]
+        @ w[k * out_per_group:(k + 1) * out_per_group].t()
+        for k in range(groups)
+    ], 1)
+    c = dn.num_features
+    return out[:, :c], out[:, c:]
+
+
+@pytest.mark.parametrize('mode', ['B', 'C1', 'C2'])
+@pytest.mark.parametrize('g', [1, 2, 'oup'])
+@pytest.mark.parametrize('training', [True, False])
+def test_matches_paper_formula_float64(mode, g, training):
+    torch.manual_seed(0)
+    dn = randomize(DynamicNorm2d(48, r=8, g=g, mode=mode)).double()
+    dn.train(training)
+    x = torch.randn(4, 48, 7, 5, dtype=torch.float64) * 2 + 0.5
+    expected = dn_formula(dn, x, training)
+    torch.testing.assert_close(dn(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_running_stats_follow_batchnorm():
+    """Biased variance to normalise, unbiased running var, torch momentum."""
+    torch.manual_seed(0)
+    for momentum in (0.1, 0.3, None):
+        dn = DynamicNorm2d(16, momentum=momentum)
+        bn = torch.nn.BatchNorm2d(16, momentum=momentum, affine=False)
+        for _ in range(3):
+            x = torch.randn(5, 16, 6, 6) * 3 + 1
+            dn(x)
+            bn(x)
+        torch.testing.assert_close(dn.bn.running_mean, bn.running_mean)
+        torch.testing.assert_close(dn.bn.running_var, bn.running_var)
+        assert int(dn.bn.num_batches_tracked) == 3
+
+
+def test_fresh_layer_is_batchnorm_with_unit_affine():
+    torch.manual_seed(0)
+    x = torch.randn(6, 32, 9, 9)
+    dn, bn = DynamicNorm2d(32, g='oup'), torch.nn.BatchNorm2d(32)
+    torch.testing.assert_close(dn(x), bn(x), rtol=1e-5, atol=1e-5)
+    dn.eval(), bn.eval()
+    torch.testing.assert_close(dn(x), bn(x), rtol=1e-5, atol=1e-5)
+
+
+def test_track_running_stats_false_uses_batch_stats_in_eval():
+    torch.manual_seed(0)
+    dn = randomize(DynamicNorm2d(8, track_running_stats=False)).eval()
+    x = torch.randn(3, 8, 4, 4)
+    assert dn.bn.running_mean is None
+    torch.testing.assert_close(
+        dn(x), dn_formula(dn, x, training=True).float(), rtol=1e-5,
+        atol=1e-5)
+
+
+SHAPES = [(1, 8, 5, 7), (2, 16, 1, 3), (4, 24, 9, 9), (3, 32, 13, 11),
+          (8, 96, 4, 4)]
+
+
+def fast_and_reference_grads(dn_fast, dn_ref, x, channels_last=False):
+    x1 = x.clone().requires_grad_(True)
+    x2 = x.clone().requires_grad_(True)
+    if channels_last:
+        x1 = x1.to(memory_format=torch.channels_last).detach().requires_grad_()
+    y1 = dn_fast(x1)
+    y2 = dn_ref.forward_reference(x2)
+    grad = torch.randn_like(y2)
+    y1.backward(grad)
+    y2.backward(grad)
+    return (y1, x1.grad, [p.grad for p in dn_fast.parameters()]), \
+        (y2, x2.grad, [p.grad for p in dn_ref.parameters()])
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('g', [1, 'oup'])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fast_path_equals_reference(shape, dtype, training, g,
+                                    channels_last):
+    torch.manual_seed(1)
+    dn_fast = randomize(DynamicNorm2d(shape[1], g=g)).to(dtype)
+    dn_ref = copy.deepcopy(dn_fast)
+    dn_fast.train(training), dn_ref.train(training)
+    x = (torch.randn(shape) * 1.5 + 0.3).to(dtype)
+    (y1, gx1, gp1), (y2, gx2, gp2) = fast_and_reference_grads(
+        dn_fast, dn_ref, x, channels_last)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y1, y2, **tol)
+    torch.testing.assert_close(gx1, gx2, **tol)
+    for a, b in zip(gp1, gp2):
+        torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(dn_fast.bn.running_mean,
+                               dn_ref.bn.running_mean, **tol)
+    torch.testing.assert_close(dn_fast.bn.running_var,
+                               dn_ref.bn.running_var, **tol)
+
+
+def test_fused_path_is_taken_and_can_be_disabled(monkeypatch):
+    """The fused node is one autograd node; DN_MMDET_FUSED=0 or
+    fused=False fall back to plain ops (same values)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    dn = DynamicNorm2d(16)
+    assert type(dn(x).grad_fn).__name__ == '_DNBTrainBackward'
+    dn_plain = DynamicNorm2d(16, fused=False)
+    assert type(dn_plain(x).grad_fn).__name__ != '_DNBTrainBackward'
+    monkeypatch.setenv('DN_MMDET_FUSED', '0')
+    assert type(dn(x).grad_fn).__name__ != '_DNBTrainBackward'
+
+
+@pytest.mark.parametrize('mode', ['B', 'C1', 'C2'])
+@pytest.mark.parametrize('fused', [True, False])
+def test_gradcheck(mode, fused):
+    torch.manual_seed(0)
+    dn = randomize(DynamicNorm2d(6, r=2, g=1, mode=mode,
+                                 fused=fused)).double()
+    x = torch.randn(3, 6, 3, 4, dtype=torch.float64, requires_grad=True)
+    params = list(dn.sc.parameters())
+
+    def fn(x, *ps):
+        return dn(x)
+
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5)
+    dn.eval()
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5)
+
+
+def test_eval_is_per_sample_and_batch_size_one_works():
+    torch.manual_seed(0)
+    dn = randomize(DynamicNorm2d(32, g='oup')).eval()
+    x = torch.randn(5, 32, 6, 6)
+    full = dn(x)
+    for i in range(5):
+        torch.testing.assert_close(dn(x[i:i + 1]), full[i:i + 1],
+                                   rtol=1e-6, atol=1e-6)
+    # another batch around the same sample changes nothing for it
+    other = torch.cat([x[:1], torch.randn(3, 32, 6, 6) * 10])
+    torch.testing.assert_close(dn(other)[:1], full[:1], rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_dn_b_is_per_sample_affine_dn_c_batch_shared():
+    """DN-B: a sample's affine follows its own input; DN-C: one affine for
+    the batch."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 5, 5)
+    for mode in ('B', 'C1'):
+        dn = randomize(DynamicNorm2d(16, mode=mode)).eval()
+        y = dn(x)
+        mean = dn.bn.running_mean[None, :, None, None]
+        x_tilde = (x - mean) / (dn.bn.running_var[None, :, None, None] +
+                                dn.eps).sqrt()
+        # recover the affine per sample by least squares on two pixels
+        a = (y[:, :, 0, 0] - y[:, :, 0, 1]) / (x_tilde[:, :, 0, 0] -
+                                               x_tilde[:, :, 0, 1])
+        if mode == 'B':
+            assert not torch.allclose(a[0], a[1], atol=1e-4)
+        else:
+            torch.testing.assert_close(a[0], a[1], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize('channels,r,g,hidden,groups', [
+    (32, 16, 1, 2, 2),
+    (96, 16, 'oup', 6, 1),
+    (24, 16, 2, 1, 1),    # h=1 < g: one group
+    (144, 16, 2, 9, 3),   # h odd: largest valid group count below 9 // 2
+    (144, 16, 4, 9, 1),
+    (8, 32, 1, 1, 1),     # C < r: h = max(1, C // r)
+])
+def test_sc_module_structure(channels, r, g, hidden, groups):
+    sc = SCModule(channels, r=r, g=g)
+    assert sc.fc1.weight.shape == (hidden, channels)
+    assert sc.fc1.bias.shape == (hidden, )
+    assert sc.fc2.bias is None
+    assert sc.fc2.groups == groups == fc2_groups(hidden, channels, g)
+    assert sc.fc2.weight.shape == (2 * channels, hidden // groups)
+    assert torch.count_nonzero(sc.fc2.weight) == 0
+
+
+def test_grouped_fc_equals_grouped_conv():
+    torch.manual_seed(0)
+    for in_f, out_f, groups in [(6, 12, 3), (6, 12, 6), (4, 8, 1),
+                                (6, 12, 2)]:
+        fc = GroupedFC(in_f, out_f, groups, bias=True)
+        conv = torch.nn.Conv2d(in_f, out_f, 1, groups=groups, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(fc.weight[:, :, None, None])
+            conv.bias.copy_(fc.bias)
+        z = torch.randn(5, in_f)
+        torch.testing.assert_close(fc(z), conv(z[:, :, None, None])[:, :, 0,
+                                                                      0])
