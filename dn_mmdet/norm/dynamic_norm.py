@@ -14,6 +14,7 @@ from .reference import dn_c_descriptor_scales, dynamic_norm_reference
 from .sc_module import SCModule
 
 MODES = ('B', 'C1', 'C2')
+IMPLS = ('auto', 'plain', 'reference')
 
 
 def _fused_enabled() -> bool:
@@ -62,9 +63,14 @@ class DynamicNorm2d(nn.Module):
     ``efficient_conv_bn_eval``, and ``norm_decay_mult`` does not touch the
     SC-Module's weights (they are generator weights and decay like convs).
 
-    Training with batch statistics uses a fused autograd node
-    (:func:`~dn_mmdet.norm.functional.dn_b_train`); set
-    ``DN_MMDET_FUSED=0`` or ``fused=False`` to run plain torch ops instead.
+    Implementations (``impl``), all computing the same function:
+    ``'auto'`` (default) trains DN-B through one fused autograd node
+    (:func:`~dn_mmdet.norm.functional.dn_b_train`) and uses plain torch ops
+    elsewhere (eval, DN-C, synchronised statistics); ``'plain'`` always uses
+    plain torch ops (also forced for ``'auto'`` by ``DN_MMDET_FUSED=0``);
+    ``'reference'`` is the straightforward one
+    (:func:`~dn_mmdet.norm.reference.dynamic_norm_reference`), kept for
+    tests and benchmarks.
 
     Checkpoint keys (``<prefix>`` is e.g. ``conv.dn`` in a ConvModule)::
 
@@ -84,8 +90,8 @@ class DynamicNorm2d(nn.Module):
         mode (str): ``'B'`` (DN-B), ``'C1'`` or ``'C2'`` (DN-C). Default: 'B'.
         act_cfg (dict): Activation between FC1 and FC2. Default: Sigmoid.
         track_running_stats (bool): As in BatchNorm2d. Default: True.
-        fused (bool): Use the fused training path when it applies.
-            Default: True.
+        impl (str): ``'auto'``, ``'plain'`` or ``'reference'``.
+            Default: 'auto'.
 
     Shape:
         - Input: (N, C, H, W)
@@ -102,14 +108,14 @@ class DynamicNorm2d(nn.Module):
                  mode: str = 'B',
                  act_cfg: dict = dict(type='Sigmoid'),
                  track_running_stats: bool = True,
-                 fused: bool = True):
+                 impl: str = 'auto'):
         super().__init__()
-        _check_args(num_features, eps, momentum, r, g, mode)
+        _check_args(num_features, eps, momentum, r, g, mode, impl)
         self.num_features = num_features
         self.r = r
         self.g = g
         self.mode = mode
-        self.fused = fused
+        self.impl = impl
         self.bn = nn.BatchNorm2d(
             num_features, eps=eps, momentum=momentum, affine=False,
             track_running_stats=track_running_stats)
@@ -172,6 +178,8 @@ class DynamicNorm2d(nn.Module):
         return None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.impl == 'reference':
+            return self.forward_reference(x)
         self._check_input(x)
         use_batch_stats = self.bn.training or not self.track_running_stats
         update_running = self.bn.training and self.track_running_stats
@@ -184,7 +192,7 @@ class DynamicNorm2d(nn.Module):
                                    x.mean(dim=(2, 3)))
 
         group = self._sync_group() if self.bn.training else None
-        if (self.mode == 'B' and self.fused and _fused_enabled()
+        if (self.mode == 'B' and self.impl == 'auto' and _fused_enabled()
                 and group is None and torch.is_grad_enabled()
                 and not torch.jit.is_tracing()
                 and not torch.jit.is_scripting()):
@@ -319,7 +327,7 @@ def _all_reduce_moments(mean_nc: Tensor, var_nc: Tensor, group):
     return mean.to(mean_nc.dtype), var.to(var_nc.dtype)
 
 
-def _check_args(num_features, eps, momentum, r, g, mode) -> None:
+def _check_args(num_features, eps, momentum, r, g, mode, impl) -> None:
     where = f'DN(num_features={num_features!r})'
     if (not isinstance(num_features, int) or isinstance(num_features, bool)
             or num_features < 1):
@@ -335,6 +343,9 @@ def _check_args(num_features, eps, momentum, r, g, mode) -> None:
     if mode not in MODES:
         raise ValueError(f'{where}: unknown mode {mode!r}; expected one of '
                          f'{MODES} (B = DN-B, C1/C2 = DN-C)')
+    if impl not in IMPLS:
+        raise ValueError(f'{where}: unknown impl {impl!r}; expected one of '
+                         f'{IMPLS}')
     if not eps > 0:
         raise ValueError(f'{where}: eps must be > 0, got {eps!r}')
     if momentum is not None and not 0 <= momentum <= 1:

@@ -3,10 +3,10 @@
 Two facts make DN-B cheap (see README, "Performance"):
 
 * The SC-Module's input, the input pooled over H and W, is the per-sample
-  mean, which the batch statistics need anyway: one pass over ``x`` gives the
-  per-(sample, channel) mean and variance, and the batch mean and variance
-  follow from them by the law of total variance (exact, and as stable as
-  Welford's algorithm that computes the per-sample terms).
+  mean, which the batch statistics need anyway: the per-(sample, channel)
+  mean and variance come from two streaming reductions over ``x``, and the
+  batch mean and variance follow from them exactly by the law of total
+  variance.
 * Normalisation and the per-sample affine fold into one scale and shift per
   (sample, channel): ``y = x * scale + shift`` is one elementwise pass, and its
   backward needs only ``x`` and two per-(sample, channel) sums of the output
@@ -31,7 +31,13 @@ def _stats_dtype(x: Tensor) -> Tensor:
 
 
 def per_sample_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-(sample, channel) mean and biased variance in one pass.
+    """Per-(sample, channel) mean and biased variance.
+
+    Two cheap reductions (a sum and a sum of squares), not
+    ``torch.var_mean``, whose Welford loop is several times slower than all
+    of BatchNorm on the CPU. ``E[x^2] - E[x]^2`` loses relative precision
+    ``~1e-7 * mean^2 / var`` in float32, negligible for the activations a
+    norm layer sees (and half inputs are reduced in float32).
 
     Args:
         x (Tensor): (N, C, H, W).
@@ -40,9 +46,10 @@ def per_sample_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
         tuple[Tensor, Tensor]: mean (N, C) and variance (N, C), in float32
         or wider.
     """
-    var_nc, mean_nc = torch.var_mean(_stats_dtype(x), dim=(2, 3),
-                                     correction=0)
-    return mean_nc, var_nc
+    x = _stats_dtype(x)
+    mean_nc = x.mean(dim=(2, 3))
+    mean_sq_nc = _sum_hw_product(x, x) / (x.shape[2] * x.shape[3])
+    return mean_nc, (mean_sq_nc - mean_nc * mean_nc).clamp_min(0)
 
 
 def batch_moments(mean_nc: Tensor, var_nc: Tensor) -> Tuple[Tensor, Tensor]:
@@ -57,9 +64,42 @@ def batch_moments(mean_nc: Tensor, var_nc: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def affine_per_sample(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """``x * scale + shift`` with (N, C) or (1, C) scale/shift, one pass."""
-    return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x,
-                         scale.to(x.dtype)[:, :, None, None])
+    """``x * scale + shift`` with (N, C) or (1, C) scale and shift.
+
+    On a contiguous input this runs ATen's inference batch-norm kernel over
+    ``x`` viewed as (1, N*C, H, W), with zero mean, unit variance and
+    ``eps=0`` (so it computes exactly ``x * w + b``): on the CPU it is about
+    three times faster than a broadcast ``addcmul``. Differentiable; without
+    autograd the result is written into a fresh tensor (not a view), which
+    a custom autograd Function may return.
+    """
+    n, c, h, w = x.shape
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        # Exporters get the portable form (ONNX: Mul + Add).
+        return (x * scale.to(x.dtype)[:, :, None, None] +
+                shift.to(x.dtype)[:, :, None, None])
+    scale = scale.expand(n, c)
+    shift = shift.expand(n, c)
+    if not x.is_contiguous():
+        return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x,
+                             scale.to(x.dtype)[:, :, None, None])
+    param_dtype = (torch.float32 if x.dtype in _LOW_PRECISION else x.dtype)
+    weight = scale.reshape(-1).to(param_dtype)
+    bias = shift.reshape(-1).to(param_dtype)
+    zeros = x.new_zeros(n * c, dtype=param_dtype)
+    ones = x.new_ones(n * c, dtype=param_dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or bias.requires_grad):
+        out = torch.nn.functional.batch_norm(x.view(1, n * c, h, w), zeros,
+                                             ones, weight, bias, False, 0.0,
+                                             0.0)
+        return out.view(n, c, h, w)
+    out = torch.empty_like(x)
+    unused = x.new_empty(0, dtype=param_dtype)
+    torch.ops.aten.native_batch_norm.out(
+        x.view(1, n * c, h, w), weight, bias, zeros, ones, False, 0.0, 0.0,
+        out=out.view(1, n * c, h, w), save_mean=unused, save_invstd=unused)
+    return out
 
 
 def _sum_hw(t: Tensor) -> Tensor:
@@ -125,8 +165,8 @@ class _DNBTrain(torch.autograd.Function):
         coef_x = -invstd * invstd * mean_dxhat_xhat                      # (C,)
         const = (grad_pooled.to(invstd.dtype) / hw - invstd * mean_dxhat -
                  coef_x * mean)                                           # (N, C)
-        grad_x = affine_per_sample(x, coef_x.expand(n, c), const)
-        grad_x.addcmul_(grad_y, scale.to(grad_y.dtype)[:, :, None, None])
+        grad_x = affine_per_sample(grad_y, scale, const)
+        grad_x.addcmul_(x, coef_x.to(x.dtype)[None, :, None, None])
         return (grad_x, None, None) + tuple(grad_params)
 
 

@@ -156,10 +156,11 @@ def fast_and_reference_grads(dn_fast, dn_ref, x, channels_last=False):
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('g', [1, 'oup'])
 @pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('impl', ['auto', 'plain'])
 def test_fast_path_equals_reference(shape, dtype, training, g,
-                                    channels_last):
+                                    channels_last, impl):
     torch.manual_seed(1)
-    dn_fast = randomize(DynamicNorm2d(shape[1], g=g)).to(dtype)
+    dn_fast = randomize(DynamicNorm2d(shape[1], g=g, impl=impl)).to(dtype)
     dn_ref = copy.deepcopy(dn_fast)
     dn_fast.train(training), dn_ref.train(training)
     x = (torch.randn(shape) * 1.5 + 0.3).to(dtype)
@@ -178,23 +179,23 @@ def test_fast_path_equals_reference(shape, dtype, training, g,
 
 def test_fused_path_is_taken_and_can_be_disabled(monkeypatch):
     """The fused node is one autograd node; DN_MMDET_FUSED=0 or
-    fused=False fall back to plain ops (same values)."""
+    impl='plain' fall back to plain ops (same values)."""
     torch.manual_seed(0)
     x = torch.randn(2, 16, 5, 5, requires_grad=True)
     dn = DynamicNorm2d(16)
     assert type(dn(x).grad_fn).__name__ == '_DNBTrainBackward'
-    dn_plain = DynamicNorm2d(16, fused=False)
+    dn_plain = DynamicNorm2d(16, impl='plain')
     assert type(dn_plain(x).grad_fn).__name__ != '_DNBTrainBackward'
     monkeypatch.setenv('DN_MMDET_FUSED', '0')
     assert type(dn(x).grad_fn).__name__ != '_DNBTrainBackward'
 
 
 @pytest.mark.parametrize('mode', ['B', 'C1', 'C2'])
-@pytest.mark.parametrize('fused', [True, False])
-def test_gradcheck(mode, fused):
+@pytest.mark.parametrize('impl', ['auto', 'plain'])
+def test_gradcheck(mode, impl):
     torch.manual_seed(0)
     dn = randomize(DynamicNorm2d(6, r=2, g=1, mode=mode,
-                                 fused=fused)).double()
+                                 impl=impl)).double()
     x = torch.randn(3, 6, 3, 4, dtype=torch.float64, requires_grad=True)
     params = list(dn.sc.parameters())
 
