@@ -300,6 +300,46 @@ class DynamicNorm2d(nn.Module):
         return module
 
     @classmethod
+    def convert_batchnorm_state_dict(cls, state_dict: dict,
+                                     prefix: str = '') -> dict:
+        """Map a BN model's state dict onto the keys of the same model built
+        with ``norm_cfg=dict(type='DN', ...)``.
+
+        Every batch norm under ``prefix`` (found by its ``running_mean``,
+        ``running_var`` and, with affine, ``weight``/``bias`` keys) is renamed
+        as mmcv names DN layers (a last name component ``bn``/``bnX`` becomes
+        ``dn``/``dnX``): its statistics go to ``<dn>.bn.*``, gamma and beta to
+        ``<dn>.base_scale`` / ``<dn>.base_shift``. The SC-Module keys are
+        absent: a DN model initialises them itself (FC2 at zero), so after
+        ``load_state_dict(..., strict=False)`` it computes what the BN model
+        did. Other keys pass unchanged.
+
+        Args:
+            state_dict (dict): A BN model's state dict.
+            prefix (str): Only convert norms whose names start with it (the
+                paper converts the backbone alone: ``'backbone.'``).
+        """
+        bn_prefixes = [
+            key[:-len('.running_var')] for key in state_dict
+            if key.endswith('.running_var') and key.startswith(prefix)
+        ]
+        renamed = {}
+        for bn_prefix in bn_prefixes:
+            parent, _, last = bn_prefix.rpartition('.')
+            if not last.startswith('bn'):
+                raise ValueError(
+                    f'cannot infer the DN name of the norm layer '
+                    f'"{bn_prefix}": its name does not start with "bn"')
+            dn_prefix = (parent + '.' if parent else '') + 'dn' + last[2:]
+            for src, dst in (('running_mean', 'bn.running_mean'),
+                             ('running_var', 'bn.running_var'),
+                             ('num_batches_tracked', 'bn.num_batches_tracked'),
+                             ('weight', 'base_scale'), ('bias', 'base_shift')):
+                if f'{bn_prefix}.{src}' in state_dict:
+                    renamed[f'{bn_prefix}.{src}'] = f'{dn_prefix}.{dst}'
+        return {renamed.get(k, k): v for k, v in state_dict.items()}
+
+    @classmethod
     def name_layers(cls, model: nn.Module) -> None:
         """Give every DN layer in ``model`` its qualified name, used in
         error messages."""

@@ -286,3 +286,37 @@ def test_jit_trace_and_onnx_export(tmp_path):
     torch.onnx.export(model, (x, ), str(path), dynamo=False,
                       input_names=['x'], output_names=['y'])
     onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_bn2dn_checkpoint_tool(tmp_path):
+    """A BN model's checkpoint file, converted by the tool, loads into the
+    DN model, which then computes what the BN model did."""
+    import subprocess
+    import sys
+    bn_model = random_bn_model(seed=3)
+    src, dst = tmp_path / 'bn.pth', tmp_path / 'dn.pth'
+    torch.save(dict(state_dict=bn_model.state_dict(), meta=dict(epoch=1)),
+               src)
+    subprocess.run([
+        sys.executable, 'tools/model_converters/bn2dn.py',
+        str(src), str(dst)
+    ], check=True)
+    dn_model = MobileNetV2(out_indices=(4, 7),
+                           norm_cfg=dict(type='DN', g='oup'))
+    state_dict = torch.load(dst, weights_only=True)['state_dict']
+    missing, unexpected = dn_model.load_state_dict(state_dict, strict=False)
+    assert not unexpected
+    assert missing and all('.sc.' in k for k in missing)
+    bn_model.eval()
+    dn_model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    for a, b in zip(bn_model(x), dn_model(x)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_convert_state_dict_rejects_unknown_norm_names():
+    with pytest.raises(ValueError, match='"layer.norm"'):
+        DynamicNorm2d.convert_batchnorm_state_dict({
+            'layer.norm.running_mean': torch.zeros(2),
+            'layer.norm.running_var': torch.ones(2)
+        })

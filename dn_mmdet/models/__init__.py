@@ -1,0 +1,1 @@
+from . import backbones, dense_heads, necks  # noqa: F401

@@ -1,0 +1,3 @@
+from .mobilenet_v2_dn import MobileNetV2DN
+
+__all__ = ['MobileNetV2DN']

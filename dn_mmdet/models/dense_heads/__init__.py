@@ -1,0 +1,3 @@
+from .fna_ssdlite_head import FNASSDLiteHead
+
+__all__ = ['FNASSDLiteHead']

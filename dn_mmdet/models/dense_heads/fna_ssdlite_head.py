@@ -1,0 +1,132 @@
+"""The SSDLite head of FNA (the code base the DN paper's detector comes from).
+
+mmdet's ``SSDHead(use_depthwise=True)`` predicts with a biased 1x1 conv. FNA
+instead predicts with a bias-free 1x1 conv followed by a BatchNorm, whose
+affine shift plays the bias' role; with 81 * 6 classification channels on
+six levels this changes both the parameter count (the paper's 4.32M) and the
+optimisation. Anchors, targets, hard negative mining and the losses are
+SSDHead's, unchanged.
+"""
+from typing import Sequence
+
+import torch.nn as nn
+from mmcv.cnn import ConvModule
+
+from mmdet.models.dense_heads import SSDHead
+from mmdet.registry import MODELS
+from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+
+
+@MODELS.register_module()
+class FNASSDLiteHead(SSDHead):
+    """SSDLite head: per level and branch, depthwise 3x3 conv + norm + act,
+    then a bias-free 1x1 prediction conv + norm (no activation).
+
+    Args:
+        num_classes (int): Foreground classes (background is added).
+        in_channels (Sequence[int]): Channels of each input level, e.g.
+            (576, 1280, 512, 256, 256, 128).
+        conv_cfg (dict, optional): Conv layer config.
+        norm_cfg (dict): Norm after the depthwise convs. Defaults to FNA's
+            ``dict(type='BN', eps=1e-3)``.
+        act_cfg (dict): Activation after the depthwise convs (ReLU6).
+        pred_norm_cfg (dict, optional): Norm on the predictions; defaults to
+            ``norm_cfg``.
+        anchor_generator (dict): Defaults to FNA's SSD300-rule anchors for
+            320x320 input (strides 16..320, sizes 30..330).
+        bbox_coder (dict): Defaults to FNA's ``DeltaXYWHBBoxCoder`` with
+            stds (0.1, 0.1, 0.2, 0.2).
+        init_cfg (dict | list[dict]): Defaults to FNA's init: convs
+            normal(0, 0.03), norm weights 1 and biases 0.
+        **kwargs: ``reg_decoded_bbox``, ``train_cfg``, ``test_cfg``, passed
+            to :class:`SSDHead`.
+
+    Forward: a tuple of (N, C_l, H_l, W_l) maps gives per level
+    ``cls_scores[l]`` of shape (N, A_l * (num_classes + 1), H_l, W_l) and
+    ``bbox_preds[l]`` of shape (N, A_l * 4, H_l, W_l), A_l anchors a location.
+    """
+
+    def __init__(self,
+                 num_classes: int = 80,
+                 in_channels: Sequence[int] = (576, 1280, 512, 256, 256,
+                                               128),
+                 conv_cfg: OptConfigType = None,
+                 norm_cfg: ConfigType = dict(type='BN', eps=1e-3),
+                 act_cfg: ConfigType = dict(type='ReLU6'),
+                 pred_norm_cfg: OptConfigType = None,
+                 anchor_generator: ConfigType = dict(
+                     type='SSDAnchorGenerator',
+                     scale_major=False,
+                     input_size=300,
+                     basesize_ratio_range=(0.2, 0.95),
+                     strides=[16, 32, 64, 107, 160, 320],
+                     ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]]),
+                 bbox_coder: ConfigType = dict(
+                     type='DeltaXYWHBBoxCoder',
+                     target_means=[.0, .0, .0, .0],
+                     target_stds=[0.1, 0.1, 0.2, 0.2]),
+                 init_cfg: OptMultiConfig = [
+                     dict(type='Normal', layer='Conv2d', std=0.03),
+                     dict(type='Constant', layer='_BatchNorm', val=1, bias=0)
+                 ],
+                 **kwargs) -> None:
+        if norm_cfg is None:
+            raise ValueError('FNASSDLiteHead: norm_cfg is required (FNA '
+                             'normalises both the depthwise convs and the '
+                             'predictions)')
+        # Read by _init_layers(), which SSDHead.__init__ calls.
+        self.pred_norm_cfg = pred_norm_cfg or norm_cfg
+        super().__init__(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stacked_convs=0,
+            use_depthwise=True,
+            conv_cfg=conv_cfg,
+            norm_cfg=norm_cfg,
+            act_cfg=act_cfg,
+            anchor_generator=anchor_generator,
+            bbox_coder=bbox_coder,
+            init_cfg=init_cfg,
+            **kwargs)
+        # SSDHead computes its softmax cross-entropy inline and skips
+        # AnchorHead.__init__, so it never sets ``loss_cls``; mmdet 3.3's
+        # BaseDenseHead._predict_by_feat_single reads it all the same
+        # (open-mmlab/mmdetection#11780). None = no custom loss activation.
+        self.loss_cls = None
+
+    def _branch(self, channels: int, out_channels: int) -> nn.Sequential:
+        """Depthwise 3x3 (+norm+act), then a bias-free 1x1 (+norm)."""
+        return nn.Sequential(
+            ConvModule(
+                channels,
+                channels,
+                3,
+                padding=1,
+                groups=channels,
+                conv_cfg=self.conv_cfg,
+                norm_cfg=self.norm_cfg,
+                act_cfg=self.act_cfg),
+            ConvModule(
+                channels,
+                out_channels,
+                1,
+                bias=False,
+                conv_cfg=self.conv_cfg,
+                norm_cfg=self.pred_norm_cfg,
+                act_cfg=None))
+
+    def _init_layers(self) -> None:
+        """Build ``cls_convs`` and ``reg_convs``, one branch per level."""
+        if len(self.in_channels) != len(self.num_base_priors):
+            # zip() below would silently drop levels.
+            raise ValueError(
+                f'FNASSDLiteHead: {len(self.in_channels)} in_channels '
+                f'{tuple(self.in_channels)} but the anchor generator has '
+                f'{len(self.num_base_priors)} levels')
+        self.cls_convs = nn.ModuleList()
+        self.reg_convs = nn.ModuleList()
+        for channels, num_priors in zip(self.in_channels,
+                                        self.num_base_priors):
+            self.cls_convs.append(
+                self._branch(channels, num_priors * self.cls_out_channels))
+            self.reg_convs.append(self._branch(channels, num_priors * 4))

@@ -1,0 +1,215 @@
+"""Helpers shared by ``tools/train.py`` and ``tools/test.py``.
+
+They turn command-line input into a config with errors that name what was
+wrong, find the checkpoint to resume from, and make distributed runs work on
+machines without CUDA (gloo instead of nccl).
+"""
+import datetime
+import glob
+import logging
+import os.path as osp
+import re
+from typing import Optional
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+from mmengine.runner.checkpoint import _load_checkpoint
+
+__all__ = [
+    'CfgOptionsAction', 'load_config', 'drop_disabled_hooks',
+    'default_work_dir', 'check_file',
+    'find_resume_checkpoint', 'checkpoint_seed', 'setup_cpu_distributed'
+]
+
+
+class CfgOptionsAction(DictAction):
+    """``--cfg-options key=value ...`` with a usage error on a malformed item.
+
+    mmengine's :class:`~mmengine.config.DictAction` fails with a bare
+    ``ValueError`` on an item without ``=``; this reports the item instead.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for item in values:
+            key = item.split('=', 1)[0]
+            if '=' not in item or not key:
+                parser.error(f'{option_string}: expected KEY=VALUE, got '
+                             f'{item!r}')
+        try:
+            super().__call__(parser, namespace, values, option_string)
+        except Exception as err:  # malformed value, e.g. '[1,2'
+            parser.error(f'{option_string}: cannot parse {values}: {err}')
+
+
+def check_file(path: str, what: str) -> str:
+    """Return ``path`` if it is an existing file, else raise naming it.
+
+    Args:
+        path (str): The path given on the command line.
+        what (str): What the file is, for the message ('config file', ...).
+
+    Returns:
+        str: ``path`` unchanged.
+
+    Raises:
+        FileNotFoundError: If ``path`` is not a file.
+    """
+    if not osp.isfile(path):
+        hint = ' (it is a directory)' if osp.isdir(path) else ''
+        raise FileNotFoundError(f'{what} {path} does not exist{hint}.')
+    return path
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """Read a config file and merge ``--cfg-options`` into it.
+
+    Args:
+        path (str): The config file.
+        cfg_options (dict, optional): Parsed ``--cfg-options``.
+
+    Returns:
+        Config: The merged config, without ``default_hooks`` set to None
+        (see :func:`drop_disabled_hooks`).
+
+    Raises:
+        FileNotFoundError: If the config file does not exist.
+        ValueError: If an option cannot be merged (e.g. a list index that
+            does not exist); the message names the option.
+    """
+    cfg = Config.fromfile(check_file(path, 'Config file'))
+    for key, value in (cfg_options or {}).items():
+        try:
+            cfg.merge_from_dict({key: value})
+        except Exception as err:
+            raise ValueError(f'--cfg-options {key}={value!r} cannot be merged '
+                             f'into {path}: {err}') from err
+    drop_disabled_hooks(cfg)
+    return cfg
+
+
+def drop_disabled_hooks(cfg: Config) -> None:
+    """Remove ``default_hooks`` entries set to None.
+
+    mmengine accepts ``default_hooks.NAME=None`` only for its own six default
+    hooks and fails an assertion for the others (``visualization``,
+    ``epoch_seed``); dropping the entry disables any of them the same way.
+
+    Args:
+        cfg (Config): The config; modified in place.
+    """
+    hooks = cfg.get('default_hooks')
+    if hooks:
+        for name in [name for name, hook in hooks.items() if hook is None]:
+            hooks.pop(name)
+
+
+def default_work_dir(config_path: str) -> str:
+    """``./work_dirs/<config file stem>``, mmdet's default work_dir."""
+    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def _step_of(path: str) -> int:
+    match = re.search(r'(\d+)\.pth$', osp.basename(path))
+    return int(match.group(1)) if match else -1
+
+
+def find_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint an auto-resume (``--resume`` without a path) should use.
+
+    mmengine records the latest checkpoint's absolute path in
+    ``<work_dir>/last_checkpoint``. That file is trusted when it names an
+    existing file; otherwise (missing, empty, or naming a file that is gone,
+    e.g. after the work_dir was moved) the same name inside ``work_dir`` and
+    then the highest-numbered ``epoch_*.pth``/``iter_*.pth`` are tried.
+
+    Args:
+        work_dir (str): The run's work directory.
+
+    Returns:
+        str or None: The checkpoint path, or None if there is none.
+    """
+    record = osp.join(work_dir, 'last_checkpoint')
+    recorded = ''
+    if osp.isfile(record):
+        with open(record) as f:
+            recorded = f.read().strip()
+    if recorded:
+        candidates = [recorded, osp.join(work_dir, osp.basename(recorded))]
+        for candidate in candidates:
+            if osp.isfile(candidate):
+                return candidate
+    found = glob.glob(osp.join(work_dir, 'epoch_*.pth')) + glob.glob(
+        osp.join(work_dir, 'iter_*.pth'))
+    if not found:
+        return None
+    latest = max(found, key=_step_of)
+    if recorded or osp.isfile(record):
+        print_log(
+            f'{record} names {recorded!r}, which does not exist; resuming '
+            f'from the latest checkpoint found instead: {latest}',
+            logger='current',
+            level=logging.WARNING)
+    return latest
+
+
+def checkpoint_seed(path: str) -> Optional[int]:
+    """The random seed a checkpoint's run used (``meta.seed``), if recorded.
+
+    Args:
+        path (str): A checkpoint written by mmengine's runner.
+
+    Returns:
+        int or None: The seed.
+    """
+    checkpoint = _load_checkpoint(path, map_location='cpu')
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    return (meta or {}).get('seed')
+
+
+def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
+    """Make a distributed run work without CUDA.
+
+    mmengine's launchers call ``torch.cuda.set_device`` and wrap the model with
+    ``device_ids=[LOCAL_RANK]``, both of which fail on a CPU-only machine, and
+    the default backend (nccl) needs GPUs. When CUDA is unavailable this
+    switches ``env_cfg.dist_cfg.backend`` to 'gloo', initialises the process
+    group from torchrun's environment itself (mmengine then uses it as is),
+    and wraps the model with ``device_ids=None``. It does nothing when CUDA is
+    available or ``launcher`` is 'none'.
+
+    Args:
+        cfg (Config): The config; modified in place.
+        launcher (str): The ``--launcher`` argument.
+
+    Raises:
+        ValueError: For a launcher other than 'pytorch' without CUDA.
+    """
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    if launcher != 'pytorch':
+        raise ValueError(
+            f'--launcher {launcher} needs CUDA; on a CPU-only machine launch '
+            'with torchrun and --launcher pytorch (tools/dist_train.sh).')
+    backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend')
+    if backend != 'gloo':
+        print_log(
+            f"CUDA is not available: using the 'gloo' backend instead of "
+            f'{backend!r}.',
+            logger='current')
+    cfg.merge_from_dict({'env_cfg.dist_cfg.backend': 'gloo'})
+    if not torch_dist.is_initialized():
+        kwargs = cfg.env_cfg.dist_cfg.to_dict()
+        if kwargs.get('timeout') is not None:
+            kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
+        torch_dist.init_process_group(**kwargs)
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel',
+            device_ids=None,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    else:
+        wrapper.setdefault('device_ids', None)

@@ -1,0 +1,164 @@
+"""tools/train.py: flags to config, with clear errors on bad input."""
+import os
+import os.path as osp
+
+import pytest
+import torch
+
+from tool_helpers import CONFIG
+
+
+def _cfg(train_tool, *argv):
+    return train_tool.build_config(train_tool.parse_args([str(CONFIG), *argv]))
+
+
+def test_defaults(train_tool):
+    cfg = _cfg(train_tool)
+    assert cfg.work_dir == osp.join('./work_dirs', CONFIG.stem)
+    assert cfg.launcher == 'none'
+    assert not cfg.resume and cfg.load_from is None
+    assert cfg.optim_wrapper.type == 'OptimWrapper'
+    # The runtime defaults of configs/_base_/default_runtime.py.
+    ckpt = cfg.default_hooks.checkpoint
+    assert ckpt.interval == 1 and ckpt.save_last and ckpt.max_keep_ckpts >= 2
+    assert ckpt.backend_args == dict(backend='atomic_local')
+    assert cfg.default_hooks.epoch_seed.type == 'EpochSeedHook'
+
+
+def test_work_dir_flag_wins(train_tool, tmp_path):
+    cfg = _cfg(train_tool, '--work-dir', str(tmp_path))
+    assert cfg.work_dir == str(tmp_path)
+
+
+def test_cfg_options_merge(train_tool):
+    cfg = _cfg(train_tool, '--cfg-options', 'train_dataloader.batch_size=3',
+               'optim_wrapper.optimizer.lr=0.5', 'randomness.seed=7',
+               'model.bbox_head.anchor_generator.ratios=[[2],[3]]')
+    assert cfg.train_dataloader.batch_size == 3
+    assert cfg.optim_wrapper.optimizer.lr == 0.5
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'  # siblings kept
+    assert cfg.randomness.seed == 7
+    assert cfg.model.bbox_head.anchor_generator.ratios == [[2], [3]]
+
+
+@pytest.mark.parametrize('item', ['train_dataloader.batch_size', '=3'])
+def test_malformed_cfg_option_is_a_usage_error(train_tool, capsys, item):
+    with pytest.raises(SystemExit) as info:
+        train_tool.parse_args([str(CONFIG), '--cfg-options', item])
+    assert info.value.code == 2
+    assert f'expected KEY=VALUE, got {item!r}' in capsys.readouterr().err
+
+
+def test_unmergeable_cfg_option_names_it(train_tool):
+    with pytest.raises(ValueError, match='optim_wrapper.optimizer.lr.x=1'):
+        _cfg(train_tool, '--cfg-options', 'optim_wrapper.optimizer.lr.x=1')
+
+
+def test_missing_config_is_named(train_tool, tmp_path, capsys):
+    missing = tmp_path / 'nope.py'
+    with pytest.raises(SystemExit) as info:
+        train_tool.main([str(missing)])
+    assert str(missing) in str(info.value.code)
+    assert 'does not exist' in str(info.value.code)
+
+
+def test_amp_selects_the_wrapper_for_the_device(train_tool, monkeypatch):
+    monkeypatch.setattr(train_tool, 'get_device', lambda: 'cpu')
+    cfg = _cfg(train_tool, '--amp')
+    assert cfg.optim_wrapper.type == 'BF16OptimWrapper'
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    monkeypatch.setattr(train_tool, 'get_device', lambda: 'cuda')
+    cfg = _cfg(train_tool, '--amp')
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+
+
+def test_auto_scale_lr(train_tool, tmp_path):
+    assert not _cfg(train_tool).auto_scale_lr.enable
+    assert _cfg(train_tool, '--auto-scale-lr').auto_scale_lr.enable
+    bare = tmp_path / 'bare.py'
+    bare.write_text(f"_base_ = '{CONFIG}'\nauto_scale_lr = dict(_delete_=True,"
+                    ' enable=False)\n')
+    with pytest.raises(RuntimeError, match='auto_scale_lr.base_batch_size'):
+        train_tool.build_config(
+            train_tool.parse_args([str(bare), '--auto-scale-lr']))
+
+
+def test_resume_with_path(train_tool, tmp_path):
+    ckpt = tmp_path / 'epoch_3.pth'
+    torch.save(dict(meta=dict(seed=11), state_dict={}), ckpt)
+    cfg = _cfg(train_tool, '--resume', str(ckpt))
+    assert cfg.resume and cfg.load_from == str(ckpt)
+    # No seed configured: the checkpoint's seed is reused (data order).
+    assert cfg.randomness.seed == 11
+    cfg = _cfg(train_tool, '--resume', str(ckpt), '--cfg-options',
+               'randomness.seed=5')
+    assert cfg.randomness.seed == 5
+
+
+def test_resume_with_missing_path_is_named(train_tool, tmp_path):
+    missing = tmp_path / 'epoch_9.pth'
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        _cfg(train_tool, '--resume', str(missing))
+
+
+def _work_dir_with(tmp_path, names, last=None):
+    for name in names:
+        torch.save(dict(meta=dict(seed=1), state_dict={}), tmp_path / name)
+    if last is not None:
+        (tmp_path / 'last_checkpoint').write_text(last)
+    return tmp_path
+
+
+def test_resume_without_path_uses_last_checkpoint(train_tool, tmp_path):
+    work_dir = _work_dir_with(tmp_path, ['epoch_1.pth', 'epoch_2.pth'],
+                              last=str(tmp_path / 'epoch_1.pth'))
+    cfg = _cfg(train_tool, '--resume', '--work-dir', str(work_dir))
+    assert cfg.resume and cfg.load_from == str(work_dir / 'epoch_1.pth')
+
+
+@pytest.mark.parametrize('last', ['', '/gone/epoch_2.pth', None])
+def test_resume_without_path_survives_a_bad_record(train_tool, tmp_path,
+                                                   last):
+    """An empty ``last_checkpoint`` (a crash while writing it), one naming a
+    moved work_dir, or none at all: the newest checkpoint present is used."""
+    work_dir = _work_dir_with(
+        tmp_path, ['epoch_2.pth', 'epoch_10.pth', 'best_x_epoch_3.pth'],
+        last=last)
+    cfg = _cfg(train_tool, '--resume', '--work-dir', str(work_dir))
+    expected = 'epoch_2.pth' if last == '/gone/epoch_2.pth' else 'epoch_10.pth'
+    assert cfg.load_from == str(work_dir / expected)
+
+
+def test_resume_without_checkpoint_starts_from_scratch(train_tool, tmp_path):
+    cfg = _cfg(train_tool, '--resume', '--work-dir', str(tmp_path))
+    assert not cfg.resume and cfg.load_from is None
+
+
+def test_launcher_and_local_rank(train_tool, monkeypatch):
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    args = train_tool.parse_args(
+        [str(CONFIG), '--launcher', 'pytorch', '--local-rank', '1'])
+    assert args.launcher == 'pytorch'
+    assert os.environ['LOCAL_RANK'] == '1'
+    with pytest.raises(SystemExit):
+        train_tool.parse_args([str(CONFIG), '--launcher', 'ssh'])
+
+
+def test_default_hooks_can_be_disabled(train_tool):
+    """``default_hooks.NAME=None`` disables any default hook (mmengine only
+    accepts None for its own six)."""
+    cfg = _cfg(train_tool, '--cfg-options', 'default_hooks.epoch_seed=None',
+               'default_hooks.visualization=None')
+    assert 'epoch_seed' not in cfg.default_hooks
+    assert 'visualization' not in cfg.default_hooks
+    assert 'checkpoint' in cfg.default_hooks
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU case')
+def test_cpu_distributed_needs_torchrun(train_tool, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        train_tool.main(
+            [str(CONFIG), '--launcher', 'slurm', '--work-dir',
+             str(tmp_path)])
+    assert '--launcher slurm needs CUDA' in str(info.value.code)

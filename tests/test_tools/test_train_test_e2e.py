@@ -1,0 +1,107 @@
+"""tools/train.py then tools/test.py as a user runs them: real processes,
+the real SSDLite config, a tiny embedded data set."""
+import glob
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.fileio import load
+
+from tool_helpers import CONFIG, REPO, tiny_options, tool_env
+
+
+def _run(argv, cwd):
+    return subprocess.run([sys.executable, *argv],
+                          capture_output=True,
+                          text=True,
+                          cwd=cwd,
+                          env=tool_env())
+
+
+@pytest.fixture(scope='module')
+def trained(shapes_root, tmp_path_factory):
+    """One epoch of training through tools/train.py."""
+    tmp = tmp_path_factory.mktemp('e2e')
+    # A config that forgets custom_imports: train.py imports dn_mmdet itself.
+    config = tmp / 'no_custom_imports.py'
+    config.write_text(f"_base_ = '{CONFIG}'\n"
+                      'custom_imports = dict(imports=[])\n')
+    work_dir = tmp / 'work_dir'
+    proc = _run([
+        str(REPO / 'tools/train.py'),
+        str(config), '--work-dir',
+        str(work_dir), '--cfg-options',
+        *tiny_options(shapes_root, max_epochs=1)
+    ], tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(tmp=tmp, config=config, work_dir=work_dir, log=proc.stdout +
+                proc.stderr)
+
+
+def test_training_writes_checkpoint_and_shows_progress(trained):
+    work_dir = trained['work_dir']
+    ckpt = work_dir / 'epoch_1.pth'
+    assert ckpt.is_file()
+    assert (work_dir / 'last_checkpoint').read_text().strip() == str(ckpt)
+    assert re.search(r'Epoch\(train\) \[1\]\[1/\d+\].*loss: ', trained['log'])
+    assert re.search(r'Epoch\(val\) \[1\]\[\d+/\d+\].*coco/bbox_mAP: ',
+                     trained['log'])
+    # A runner checkpoint (numpy metric values, log buffers) loads with
+    # torch's weights-only default.
+    checkpoint = torch.load(ckpt)
+    assert checkpoint['meta']['epoch'] == 1
+    best = glob.glob(str(work_dir / 'best_coco_bbox_mAP_epoch_1.pth'))
+    assert len(best) == 1
+    info = torch.load(best[0])['message_hub']['runtime_info']
+    assert 0.0 <= info['best_score'] <= 1.0
+
+
+def test_test_tool_prints_map_dumps_and_paints(trained, shapes_root):
+    tmp, work_dir = trained['tmp'], trained['work_dir']
+    out, show_dir = tmp / 'results.pkl', tmp / 'painted'
+    proc = _run([
+        str(REPO / 'tools/test.py'),
+        str(trained['config']),
+        str(work_dir / 'epoch_1.pth'), '--work-dir',
+        str(tmp / 'test_dir'), '--out',
+        str(out), '--show-dir',
+        str(show_dir), '--cfg-options', *tiny_options(shapes_root)
+    ], tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    match = re.search(r'^bbox mAP: (\d\.\d+)$', proc.stdout, re.M)
+    assert match, proc.stdout[-2000:]
+    assert 0.0 <= float(match.group(1)) <= 1.0
+    assert 'coco/bbox_mAP_50' in proc.stdout
+    results = load(str(out))
+    assert len(results) == 4  # one per val image
+    assert {'img_id', 'pred_instances'} <= set(results[0])
+    assert set(results[0]['pred_instances']) >= {'bboxes', 'scores', 'labels'}
+    painted = glob.glob(str(show_dir / '*.jpg')) + glob.glob(
+        str(show_dir / '*.png'))
+    assert len(painted) == 4
+
+
+def test_test_tool_refuses_pickled_callable(trained, shapes_root):
+    """A checkpoint whose pickle calls os.system is refused by name, and
+    the command does not run."""
+    tmp = trained['tmp']
+    marker, evil = tmp / 'side_effect', tmp / 'evil.pth'
+    script = (
+        'import os, sys, torch\n'
+        'class Evil:\n'
+        '    def __reduce__(self):\n'
+        f'        return os.system, ("touch {marker}",)\n'
+        f'torch.save(dict(state_dict={{}}, meta=Evil()), "{evil}")\n')
+    subprocess.run([sys.executable, '-c', script], check=True)
+    proc = _run([
+        str(REPO / 'tools/test.py'),
+        str(trained['config']),
+        str(evil), '--work-dir',
+        str(tmp / 'evil_dir'), '--cfg-options', *tiny_options(shapes_root)
+    ], tmp)
+    assert proc.returncode != 0
+    assert f'Refusing to load checkpoint {evil}' in proc.stderr
+    assert 'posix.system' in proc.stderr
+    assert not marker.exists()

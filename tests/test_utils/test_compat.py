@@ -1,0 +1,219 @@
+"""mmengine checkpoints load under torch's weights-only unpickler; a checkpoint
+carrying code is refused without running it."""
+import os
+import os.path as osp
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner.checkpoint import _load_checkpoint
+
+from dn_mmdet.utils import compat
+from toy_runner import build_toy_runner
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope='module')
+def runner_checkpoints(tmp_path_factory):
+    """Checkpoints written by a real mmengine runner (2 epochs, save_best)."""
+    work_dir = tmp_path_factory.mktemp('runner')
+    build_toy_runner(work_dir, max_epochs=2).train()
+    paths = sorted(work_dir.glob('*.pth'))
+    assert {p.name for p in paths} >= {'epoch_1.pth', 'epoch_2.pth'}
+    assert any(p.name.startswith('best_mse') for p in paths)
+    return paths
+
+
+def test_runner_checkpoints_need_exactly_the_allow_list(runner_checkpoints):
+    """The allow-list covers every global of a runner checkpoint and the
+    checkpoints do reference them (so the list is not larger than needed in
+    kind: HistoryBuffer, its methods and numpy values)."""
+    for path in runner_checkpoints:
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(
+            str(path)) == []
+    # Without the allow-list, torch reports exactly the globals we add.
+    code = ('import torch, sys; print(sorted(torch.serialization.'
+            'get_unsafe_globals_in_checkpoint(sys.argv[1])))')
+    out = subprocess.run([sys.executable, '-c', code,
+                          str(runner_checkpoints[0])],
+                         capture_output=True, text=True, check=True).stdout
+    needed = set(eval(out))
+    assert needed >= {
+        'mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr',
+        'numpy.ndarray', 'numpy.dtype', 'numpy._core.multiarray._reconstruct',
+        'numpy._core.multiarray.scalar'
+    }
+    assert needed <= set(compat.safe_global_names())
+
+
+def test_runner_checkpoint_loads_with_torch_default(runner_checkpoints):
+    path = [p for p in runner_checkpoints if p.name == 'epoch_2.pth'][0]
+    ckpt = torch.load(path)  # torch's default: weights_only=True
+    assert ckpt['meta']['epoch'] == 2
+    loss = ckpt['message_hub']['log_scalars']['train/loss']
+    assert isinstance(loss, HistoryBuffer)
+    assert loss.mean() == pytest.approx(float(loss.data[0].mean()))
+    assert set(ckpt) >= {'state_dict', 'optimizer', 'param_schedulers'}
+    # The same through mmengine's loader (what load_from/resume use).
+    via_mmengine = _load_checkpoint(str(path), map_location='cpu')
+    for key, value in ckpt['state_dict'].items():
+        assert torch.equal(via_mmengine['state_dict'][key], value)
+
+
+def test_resume_and_load_from_use_weights_only(runner_checkpoints, tmp_path):
+    """Runner.resume and load_from go through the weights-only loader."""
+    work_dir = runner_checkpoints[0].parent
+    runner = build_toy_runner(work_dir, max_epochs=3, resume=True)
+    runner.train()
+    assert runner.epoch == 3
+    assert (work_dir / 'epoch_3.pth').is_file()
+    runner = build_toy_runner(
+        tmp_path, max_epochs=1, load_from=str(work_dir / 'epoch_3.pth'))
+    runner.train()
+
+
+class _RunsShell:
+    """Pickles as ``os.system(<command>)``."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command, )
+
+
+class _RunsEval:
+
+    def __init__(self, source):
+        self.source = source
+
+    def __reduce__(self):
+        return eval, (self.source, )
+
+
+class _GetsAttr:
+    """Pickles as ``getattr(HistoryBuffer, '__init__')``: the allowed name
+    ``builtins.getattr`` used for something else."""
+
+    def __reduce__(self):
+        return getattr, (HistoryBuffer, '__init__')
+
+
+@pytest.mark.parametrize('payload,refused', [
+    (lambda marker: _RunsShell(f'touch {marker}'), 'posix.system'),
+    (lambda marker: _RunsEval(f'open({str(marker)!r}, "w")'),
+     'builtins.eval'),
+    (lambda marker: _GetsAttr(), 'getattr'),
+])
+def test_pickled_callable_is_refused(tmp_path, payload, refused):
+    marker = tmp_path / 'side_effect'
+    path = tmp_path / 'evil.pth'
+    torch.save(dict(state_dict={}, meta=dict(x=payload(marker))), path)
+    with pytest.raises(pickle.UnpicklingError) as info:
+        _load_checkpoint(str(path), map_location='cpu')
+    message = str(info.value)
+    assert str(path) in message and refused in message
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path)
+    assert not marker.exists()
+
+
+def test_allow_list_is_small_and_has_no_code_runners():
+    names = compat.safe_global_names()
+    assert len(names) <= 24
+    for name in names:
+        assert not name.startswith(('os.', 'posix.', 'subprocess.', 'sys.'))
+    assert 'builtins.eval' not in names and 'builtins.exec' not in names
+    # 'builtins.getattr' is bound to the restricted stand-in, not getattr.
+    bound = {
+        entry[1]: entry[0]
+        for entry in compat.SAFE_GLOBALS if isinstance(entry, tuple)
+    }
+    assert bound['builtins.getattr'] is not getattr
+    assert bound['builtins.getattr'](HistoryBuffer, 'mean') is \
+        HistoryBuffer.mean
+    with pytest.raises(pickle.UnpicklingError, match='not allowed'):
+        bound['builtins.getattr'](HistoryBuffer, '__init__')
+    with pytest.raises(pickle.UnpicklingError, match='not allowed'):
+        bound['builtins.getattr'](os, 'system')
+
+
+def test_registration_is_idempotent():
+    before = list(torch.serialization.get_safe_globals())
+    compat.register_safe_globals()
+    compat.register_safe_globals()
+    assert sorted(map(repr, torch.serialization.get_safe_globals())) == \
+        sorted(map(repr, before))
+
+
+def test_numpy1_module_names_load(tmp_path):
+    """numpy 1.x pickles arrays via ``numpy.core.multiarray``; such files
+    load too (the names are aliases of the same two functions)."""
+    import numpy as np
+    path = tmp_path / 'np1.pth'
+    torch.save(dict(meta=dict(v=np.arange(3.0), s=np.float64(2.5))), path)
+    # Rewrite the pickle's module names as numpy 1.x writes them.
+    import zipfile
+    with zipfile.ZipFile(path) as src:
+        records = {name: src.read(name) for name in src.namelist()}
+    pkl = [name for name in records if name.endswith('data.pkl')][0]
+    assert b'numpy._core.multiarray' in records[pkl]
+    records[pkl] = records[pkl].replace(b'numpy._core.multiarray',
+                                        b'numpy.core.multiarray')
+    with zipfile.ZipFile(path, 'w') as dst:
+        for name, data in records.items():
+            dst.writestr(name, data)
+    meta = torch.load(path)['meta']
+    assert np.array_equal(meta['v'], np.arange(3.0)) and meta['s'] == 2.5
+
+
+# Built from parts so that this file does not match its own search.
+_DISABLING_PATTERNS = [
+    re.compile(r'weights_only\s*=\s*' + 'False'),
+    re.compile('TORCH_FORCE_NO_' + 'WEIGHTS_ONLY_LOAD'),
+    re.compile(r'pickle_module\s*=\s*pickle\b'),
+]
+
+
+def test_nothing_disables_weights_only_loading():
+    """torch's default (weights-only) is in force: the environment does not
+    override it and no code or script of the project turns it off (docs may
+    name the variable)."""
+    assert ('TORCH_FORCE_NO_' + 'WEIGHTS_ONLY_LOAD') not in os.environ
+    offenders = []
+    skip = {'.git', '.venv', 'work_dirs', 'data', '__pycache__', 'build'}
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in skip and not d.startswith('.')]
+        for name in files:
+            if not name.endswith(('.py', '.sh', '.cfg', '.toml', '.ini',
+                                  '.yml', '.yaml')):
+                continue
+            path = osp.join(root, name)
+            with open(path, errors='replace') as f:
+                text = f.read()
+            offenders += [
+                f'{path}: {p.pattern}' for p in _DISABLING_PATTERNS
+                if p.search(text)
+            ]
+    assert offenders == []
+
+
+def test_only_numeric_numpy_values_are_allowed(tmp_path):
+    import numpy as np
+    allowed = [np.arange(3, dtype=np.int32), np.float32(1.5), np.bool_(True),
+               np.zeros((2, 2), dtype=np.float16)]
+    for i, value in enumerate(allowed):
+        torch.save(dict(v=value), tmp_path / f'ok{i}.pth')
+        loaded = torch.load(tmp_path / f'ok{i}.pth')['v']
+        assert np.array_equal(loaded, value) and loaded.dtype == value.dtype
+    for i, value in enumerate([np.array(['a', 1], dtype=object),
+                               np.array(['text'])]):
+        torch.save(dict(v=value), tmp_path / f'no{i}.pth')
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(tmp_path / f'no{i}.pth')

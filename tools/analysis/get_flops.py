@@ -1,0 +1,132 @@
+"""Count a detector's parameters and multiply-adds (MAdds).
+
+    python tools/analysis/get_flops.py CONFIG [--shape 320 320]
+
+MAdds are counted the way the DN paper (and FNA, its code base) counts them:
+forward hooks on every ``nn.Conv2d`` and ``nn.Linear`` of the network
+(backbone, neck and head, no post-processing), one image; a conv adds
+``k_h * k_w * C_in / groups * C_out`` per output location, a linear layer
+``in * out``. DN's SC-Module FCs (``GroupedFC``, deliberately not
+``nn.Linear``) count as the grouped linear layers they are,
+``in / groups * out`` a sample. Norm layers, activations and additions are
+not counted, and biases are ignored (the paper's convs are bias-free). Hooks
+are used rather than mmengine's ``get_model_complexity_info`` because that
+one also counts norm layers and element-wise ops, which the paper's figures
+leave out, and does not know DN's FCs.
+"""
+import argparse
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config, DictAction
+from mmengine.registry import init_default_scope
+
+from mmdet.registry import MODELS
+
+from dn_mmdet.norm import GroupedFC
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters, trainable or frozen."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_madds(model: nn.Module, inputs: torch.Tensor,
+                forward=None) -> int:
+    """Multiply-adds of Conv2d, Linear and GroupedFC layers in one forward.
+
+    Args:
+        model (nn.Module): The network whose layers are counted.
+        inputs (Tensor): Input batch of shape (N, ...). The count is
+            per sample (divided by N).
+        forward (callable, optional): ``forward(inputs)`` to run instead of
+            ``model(inputs)`` (e.g. a detector's ``_forward``).
+
+    Returns:
+        int: Multiply-adds per sample.
+    """
+    total = [0]
+
+    def conv_hook(m: nn.Conv2d, args, out: torch.Tensor) -> None:
+        k_h, k_w = m.kernel_size
+        per_location = k_h * k_w * (m.in_channels // m.groups) * \
+            m.out_channels
+        total[0] += per_location * out.shape[0] * out.shape[2] * out.shape[3]
+
+    def linear_hook(m: nn.Module, args, out: torch.Tensor) -> None:
+        # nn.Linear or GroupedFC (groups=1 for nn.Linear).
+        rows = out.numel() // m.out_features
+        groups = getattr(m, 'groups', 1)
+        total[0] += rows * (m.in_features // groups) * m.out_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, (nn.Linear, GroupedFC)):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            (forward or model)(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total[0] // inputs.shape[0]
+
+
+def detector_complexity(cfg: Config,
+                        shape: Sequence[int] = (320, 320)
+                        ) -> Tuple[int, int]:
+    """Build ``cfg.model`` and return (params, MAdds at ``shape``)."""
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = MODELS.build(cfg.model)
+    h, w = shape
+    inputs = torch.randn(1, 3, h, w)
+    # _forward: backbone + neck + head, no box decoding or NMS.
+    madds = count_madds(model, inputs, forward=model._forward)
+    return count_params(model), madds
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Count params and MAdds of a detector config')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs='+',
+        default=[320, 320],
+        help='input height and width (one value: square)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, key=value')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if len(args.shape) == 1:
+        shape = (args.shape[0], args.shape[0])
+    elif len(args.shape) == 2:
+        shape = tuple(args.shape)
+    else:
+        raise ValueError(f'--shape takes 1 or 2 values, got {args.shape}')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    params, madds = detector_complexity(cfg, shape)
+    split = '=' * 40
+    print(f'{split}\nConfig: {args.config}\n'
+          f'Input shape: (3, {shape[0]}, {shape[1]})\n'
+          f'Params: {params / 1e6:.2f}M ({params:,})\n'
+          f'MAdds: {madds / 1e9:.2f}G ({madds:,})\n{split}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,130 @@
+"""Evaluate a detector checkpoint (mmdet 3.x's ``tools/test.py`` flags).
+
+Examples::
+
+    python tools/test.py CONFIG CHECKPOINT                 # prints COCO mAP
+    python tools/test.py CONFIG CHECKPOINT --out results.pkl
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis  # painted images
+    bash tools/dist_test.sh CONFIG CHECKPOINT 2 [args]
+
+The metrics come from the config's ``test_evaluator`` (``CocoMetric``:
+pycocotools' bbox mAP). ``--out`` adds mmdet's ``DumpDetResults``;
+``--show-dir`` turns on ``DetVisualizationHook``, which saves the images under
+``<work_dir>/<timestamp>/<show_dir>`` (or ``show_dir`` itself if absolute).
+"""
+import argparse
+import os
+import sys
+
+# Painting needs no display: use matplotlib's file-only backend unless the
+# user chose one.
+os.environ.setdefault('MPLBACKEND', 'Agg')
+
+from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
+
+import dn_mmdet  # noqa: E402,F401  (registers everything)
+from dn_mmdet.utils.launch import (CfgOptionsAction, check_file,  # noqa: E402
+                                   default_work_dir, load_config,
+                                   setup_cpu_distributed)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line (``sys.argv[1:]`` when ``argv`` is None)."""
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a detector checkpoint')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir',
+        help='the dir to save evaluation results and logs '
+        '(default: work_dirs/<config name>)')
+    parser.add_argument(
+        '--out',
+        help='dump the predictions to this pickle file (.pkl / .pickle)')
+    parser.add_argument(
+        '--show-dir',
+        help='save painted predictions here (relative paths are under '
+        '<work_dir>/<timestamp>/)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=CfgOptionsAction,
+        help='override config settings, KEY=VALUE pairs, e.g. '
+        'test_dataloader.batch_size=1; no spaces in a pair')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error(f'--out must be a .pkl or .pickle file, got {args.out}')
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_config(args: argparse.Namespace):
+    """The test config: the file, ``--cfg-options``, then the flags.
+
+    Raises:
+        FileNotFoundError: Missing config or checkpoint file.
+        ValueError: A ``--cfg-options`` item that cannot be merged.
+        RuntimeError: ``--show-dir`` without a visualization hook.
+    """
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = default_work_dir(args.config)
+    if '://' not in args.checkpoint:  # URLs are fetched by mmengine
+        check_file(args.checkpoint, 'Checkpoint file')
+    cfg.load_from = args.checkpoint
+
+    if args.show_dir is not None:
+        hooks = cfg.get('default_hooks') or {}
+        if not hooks.get('visualization'):
+            raise RuntimeError(
+                f'--show-dir needs default_hooks.visualization (e.g. '
+                f"dict(type='DetVisualizationHook')) in {args.config}.")
+        hooks.visualization.draw = True
+        hooks.visualization.test_out_dir = args.show_dir
+    return cfg
+
+
+def main(argv=None) -> dict:
+    """Run the test; return the metrics (e.g. ``coco/bbox_mAP``)."""
+    args = parse_args(argv)
+    # As mmdet: honour DYNAMO_CACHE_SIZE_LIMIT for torch.compile'd models.
+    setup_cache_size_limit_of_dynamo()
+    try:
+        cfg = build_config(args)
+        setup_cpu_distributed(cfg, args.launcher)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        sys.exit(f'tools/test.py: error: {err}')
+
+    from mmdet.evaluation import DumpDetResults
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    if args.out is not None:
+        runner.test_evaluator.metrics.append(
+            DumpDetResults(out_file_path=args.out))
+    metrics = runner.test()
+
+    if runner.rank == 0:
+        width = max((len(key) for key in metrics), default=0)
+        print('\nTest results:')
+        for key, value in metrics.items():
+            print(f'  {key:<{width}}  {value}')
+        if 'coco/bbox_mAP' in metrics:
+            print(f"bbox mAP: {metrics['coco/bbox_mAP']:.4f}")
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
