@@ -3,10 +3,9 @@
 Two facts make DN-B cheap (see README, "Performance"):
 
 * The SC-Module's input, the input pooled over H and W, is the per-sample
-  mean, which the batch statistics need anyway: the per-(sample, channel)
-  mean and variance come from two streaming reductions over ``x``, and the
-  batch mean and variance follow from them exactly by the law of total
-  variance.
+  mean, which the batch statistics need anyway: one pass over ``x`` gives
+  the per-(sample, channel) sums, and the batch mean and variance follow
+  from them exactly by the law of total variance.
 * Normalisation and the per-sample affine fold into one scale and shift per
   (sample, channel): ``y = x * scale + shift`` is one elementwise pass, and its
   backward needs only ``x`` and two per-(sample, channel) sums of the output
@@ -25,31 +24,23 @@ from torch import Tensor
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _stats_dtype(x: Tensor) -> Tensor:
-    """Statistics in float32 for half inputs (fp16 overflows in x**2)."""
-    return x.float() if x.dtype in _LOW_PRECISION else x
-
-
 def per_sample_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-(sample, channel) mean and biased variance.
+    """Per-(sample, channel) mean and biased variance, differentiable.
 
-    Two cheap reductions (a sum and a sum of squares), not
-    ``torch.var_mean``, whose Welford loop is several times slower than all
-    of BatchNorm on the CPU. ``E[x^2] - E[x]^2`` loses relative precision
-    ``~1e-7 * mean^2 / var`` in float32, negligible for the activations a
-    norm layer sees (and half inputs are reduced in float32).
+    For the plain-ops paths (DN-C, synchronised statistics, ``impl='plain'``);
+    the fused node computes the same in one native pass.
 
     Args:
         x (Tensor): (N, C, H, W).
 
     Returns:
         tuple[Tensor, Tensor]: mean (N, C) and variance (N, C), in float32
-        or wider.
+        or wider (half inputs are reduced in float32: fp16 overflows x**2).
     """
-    x = _stats_dtype(x)
-    mean_nc = x.mean(dim=(2, 3))
-    mean_sq_nc = _sum_hw_product(x, x) / (x.shape[2] * x.shape[3])
-    return mean_nc, (mean_sq_nc - mean_nc * mean_nc).clamp_min(0)
+    if x.dtype in _LOW_PRECISION:
+        x = x.float()
+    var_nc, mean_nc = torch.var_mean(x, dim=(2, 3), correction=0)
+    return mean_nc, var_nc
 
 
 def batch_moments(mean_nc: Tensor, var_nc: Tensor) -> Tuple[Tensor, Tensor]:
@@ -102,19 +93,29 @@ def affine_per_sample(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return out
 
 
-def _sum_hw(t: Tensor) -> Tensor:
-    return t.sum(dim=(2, 3), dtype=torch.float32 if t.dtype in
-                 _LOW_PRECISION else None)
+def _centered_sums(a: Tensor, x: Tensor, center: Tensor,
+                   scale: Tensor) -> Tuple[Tensor, Tensor]:
+    """``sum_hw a * (x - center) * scale`` and ``sum_hw a`` per (n, c).
 
-
-def _sum_hw_product(a: Tensor, b: Tensor) -> Tensor:
-    """sum_{h,w} a * b per (sample, channel), without a full-size temporary
-    when the layout allows it."""
-    if a.dtype in _LOW_PRECISION:
-        a, b = a.float(), b.float()
-    if a.is_contiguous() and b.is_contiguous():
-        return torch.linalg.vecdot(a.flatten(2), b.flatten(2))
-    return (a * b).sum(dim=(2, 3))
+    ``center`` and ``scale`` are (N, C). Not differentiable: for the fused
+    node. On contiguous inputs this is ATen's batch-norm backward reduction
+    over the (1, N*C, H, W) views, asking only for its weight and bias
+    gradients, which are exactly these two sums: one vectorised pass over
+    ``a`` and ``x`` with no full-size temporary (``(a * x).sum()`` writes
+    one, and on the CPU its allocation alone costs more than the pass).
+    """
+    n, c, h, w = x.shape
+    stats_dtype = center.dtype
+    if a.is_contiguous() and x.is_contiguous():
+        _, weighted, plain = torch.ops.aten.native_batch_norm_backward(
+            a.view(1, n * c, h, w), x.view(1, n * c, h, w), None, None, None,
+            center.reshape(-1), scale.reshape(-1), True, 0.0,
+            [False, True, True])
+        return (weighted.view(n, c).to(stats_dtype),
+                plain.view(n, c).to(stats_dtype))
+    a, x = a.to(stats_dtype), x.to(stats_dtype)
+    centered = x - center[:, :, None, None]
+    return ((a * centered).sum(dim=(2, 3)) * scale, a.sum(dim=(2, 3)))
 
 
 class _DNBTrain(torch.autograd.Function):
@@ -123,7 +124,17 @@ class _DNBTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, eps: float, scale_shift_fn: Callable,
                 *sc_params: Tensor):
-        mean_nc, var_nc = per_sample_moments(x)
+        n, c, h, w = x.shape
+        hw = h * w
+        stats_dtype = torch.promote_types(x.dtype, torch.float32)
+        # One pass for sum x and sum x^2. Var = E[x^2] - E[x]^2 loses about
+        # 1e-7 * mean^2 / var of relative precision in float32: 1e-5 at
+        # |mean| = 10 std, far beyond what a conv's output shows (a two-pass
+        # variance would cost a second read of x, or a temporary).
+        zeros = x.new_zeros((n, c), dtype=stats_dtype)
+        sum_x2, sum_x = _centered_sums(x, x, zeros, torch.ones_like(zeros))
+        mean_nc = sum_x / hw
+        var_nc = (sum_x2 / hw - mean_nc * mean_nc).clamp_min(0)
         mean, var = batch_moments(mean_nc, var_nc)
         invstd = torch.rsqrt(var + eps)
         # The SC-Module is small ((N, C) in, (N, 2C) out): run it with its
@@ -131,8 +142,8 @@ class _DNBTrain(torch.autograd.Function):
         with torch.enable_grad():
             pooled = mean_nc.detach().requires_grad_(True)
             alpha, lam = scale_shift_fn(pooled)
-        scale = alpha.detach().to(mean.dtype) * invstd
-        shift = lam.detach().to(mean.dtype) - mean * scale
+        scale = alpha.detach().to(stats_dtype) * invstd
+        shift = lam.detach().to(stats_dtype) - mean * scale
         y = affine_per_sample(x, scale, shift)
         ctx.save_for_backward(x, mean, invstd, scale)
         ctx.sc_graph = (pooled, alpha, lam, sc_params)
@@ -146,11 +157,10 @@ class _DNBTrain(torch.autograd.Function):
         pooled, alpha, lam, sc_params = ctx.sc_graph
         n, c, h, w = x.shape
         hw = h * w
-        # The only full-size reads before the final pass: two sums per
-        # (sample, channel). With x^ = (x - mean) * invstd:
-        sum_g = _sum_hw(grad_y)                               # sum g
-        sum_gxhat = (_sum_hw_product(grad_y, x) -
-                     mean * sum_g) * invstd                   # sum g * x^
+        # One pass: sum g and sum g x^ per (sample, channel), where
+        # x^ = (x - mean) * invstd is the normalised input.
+        sum_gxhat, sum_g = _centered_sums(grad_y, x, mean.expand(n, c),
+                                          invstd.expand(n, c))
         grads = torch.autograd.grad((alpha, lam), (pooled, ) + sc_params,
                                     (sum_gxhat.to(alpha.dtype),
                                      sum_g.to(lam.dtype)),
@@ -165,6 +175,7 @@ class _DNBTrain(torch.autograd.Function):
         coef_x = -invstd * invstd * mean_dxhat_xhat                      # (C,)
         const = (grad_pooled.to(invstd.dtype) / hw - invstd * mean_dxhat -
                  coef_x * mean)                                           # (N, C)
+        # Second and last pass: dx = g * scale + x * coef_x + const.
         grad_x = affine_per_sample(grad_y, scale, const)
         grad_x.addcmul_(x, coef_x.to(x.dtype)[None, :, None, None])
         return (grad_x, None, None) + tuple(grad_params)

@@ -271,3 +271,25 @@ def test_grouped_fc_equals_grouped_conv():
         z = torch.randn(5, in_f)
         torch.testing.assert_close(fc(z), conv(z[:, :, None, None])[:, :, 0,
                                                                       0])
+
+
+@pytest.mark.parametrize('impl', ['auto', 'plain'])
+def test_statistics_stay_accurate_for_large_means(impl):
+    """float32 activations with |mean| = 10 std: the one-pass statistics of
+    the fused path keep the variance to 1e-4 (see functional.py)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 16, 16) * 0.5 + 5.0
+    dn = DynamicNorm2d(8, momentum=1.0, impl=impl)
+    x.requires_grad_(True)
+    y = dn(x)
+    expected_var = x.detach().double().var(dim=(0, 2, 3), unbiased=True)
+    torch.testing.assert_close(dn.bn.running_var.double(), expected_var,
+                               rtol=1e-4, atol=0)
+    # normalised output: zero mean, unit variance per channel
+    yd = y.detach().double()
+    torch.testing.assert_close(yd.mean(dim=(0, 2, 3)),
+                               torch.zeros(8, dtype=torch.float64),
+                               rtol=0, atol=1e-3)
+    torch.testing.assert_close(yd.var(dim=(0, 2, 3), unbiased=False),
+                               torch.ones(8, dtype=torch.float64),
+                               rtol=1e-3, atol=0)
