@@ -300,44 +300,53 @@ class DynamicNorm2d(nn.Module):
         return module
 
     @classmethod
-    def convert_batchnorm_state_dict(cls, state_dict: dict,
-                                     prefix: str = '') -> dict:
-        """Map a BN model's state dict onto the keys of the same model built
-        with ``norm_cfg=dict(type='DN', ...)``.
+    def convert_batchnorm_state_dict(cls, state_dict: dict, prefix: str = '',
+                                     **dn_kwargs) -> dict:
+        """Turn a BN model's state dict into that of the same model built
+        with ``norm_cfg=dict(type='DN', **dn_kwargs)``.
 
-        Every batch norm under ``prefix`` (found by its ``running_mean``,
-        ``running_var`` and, with affine, ``weight``/``bias`` keys) is renamed
-        as mmcv names DN layers (a last name component ``bn``/``bnX`` becomes
-        ``dn``/``dnX``): its statistics go to ``<dn>.bn.*``, gamma and beta to
-        ``<dn>.base_scale`` / ``<dn>.base_shift``. The SC-Module keys are
-        absent: a DN model initialises them itself (FC2 at zero), so after
-        ``load_state_dict(..., strict=False)`` it computes what the BN model
-        did. Other keys pass unchanged.
+        Every batch norm under ``prefix`` (found by its ``running_var`` key)
+        is renamed as mmcv names DN layers (a last name component
+        ``bn``/``bnX`` becomes ``dn``/``dnX``): its statistics go to
+        ``<dn>.bn.*``, gamma and beta to ``<dn>.base_scale`` /
+        ``<dn>.base_shift``, and a fresh SC-Module's keys are added (FC2 at
+        zero), so the DN model loads it strictly and computes what the BN
+        model did (as :meth:`from_batchnorm`). Other keys pass unchanged.
 
         Args:
             state_dict (dict): A BN model's state dict.
             prefix (str): Only convert norms whose names start with it (the
                 paper converts the backbone alone: ``'backbone.'``).
+            **dn_kwargs: DN options (``r``, ``g``, ...) of the target model.
         """
-        bn_prefixes = [
-            key[:-len('.running_var')] for key in state_dict
-            if key.endswith('.running_var') and key.startswith(prefix)
-        ]
-        renamed = {}
-        for bn_prefix in bn_prefixes:
+        removed, added = set(), {}
+        for key, value in state_dict.items():
+            if not (key.endswith('.running_var') and key.startswith(prefix)):
+                continue
+            bn_prefix = key[:-len('.running_var')]
             parent, _, last = bn_prefix.rpartition('.')
             if not last.startswith('bn'):
                 raise ValueError(
                     f'cannot infer the DN name of the norm layer '
                     f'"{bn_prefix}": its name does not start with "bn"')
             dn_prefix = (parent + '.' if parent else '') + 'dn' + last[2:]
-            for src, dst in (('running_mean', 'bn.running_mean'),
-                             ('running_var', 'bn.running_var'),
-                             ('num_batches_tracked', 'bn.num_batches_tracked'),
-                             ('weight', 'base_scale'), ('bias', 'base_shift')):
-                if f'{bn_prefix}.{src}' in state_dict:
-                    renamed[f'{bn_prefix}.{src}'] = f'{dn_prefix}.{dst}'
-        return {renamed.get(k, k): v for k, v in state_dict.items()}
+            bn_keys = {
+                name: f'{bn_prefix}.{name}'
+                for name in ('weight', 'bias', 'running_mean', 'running_var',
+                             'num_batches_tracked')
+                if f'{bn_prefix}.{name}' in state_dict
+            }
+            bn = nn.BatchNorm2d(value.numel(), affine='weight' in bn_keys)
+            bn.load_state_dict(
+                {name: state_dict[k] for name, k in bn_keys.items()},
+                strict=False)
+            dn = cls.from_batchnorm(bn, **dn_kwargs)
+            added.update((f'{dn_prefix}.{name}', tensor)
+                         for name, tensor in dn.state_dict().items())
+            removed.update(bn_keys.values())
+        result = {k: v for k, v in state_dict.items() if k not in removed}
+        result.update(added)
+        return result
 
     @classmethod
     def name_layers(cls, model: nn.Module) -> None:

@@ -299,14 +299,12 @@ def test_bn2dn_checkpoint_tool(tmp_path):
                src)
     subprocess.run([
         sys.executable, 'tools/model_converters/bn2dn.py',
-        str(src), str(dst)
+        str(src), str(dst), '--r', '8', '--g', '1'
     ], check=True)
     dn_model = MobileNetV2(out_indices=(4, 7),
-                           norm_cfg=dict(type='DN', g='oup'))
+                           norm_cfg=dict(type='DN', r=8, g=1))
     state_dict = torch.load(dst, weights_only=True)['state_dict']
-    missing, unexpected = dn_model.load_state_dict(state_dict, strict=False)
-    assert not unexpected
-    assert missing and all('.sc.' in k for k in missing)
+    dn_model.load_state_dict(state_dict, strict=True)
     bn_model.eval()
     dn_model.eval()
     x = torch.randn(2, 3, 64, 64)

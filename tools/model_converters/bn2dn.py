@@ -1,14 +1,14 @@
 """Convert a checkpoint of a BN model into one for the same model with DN.
 
-    python tools/model_converters/bn2dn.py BN_CKPT OUT_CKPT [--prefix backbone.]
+    python tools/model_converters/bn2dn.py BN_CKPT OUT_CKPT \
+        [--prefix backbone.] [--r 16] [--g oup]
 
 Every batch norm (under ``--prefix``) becomes a DN layer that computes what
 the BN did: statistics are kept, gamma/beta become DN's constant
-``base_scale``/``base_shift``, and the SC-Module is left to the DN model's own
-init (FC2 at zero). Load the result with ``load_from`` or
-``init_cfg=dict(type='Pretrained', ...)`` in a config whose ``norm_cfg`` is
-``dict(type='DN', ...)``; mmengine reports the SC-Module keys as missing,
-which is expected.
+``base_scale``/``base_shift``, and a fresh SC-Module is added (FC2 at zero).
+Load the result with ``load_from`` or ``init_cfg=dict(type='Pretrained',
+...)`` in a config whose ``norm_cfg`` is ``dict(type='DN', r=R, g=G)`` with
+the same ``r`` and ``g``.
 """
 import argparse
 import os.path as osp
@@ -26,7 +26,14 @@ def parse_args():
     parser.add_argument('--prefix', default='',
                         help="convert only norms under this prefix, e.g. "
                         "'backbone.' (the paper's detector)")
-    return parser.parse_args()
+    parser.add_argument('--r', type=int, default=16,
+                        help='DN reduction r of the target model')
+    parser.add_argument('--g', default='oup',
+                        help="DN g of the target model: an int or 'oup'")
+    args = parser.parse_args()
+    if args.g != 'oup':
+        args.g = int(args.g)
+    return args
 
 
 def main():
@@ -36,7 +43,7 @@ def main():
     checkpoint = torch.load(args.src, map_location='cpu')
     state_dict = checkpoint.get('state_dict', checkpoint)
     converted = DynamicNorm2d.convert_batchnorm_state_dict(
-        state_dict, prefix=args.prefix)
+        state_dict, prefix=args.prefix, r=args.r, g=args.g)
     changed = sum(k not in state_dict for k in converted)
     if 'state_dict' in checkpoint:
         checkpoint = dict(checkpoint, state_dict=converted)
@@ -44,7 +51,7 @@ def main():
     else:
         checkpoint = converted
     torch.save(checkpoint, args.dst)
-    print(f'bn2dn: {changed} keys renamed, written to {args.dst}')
+    print(f'bn2dn: {changed} DN keys written to {args.dst}')
 
 
 if __name__ == '__main__':
