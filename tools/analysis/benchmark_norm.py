@@ -7,7 +7,8 @@ Measures side by side, each in a fresh process (so peak memory is its own):
 2. ``backbone``: the MobileNetV2 backbone, a training step (forward,
    backward, SGD step) and inference (``torch.no_grad``, eval mode);
 3. ``detector``: the whole SSDLite of ``--config``, one training iteration
-   (data preprocessor, losses, backward, step) and inference.
+   (losses with target assignment and hard negative mining, backward, step)
+   and inference of the network (backbone, neck, head; no NMS).
 
 and prints median times, the ratio to BN and the peak memory of the timed
 steps (CPU: peak RSS above the RSS before them; CUDA: max allocated). Example::
@@ -62,11 +63,17 @@ def parse_args(argv=None):
                         choices=sorted(VARIANTS))
     parser.add_argument('--parts', nargs='+', default=list(PARTS),
                         choices=PARTS)
+    parser.add_argument(
+        '--timer', default='wall', choices=['wall', 'cpu'],
+        help="'wall': elapsed time; 'cpu': this process's CPU time, steady "
+        'on a busy machine (use with --threads 1; CPU device only)')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--out', help='also write the results as JSON here')
     parser.add_argument('--worker', nargs=2, metavar=('PART', 'VARIANT'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.timer == 'cpu' and args.device == 'cuda':
+        parser.error('--timer cpu measures CPU work; use wall on CUDA')
     if args.batch_size < 2:
         parser.error('--batch-size must be >= 2: BN and DN train on batch '
                      'statistics')
@@ -113,19 +120,20 @@ def _proc_status_kib(key):
     raise RuntimeError(f'{key} not in /proc/self/status')
 
 
-def time_median(fn, repeat, warmup, device):
+def time_median(fn, repeat, warmup, device, timer='wall'):
     import torch
+    clock = time.process_time if timer == 'cpu' else time.perf_counter
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
         if device == 'cuda':
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         fn()
         if device == 'cuda':
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times) * 1e3
 
 
@@ -185,7 +193,7 @@ def run_worker(args, part, variant):
 
         with PeakMemory(device) as mem:
             result['train_ms'] = time_median(step, args.repeat, args.warmup,
-                                             device)
+                                             device, args.timer)
         result['train_peak_mib'] = mem.peak_mib
         return result
 
@@ -222,17 +230,19 @@ def run_worker(args, part, variant):
             optimizer.step()
 
         def infer_step():
-            model(**eval_batch, mode='predict')
+            # The network alone: box decoding and NMS depend on how many
+            # boxes the (untrained) weights score above the threshold.
+            model(eval_batch['inputs'], mode='tensor')
 
     net.train()
     with PeakMemory(device) as mem:
         result['train_ms'] = time_median(train_step, args.repeat,
-                                         args.warmup, device)
+                                         args.warmup, device, args.timer)
     result['train_peak_mib'] = mem.peak_mib
     net.eval()
     with torch.no_grad(), PeakMemory(device) as mem:
         result['infer_ms'] = time_median(infer_step, args.repeat,
-                                         args.warmup, device)
+                                         args.warmup, device, args.timer)
     result['infer_peak_mib'] = mem.peak_mib
     return result
 
@@ -244,7 +254,8 @@ def worker_command(args, part, variant):
     cmd = [sys.executable, osp.abspath(__file__), '--worker', part, variant,
            '--config', args.config, '--batch-size', str(args.batch_size),
            '--size', str(args.size), '--device', args.device, '--repeat',
-           str(args.repeat), '--warmup', str(args.warmup)]
+           str(args.repeat), '--warmup', str(args.warmup), '--timer',
+           args.timer]
     if args.threads:
         cmd += ['--threads', str(args.threads)]
     if args.channels_last:
@@ -255,8 +266,8 @@ def worker_command(args, part, variant):
 def format_table(results, args):
     lines = [
         f'batch {args.batch_size}, {args.size}x{args.size}, device '
-        f'{args.device}, threads {args.threads or "default"}, median of '
-        f'{args.repeat}', '',
+        f'{args.device}, threads {args.threads or "default"}, median '
+        f'{args.timer} time of {args.repeat}', '',
         '| part | variant | train ms | x BN | train peak MiB | x BN | '
         'infer ms | x BN | infer peak MiB |',
         '|---|---|---|---|---|---|---|---|---|'
