@@ -202,3 +202,15 @@ def test_count_madds_by_hand():
     # 27*8 per location * 16 + 9*8 * 16 + 128*10, per sample.
     assert madds == 27 * 8 * 16 + 9 * 8 * 16 + 128 * 10
     assert get_flops.count_params(net) == 216 + 72 + 8 + 1280 + 10
+
+
+def test_get_flops_cli():
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable, 'tools/analysis/get_flops.py', BN_CFG, '--shape',
+         '320'],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert 'Params: 4.32M (4,322,988)' in out
+    assert 'MAdds: 0.81G' in out
+    assert 'Input shape: (3, 320, 320)' in out
