@@ -1,7 +1,8 @@
 # FNA's SSDLite (BN) on the embedded synthetic shapes data, sized to train
 # and evaluate from scratch on a 2-core CPU in minutes. The model is the
 # paper's (same backbone, neck, head and losses); only the data, the input
-# size (and with it the anchors), the schedule and the optimiser differ.
+# size (and with it the anchors), two training settings of the head (below),
+# the schedule and the optimiser differ.
 _base_ = './ssdlite_mobilenetv2-bn_2xb64-30e_coco.py'
 
 input_size = 128
@@ -17,7 +18,18 @@ model = dict(
             strides=[16, 32, 64, 128, 128, 128],
             ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
             min_sizes=[13, 26, 49, 72, 95, 118],
-            max_sizes=[26, 49, 72, 95, 118, 141])))
+            max_sizes=[26, 49, 72, 95, 118, 141]),
+        # FNA normalises the class logits, so only the norm's shift can set
+        # the background offset, and AdamW moves it ~lr a step: from FNA's
+        # zero init it takes the whole short schedule (see FNASSDLiteHead).
+        # Start every anchor as background with probability 0.99 instead.
+        cls_prior_prob=0.01),
+    # At 128 px, SSD's IoU >= 0.5 matching finds no anchor for 54% of the
+    # shapes (they get only the forced best match): 0.93 positives an object
+    # on average; at 0.4 it is 2.5, so a short CPU run learns from 2.7x as
+    # many positives (first version of the shapes data, val split; mAP after
+    # 4 of 6 epochs 0.028 vs 0.015).
+    train_cfg=dict(assigner=dict(pos_iou_thr=0.4, neg_iou_thr=0.4)))
 
 dataset_type = 'ShapesDataset'
 data_root = 'data/shapes/'
@@ -70,7 +82,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_epochs = 12
+max_epochs = 20
 train_cfg = dict(max_epochs=max_epochs, val_interval=2)
 param_scheduler = [
     dict(
@@ -85,6 +97,8 @@ param_scheduler = [
         convert_to_iter_based=True,
         eta_min=0)
 ]
+# AdamW at 5e-3 learned fastest from scratch of 2.5e-3, 5e-3 and 1e-2
+# (6-epoch runs, mAP 0.006 / 0.015 / 0.000 after 4 epochs).
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',

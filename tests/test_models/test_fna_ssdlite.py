@@ -1,5 +1,6 @@
 """FNA's SSDLite: neck (mmdet SSDNeck), head, anchors, detector, sizes."""
 import importlib.util
+import math
 import os.path as osp
 
 import pytest
@@ -115,6 +116,72 @@ def test_anchors_follow_fna(bn_detector):
     assert max_sizes == [60, 114, 168, 222, 276, 330]
     coder = bn_detector.bbox_head.bbox_coder
     assert tuple(coder.stds) == (0.1, 0.1, 0.2, 0.2)
+
+
+def _small_head(**kwargs):
+    return FNASSDLiteHead(
+        num_classes=5,
+        in_channels=(8, 16),
+        anchor_generator=dict(
+            type='SSDAnchorGenerator',
+            scale_major=False,
+            strides=[16, 32],
+            ratios=[[2], [2, 3]],
+            min_sizes=[13, 26],
+            max_sizes=[26, 49]),
+        **kwargs)
+
+
+@pytest.mark.parametrize('pred_norm_cfg', [None, dict(type='DN')])
+def test_head_background_prior(pred_norm_cfg):
+    head = _small_head(cls_prior_prob=0.01, pred_norm_cfg=pred_norm_cfg)
+    head.init_weights()
+    head.eval()
+    feats = (torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2))
+    with torch.no_grad():
+        cls_scores, _ = head(feats)
+    for level, score in enumerate(cls_scores):
+        # (N, A * (K + 1), H, W) -> per anchor softmax over K + 1 classes.
+        probs = score.permute(0, 2, 3, 1).reshape(-1, 6).softmax(-1)
+        # Fresh running stats (mean 0, var 1) pass the conv output through,
+        # scaled by 1/sqrt(1 + eps); what is left is the shift.
+        fg = probs[:, :5].sum(-1)
+        assert fg.median().item() == pytest.approx(0.01, rel=0.5), level
+        assert torch.all(probs[:, 5] > 0.9)
+
+
+def test_head_unnormalized_predictions_use_a_biased_conv():
+    head = _small_head(normalize_predictions=False, cls_prior_prob=0.01)
+    head.init_weights()
+    for branches in (head.cls_convs, head.reg_convs):
+        for branch in branches:
+            pred = branch[1]
+            assert pred.norm_name is None and pred.conv.bias is not None
+    bias = head.cls_convs[1][1].conv.bias.view(-1, 6)
+    assert torch.all(bias[:, :5] == 0)
+    assert torch.allclose(bias[:, 5], torch.tensor(math.log(5 * 99.)))
+    # The depthwise convs keep their norm.
+    assert head.cls_convs[0][0].norm_name is not None
+
+
+def test_head_background_prior_default_is_fna_zero_shift():
+    head = _small_head()
+    head.init_weights()
+    for branch in head.cls_convs:
+        assert torch.all(branch[1].norm.bias == 0)
+
+
+@pytest.mark.parametrize('prob', [0, 1, -0.5, 2.0])
+def test_head_background_prior_rejects_bad_probability(prob):
+    with pytest.raises(ValueError, match='cls_prior_prob'):
+        _small_head(cls_prior_prob=prob)
+
+
+def test_head_background_prior_needs_a_shift():
+    head = _small_head(
+        cls_prior_prob=0.01, pred_norm_cfg=dict(type='BN', affine=False))
+    with pytest.raises(TypeError, match=r'cls_convs\.0.*pred_norm_cfg'):
+        head.init_weights()
 
 
 def test_head_rejects_level_mismatch():

@@ -174,8 +174,8 @@ def _format_values(values: Dict[str, torch.Tensor]) -> str:
 
 
 def _describe_tensors(model: nn.Module, names: List[str]) -> str:
-    """Group tensor names by layer: ``\`backbone.conv1.dn\` (DynamicNorm2d:
-    \`bn.running_mean\`, \`bn.running_var\`), ...``.
+    """Group tensor names by layer, e.g. ```backbone.conv1.dn`
+    (DynamicNorm2d: `bn.running_mean`, `bn.running_var`), ...``.
 
     A tensor held by the statistics child of a DN layer is reported under
     the DN layer, the one the config created.
