@@ -123,6 +123,12 @@ def main(argv=None) -> dict:
             print(f'  {key:<{width}}  {value}')
         if 'coco/bbox_mAP' in metrics:
             print(f"bbox mAP: {metrics['coco/bbox_mAP']:.4f}")
+        elif not metrics:
+            # mmdet's CocoMetric returns nothing when no box was predicted
+            # (pycocotools cannot load an empty result); that is mAP 0.
+            score_thr = cfg.model.get('test_cfg', {}).get('score_thr')
+            print('bbox mAP: 0.0000 (no detection scored above '
+                  f'model.test_cfg.score_thr={score_thr})')
     return metrics
 
 

@@ -83,6 +83,24 @@ def test_test_tool_prints_map_dumps_and_paints(trained, shapes_root):
     assert len(painted) == 4
 
 
+def test_test_tool_reports_zero_map_without_detections(trained, shapes_root):
+    """No box above the score threshold: mAP 0 with the reason, not a
+    silently missing figure."""
+    tmp, work_dir = trained['tmp'], trained['work_dir']
+    proc = _run([
+        str(REPO / 'tools/test.py'),
+        str(trained['config']),
+        str(work_dir / 'epoch_1.pth'), '--work-dir',
+        str(tmp / 'test_empty'), '--cfg-options', *tiny_options(shapes_root),
+        'model.test_cfg.score_thr=1.0'
+    ], tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(
+        r'^bbox mAP: 0\.0000 \(no detection scored above '
+        r'model\.test_cfg\.score_thr=1\.0\)$', proc.stdout, re.M), \
+        proc.stdout[-2000:]
+
+
 def test_test_tool_refuses_pickled_callable(trained, shapes_root):
     """A checkpoint whose pickle calls os.system is refused by name, and
     the command does not run."""
