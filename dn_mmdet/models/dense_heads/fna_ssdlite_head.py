@@ -162,6 +162,21 @@ class FNASSDLiteHead(SSDHead):
                 self._branch(channels, num_priors * self.cls_out_channels))
             self.reg_convs.append(self._branch(channels, num_priors * 4))
 
+    def _cls_shift(self, level: int) -> torch.Tensor:
+        """The additive term of level ``level``'s class logits: the conv
+        bias, or the prediction norm's shift (DN's constant base shift)."""
+        pred = self.cls_convs[level][1]
+        if not self.normalize_predictions:
+            return pred.conv.bias
+        shift = getattr(pred.norm, 'base_shift',
+                        getattr(pred.norm, 'bias', None))
+        if not isinstance(shift, torch.Tensor):
+            raise TypeError(
+                f'FNASSDLiteHead: cls_prior_prob needs a shift in the '
+                f'prediction norm of cls_convs.{level}, but '
+                f'{type(pred.norm).__name__} has none (pred_norm_cfg)')
+        return shift
+
     def init_weights(self) -> None:
         """FNA's init (``init_cfg``), then the background prior if set."""
         super().init_weights()
@@ -169,22 +184,11 @@ class FNASSDLiteHead(SSDHead):
             return
         prior = math.log(self.num_classes * (1 - self.cls_prior_prob) /
                          self.cls_prior_prob)
-        for level, branch in enumerate(self.cls_convs):
-            pred = branch[1]
-            if self.normalize_predictions:
-                # DN has no trained shift; its constant base shift is it.
-                shift = getattr(pred.norm, 'base_shift',
-                                getattr(pred.norm, 'bias', None))
-            else:
-                shift = pred.conv.bias
-            if not isinstance(shift, torch.Tensor):
-                raise TypeError(
-                    f'FNASSDLiteHead: cls_prior_prob needs a shift in the '
-                    f'prediction norm of cls_convs.{level}, but '
-                    f'{type(pred.norm).__name__} has none (pred_norm_cfg)')
-            with torch.no_grad():
+        with torch.no_grad():
+            for level in range(len(self.cls_convs)):
                 # Channels are anchor-major: (A, num_classes + 1), background
                 # last (mmdet's SSDHead label convention).
-                per_anchor = shift.view(-1, self.cls_out_channels)
+                per_anchor = self._cls_shift(level).view(
+                    -1, self.cls_out_channels)
                 per_anchor.zero_()
                 per_anchor[:, self.num_classes] = prior
