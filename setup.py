@@ -27,6 +27,8 @@ setup(
     long_description=open(osp.join(HERE, 'README.md')).read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['dn_mmdet', 'dn_mmdet.*']),
+    # The C++ source of DN's CPU inference kernel, compiled on first use.
+    package_data={'dn_mmdet.norm': ['csrc/*.cpp']},
     python_requires='>=3.8',
     install_requires=parse_requirements('runtime.txt') +
     parse_requirements('mminstall.txt'),

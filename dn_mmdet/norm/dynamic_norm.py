@@ -1,24 +1,22 @@
 """Dynamic Normalization (Liu, Gao and Lv, arXiv 2101.06073)."""
-import os
 from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from mmcv.cnn import ConvModule
 from mmengine.registry import MODELS
 from torch import Tensor
 
-from .functional import (affine_per_sample, batch_moments, dn_b_train,
+from .functional import (activation_bounds, affine_per_sample,
+                         batch_moments, dn_b_inference, dn_b_train,
+                         fold_affine, fused_enabled, normalize_act_inference,
                          per_sample_moments)
 from .reference import dn_c_descriptor_scales, dynamic_norm_reference
 from .sc_module import SCModule
 
 MODES = ('B', 'C1', 'C2')
 IMPLS = ('auto', 'plain', 'reference')
-
-
-def _fused_enabled() -> bool:
-    return os.environ.get('DN_MMDET_FUSED', '1') != '0'
 
 
 @MODELS.register_module('DN')
@@ -65,12 +63,21 @@ class DynamicNorm2d(nn.Module):
 
     Implementations (``impl``), all computing the same function:
     ``'auto'`` (default) trains DN-B through one fused autograd node
-    (:func:`~dn_mmdet.norm.functional.dn_b_train`) and uses plain torch ops
-    elsewhere (eval, DN-C, synchronised statistics); ``'plain'`` always uses
-    plain torch ops (also forced for ``'auto'`` by ``DN_MMDET_FUSED=0``);
+    (:func:`~dn_mmdet.norm.functional.dn_b_train`), runs inference (no
+    autograd) on the CPU as one call of a C++ op (pooling, SC-Module and one
+    normalise-affine-clamp pass,
+    :func:`~dn_mmdet.norm.functional.dn_b_inference`) and uses plain
+    torch ops elsewhere (DN-C training, synchronised statistics); ``'plain'``
+    always uses plain torch ops (also forced for ``'auto'`` by
+    ``DN_MMDET_FUSED=0``);
     ``'reference'`` is the straightforward one
     (:func:`~dn_mmdet.norm.reference.dynamic_norm_reference`), kept for
     tests and benchmarks.
+
+    :meth:`fuse_activations` moves a ReLU/ReLU6 that follows DN in a
+    ``ConvModule`` into DN (child ``activation``), so that inference applies
+    the affine and the clamp in one pass; MobileNetV2DN does it for all its
+    layers. Outputs and checkpoint keys do not change.
 
     Checkpoint keys (``<prefix>`` is e.g. ``conv.dn`` in a ConvModule)::
 
@@ -123,6 +130,8 @@ class DynamicNorm2d(nn.Module):
         self.register_buffer('base_scale', torch.ones(num_features))
         self.register_buffer('base_shift', torch.zeros(num_features))
         self.layer_name: Optional[str] = None
+        # Set by fuse_activation: a clamp applied to the output.
+        self.activation: Optional[nn.Module] = None
 
     # BN's hyper-parameters live on the statistics module.
     @property
@@ -154,6 +163,49 @@ class DynamicNorm2d(nn.Module):
             raise ValueError(
                 f'{self._describe()}: expected {self.num_features} input '
                 f'channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
+
+    def fuse_activation(self, act: nn.Module) -> None:
+        """Apply ``act`` (ReLU, ReLU6 or Hardtanh) to the output from now on.
+
+        Args:
+            act (nn.Module): The activation that followed this layer; the
+                caller stops applying it.
+        """
+        if activation_bounds(act) is None:
+            raise ValueError(
+                f'{self._describe()}: only clamp activations (ReLU, ReLU6, '
+                f'Hardtanh) can be fused, got {type(act).__name__}')
+        if self.activation is not None:
+            raise ValueError(f'{self._describe()}: already has the fused '
+                             f'activation {self.activation}')
+        self.activation = act
+
+    @classmethod
+    def fuse_activations(cls, module: nn.Module) -> int:
+        """Fuse each ConvModule's activation into its DN layer.
+
+        Only where the activation directly follows DN (``order`` conv, norm,
+        act or norm, act, conv) and is a clamp (ReLU, ReLU6, Hardtanh): the
+        ConvModule's ``activate`` becomes ``nn.Identity`` and DN applies the
+        clamp in its affine pass (see :meth:`fuse_activation`). Outputs and
+        state dicts stay the same. Afterwards ``ConvModule.forward(x,
+        activate=False)`` no longer skips the activation.
+
+        Returns:
+            int: How many activations were fused.
+        """
+        fused = 0
+        for m in module.modules():
+            if not (isinstance(m, ConvModule) and m.with_norm
+                    and m.with_activation and isinstance(m.norm, cls)
+                    and m.norm.activation is None
+                    and m.order.index('act') == m.order.index('norm') + 1
+                    and activation_bounds(m.activate) is not None):
+                continue
+            m.norm.fuse_activation(m.activate)
+            m.activate = nn.Identity()
+            fused += 1
+        return fused
 
     def _scale_shift(self, pooled: Tensor):
         """DN-B's SC-Module plus the base: (N, C) -> alpha, lambda."""
@@ -187,17 +239,24 @@ class DynamicNorm2d(nn.Module):
 
         if not use_batch_stats:
             mean, var = self.bn.running_mean, self.bn.running_var
+            if self.mode == 'B' and self._inference_only(x):
+                y = dn_b_inference(x, self.sc, self.base_scale,
+                                   self.base_shift, mean, var, self.eps,
+                                   self._activation_bounds())
+                if y is not None:
+                    return y
             return self._normalize(x, mean, var,
                                    None if self.mode != 'B' else
                                    x.mean(dim=(2, 3)))
 
         group = self._sync_group() if self.bn.training else None
-        if (self.mode == 'B' and self.impl == 'auto' and _fused_enabled()
+        if (self.mode == 'B' and self.impl == 'auto' and fused_enabled()
                 and group is None and torch.is_grad_enabled()
                 and not torch.jit.is_tracing()
                 and not torch.jit.is_scripting()):
             params = tuple(p for p in self.sc.parameters() if p.requires_grad)
             y, mean, var = dn_b_train(x, self.eps, self._scale_shift, params)
+            y = self._activate(y)
         else:
             mean_nc, var_nc = per_sample_moments(x)
             mean, var = (batch_moments(mean_nc, var_nc) if group is None
@@ -208,11 +267,24 @@ class DynamicNorm2d(nn.Module):
                                        factor, group)
         return y
 
+    def _inference_only(self, x: Tensor) -> bool:
+        """Whether no gradient can flow (so the C++ kernel may run)."""
+        return self.impl == 'auto' and not (
+            torch.is_grad_enabled() and
+            (x.requires_grad or any(p.requires_grad
+                                    for p in self.sc.parameters())))
+
+    def _activation_bounds(self):
+        return (None if self.activation is None else
+                activation_bounds(self.activation))
+
+    def _activate(self, y: Tensor) -> Tensor:
+        return y if self.activation is None else self.activation(y)
+
     def _normalize(self, x: Tensor, mean: Tensor, var: Tensor,
                    pooled: Optional[Tensor]) -> Tensor:
-        """One elementwise pass: X~ * alpha + lambda = x * scale + shift."""
-        stats_dtype = torch.promote_types(x.dtype, torch.float32)
-        invstd = torch.rsqrt(var.to(stats_dtype) + self.eps)
+        """One elementwise pass: X~ * alpha + lambda = x * scale + shift,
+        and the fused activation (in the same pass without autograd)."""
         if self.mode == 'B':
             alpha, lam = self._scale_shift(pooled)
         else:
@@ -220,9 +292,13 @@ class DynamicNorm2d(nn.Module):
                 self.sc, mean, (var + self.eps).sqrt(), self.mode)
             alpha = alpha_delta + self.base_scale
             lam = lambda_delta + self.base_shift
-        scale = alpha.to(stats_dtype) * invstd
-        shift = lam.to(stats_dtype) - mean.to(stats_dtype) * scale
-        return affine_per_sample(x, scale, shift)
+        if self.impl == 'auto' and not (alpha.requires_grad or
+                                        lam.requires_grad or x.requires_grad
+                                        or mean.requires_grad):
+            return normalize_act_inference(x, alpha, lam, mean, var,
+                                           self.eps, self._activation_bounds())
+        scale, shift = fold_affine(alpha, lam, mean, var, self.eps)
+        return self._activate(affine_per_sample(x, scale, shift))
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, x: Tensor,
@@ -243,10 +319,11 @@ class DynamicNorm2d(nn.Module):
         use_batch_stats = self.bn.training or not self.track_running_stats
         factor = (self._update_factor()
                   if self.bn.training and self.track_running_stats else 0.0)
-        return dynamic_norm_reference(x, self.sc, self.base_scale,
-                                      self.base_shift, self.bn.running_mean,
-                                      self.bn.running_var, use_batch_stats,
-                                      factor, self.eps, self.mode)
+        return self._activate(
+            dynamic_norm_reference(x, self.sc, self.base_scale,
+                                   self.base_shift, self.bn.running_mean,
+                                   self.bn.running_var, use_batch_stats,
+                                   factor, self.eps, self.mode))
 
     # ------------------------------------------------------------------ #
     # Converters

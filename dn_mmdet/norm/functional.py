@@ -13,15 +13,30 @@ Two facts make DN-B cheap (see README, "Performance"):
 
 :func:`dn_b_train` implements training with batch statistics as a single
 autograd node that keeps only ``x`` alive (as BN does) and runs the small
-SC-Module's own autograd graph inside it. Everything else (eval, DN-C,
-synchronised statistics) is cheap enough as plain torch ops.
+SC-Module's own autograd graph inside it. Inference (no autograd) applies the
+affine and the activation that follows the norm in one pass of a C++ kernel,
+:func:`normalize_act_inference`, which pays back the pooling pass. Everything
+else (DN-C, synchronised statistics) is cheap enough as plain torch ops.
+
+``DN_MMDET_FUSED=0`` in the environment switches every fused path off.
 """
-from typing import Callable, Tuple
+import math
+import os
+import sys
+import warnings
+from typing import Callable, Optional, Tuple
 
 import torch
+import torch.nn as nn
+from mmengine.logging import print_log
 from torch import Tensor
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def fused_enabled() -> bool:
+    """False when ``DN_MMDET_FUSED=0``: plain torch ops everywhere."""
+    return os.environ.get('DN_MMDET_FUSED', '1') != '0'
 
 
 def per_sample_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -198,3 +213,194 @@ def dn_b_train(x: Tensor, eps: float, scale_shift_fn: Callable,
         mean and biased variance (C,) for the running statistics.
     """
     return _DNBTrain.apply(x, eps, scale_shift_fn, *sc_params)
+
+
+# --------------------------------------------------------------------- #
+# Inference: normalisation, affine and the following activation in one pass
+# --------------------------------------------------------------------- #
+Bounds = Tuple[Optional[float], Optional[float]]
+
+
+def activation_bounds(act: nn.Module) -> Optional[Bounds]:
+    """The clamp an activation computes, ``(min, max)``, or None if it is
+    not one: ReLU is ``(0, None)``, ReLU6 ``(0, 6)``, Hardtanh its range."""
+    if isinstance(act, nn.ReLU):
+        return (0.0, None)
+    if isinstance(act, nn.Hardtanh):  # ReLU6 is a Hardtanh
+        return (float(act.min_val), float(act.max_val))
+    return None
+
+
+def fold_affine(alpha: Tensor, lam: Tensor, mean: Tensor, var: Tensor,
+                eps: float) -> Tuple[Tensor, Tensor]:
+    """``X~ * alpha + lambda = x * scale + shift``, with
+    ``scale = alpha / sqrt(var + eps)`` and ``shift = lambda - mean * scale``.
+
+    ``alpha``, ``lam``: (N, C) or (1, C); ``mean``, ``var``: (C,). Computed
+    in float32 or wider.
+    """
+    dtype = torch.promote_types(
+        torch.promote_types(alpha.dtype, var.dtype), torch.float32)
+    scale = alpha.to(dtype) * torch.rsqrt(var.to(dtype) + eps)
+    shift = lam.to(dtype) - mean.to(dtype) * scale
+    return scale, shift
+
+
+class _CPUKernel:
+    """DN's inference as C++ CPU ops (``csrc/dn_cpu.cpp``), in :attr:`module`.
+
+    ``normalize_act`` folds the statistics into each (sample, channel)'s
+    scale and shift and applies them and the clamp in one vectorised,
+    multi-threaded loop over ``x``: one read and one write per element.
+    ``dn_b_inference`` adds the pooling pass and the SC-Module in the same
+    call. ATen needs two full passes (the affine, then the clamp) and about
+    fifteen small ops a layer launched from Python; ``torch.compile`` fuses
+    the passes too, but its per-call overhead (guards, wrappers: ~0.15 ms a
+    layer) ate what the fusion saves on MobileNetV2 (README, "Performance").
+
+    Built with ``torch.utils.cpp_extension`` on first use (~20 s on two
+    cores, logged) into ``dn_mmdet/`` under torch's extension root
+    (``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``), one
+    build per Python, torch version and instruction set. If building fails
+    (no C++ compiler), it warns once and ATen's kernels are used from then
+    on.
+    """
+
+    def __init__(self):
+        self.module = None
+        self.error: Optional[str] = None
+
+    def usable(self, x: Tensor) -> bool:
+        # float16/bfloat16 keep ATen's float32 arithmetic; other layouts
+        # (channels-last) take the ATen path too.
+        # Tracers and compilers get plain ops (exported graphs stay
+        # portable); checked first, before reading x's shape.
+        return (not torch.jit.is_tracing() and not torch.jit.is_scripting()
+                and not torch.compiler.is_compiling()
+                and self.error is None and fused_enabled()
+                and x.device.type == 'cpu'
+                and x.dtype in (torch.float32, torch.float64)
+                and x.is_contiguous() and x.numel() > 0)
+
+    def load(self) -> bool:
+        """Build or load the op now (else on first use); True if it is
+        available. Fails only once: a failure warns and is remembered."""
+        if self.module is None and self.error is None:
+            try:
+                self.module = self._build()
+            except Exception as error:  # noqa: BLE001  (any failure: fall back)
+                self.error = f'{type(error).__name__}: {error}'
+                warnings.warn(
+                    'dn_mmdet: could not build the DN CPU kernel, using ATen '
+                    f'kernels instead ({self.error.splitlines()[0]}). Set '
+                    'DN_MMDET_FUSED=0 to skip trying.')
+        return self.module is not None
+
+    def _build(self):
+        from torch.utils import cpp_extension
+        capability = torch.backends.cpu.get_cpu_capability()
+        # AVX2 + FMA wherever the CPU has them (also on AVX-512 CPUs: the
+        # pass is memory-bound); the ISA is part of the build's name, so a
+        # machine without AVX2 never loads an AVX2 build.
+        isa = 'avx2' if capability in ('AVX2', 'AVX512') else 'default'
+        name = f'dn_mmdet_cpu_{isa}'
+        # One build per Python and torch version (C++ ABI), under torch's
+        # usual root (TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions).
+        root = (os.environ.get('TORCH_EXTENSIONS_DIR')
+                or cpp_extension.get_default_build_root())
+        tag = (f'py{sys.version_info.major}{sys.version_info.minor}_torch'
+               f'{torch.__version__.replace("+", "_")}')
+        build_dir = os.path.join(root, 'dn_mmdet', tag, name)
+        os.makedirs(build_dir, exist_ok=True)
+        if not os.path.exists(os.path.join(build_dir, f'{name}.so')):
+            print_log(
+                'dn_mmdet: building the DN CPU inference kernel (once per '
+                f'machine and torch version, ~20 s) in {build_dir}',
+                logger='current')
+        source = os.path.join(os.path.dirname(__file__), 'csrc', 'dn_cpu.cpp')
+        return cpp_extension.load(
+            name=name,
+            sources=[source],
+            build_directory=build_dir,
+            extra_cflags=['-O3', '-fopenmp'] +
+            (['-mavx2', '-mfma'] if isa == 'avx2' else []),
+            # Resolves to the libgomp torch already loaded: one thread pool.
+            extra_ldflags=['-fopenmp'],
+            verbose=False)
+
+
+inference_kernel = _CPUKernel()
+
+
+def _clamp_range(bounds: Optional[Bounds]) -> Tuple[float, float]:
+    lo, hi = bounds if bounds is not None else (None, None)
+    return (-math.inf if lo is None else lo, math.inf if hi is None else hi)
+
+
+def normalize_act_inference(x: Tensor, alpha: Tensor, lam: Tensor,
+                            mean: Tensor, var: Tensor, eps: float,
+                            bounds: Optional[Bounds] = None) -> Tensor:
+    """``clamp((x - mean) / sqrt(var + eps) * alpha + lam, *bounds)``,
+    without autograd.
+
+    One pass of the C++ kernel where available (see :class:`_CPUKernel`),
+    otherwise :func:`fold_affine`, :func:`affine_per_sample` and an
+    in-place clamp.
+
+    Args:
+        x (Tensor): (N, C, H, W).
+        alpha (Tensor): Scale, (N, C) (DN-B) or (1, C) (DN-C).
+        lam (Tensor): Shift, same shape as ``alpha``.
+        mean (Tensor): (C,) statistics to normalise with.
+        var (Tensor): (C,) biased variance.
+        eps (float): Added to the variance.
+        bounds (tuple, optional): ``(min, max)`` of the clamp (either may be
+            None), e.g. from :func:`activation_bounds`; None for no clamp.
+
+    Returns:
+        Tensor: A new tensor of ``x``'s shape and dtype.
+    """
+    if inference_kernel.usable(x) and inference_kernel.load():
+        dtype = x.dtype
+        return inference_kernel.module.normalize_act(
+            x, alpha.to(dtype), lam.to(dtype), mean.to(dtype), var.to(dtype),
+            eps, *_clamp_range(bounds))
+    y = affine_per_sample(x, *fold_affine(alpha, lam, mean, var, eps))
+    return y if bounds is None else y.clamp_(*bounds)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether a forward hook would see ``module`` or a child run (then it
+    must run in torch: the C++ op would skip the hooks, e.g. a MAdds
+    counter's on the SC-Module's FCs)."""
+    from torch.nn.modules import module as torch_module
+    if (torch_module._global_forward_hooks
+            or torch_module._global_forward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks
+               for m in module.modules())
+
+
+def dn_b_inference(x: Tensor, sc: nn.Module, base_scale: Tensor,
+                   base_shift: Tensor, mean: Tensor, var: Tensor, eps: float,
+                   bounds: Optional[Bounds] = None) -> Optional[Tensor]:
+    """All of DN-B's inference in one call of the C++ kernel: the pooling
+    pass, the SC-Module, normalisation, affine and clamp.
+
+    Same arguments as :func:`normalize_act_inference`, with the SC-Module
+    ``sc`` and the base affine ``base_scale``/``base_shift`` (C,) in place
+    of ``alpha`` and ``lam``. Returns None where the kernel does not apply
+    (no kernel, an input it does not take, an SC activation other than the
+    sigmoid, parameters of another dtype, forward hooks on the SC-Module):
+    then the caller takes the ATen path. No autograd.
+    """
+    params = (sc.fc1.weight, sc.fc1.bias, sc.fc2.weight, base_scale,
+              base_shift, mean, var)
+    if not (isinstance(sc.act, nn.Sigmoid) and not _has_hooks(sc)
+            and inference_kernel.usable(x)
+            and all(p is not None and p.dtype == x.dtype for p in params)
+            and inference_kernel.load()):
+        return None
+    return inference_kernel.module.dn_b_inference(
+        x, sc.fc1.weight, sc.fc1.bias, sc.fc2.weight, sc.fc2.groups,
+        base_scale, base_shift, mean, var, eps, *_clamp_range(bounds))

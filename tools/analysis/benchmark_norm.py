@@ -13,7 +13,13 @@ Measures side by side, each in a fresh process (so peak memory is its own):
 and prints median times, the ratio to BN and the peak memory of the timed
 steps (CPU: peak RSS above the RSS before them; CUDA: max allocated). Example::
 
-    python tools/analysis/benchmark_norm.py --batch-size 8 --threads 2
+    python tools/analysis/benchmark_norm.py --batch-size 8 --threads 2 --runs 3
+
+CPU timings are at the mercy of page faults (glibc returns large freed
+blocks to the system, and whether a process re-faults its activations is
+chance): ``--keep-freed-memory`` takes them out, ``--timer cpu`` with
+``--threads 1`` is steadiest on a shared or virtual machine, and ``--runs``
+repeats every worker and reports medians (README, "Performance").
 
 Variants are norm configs of the backbone: ``bn``; ``dnb-r16-g1`` and
 ``dnb-r16-goup`` (the fast DN, the default); their ``-reference`` versions
@@ -58,6 +64,11 @@ def parse_args(argv=None):
                         choices=['auto', 'cpu', 'cuda'])
     parser.add_argument('--repeat', type=int, default=10,
                         help='timed iterations (the median is reported)')
+    parser.add_argument(
+        '--runs', type=int, default=1,
+        help='fresh worker processes per (part, variant), interleaved; the '
+        'table shows the median over runs (steadier on a shared or '
+        'virtual machine)')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--variants', nargs='+', default=DEFAULT_VARIANTS,
                         choices=sorted(VARIANTS))
@@ -68,12 +79,19 @@ def parse_args(argv=None):
         help="'wall': elapsed time; 'cpu': this process's CPU time, steady "
         'on a busy machine (use with --threads 1; CPU device only)')
     parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument(
+        '--keep-freed-memory', action='store_true',
+        help='run the workers with glibc keeping freed memory '
+        '(MALLOC_MMAP_MAX_=0, no trimming): no page faults for fresh '
+        'activations, which otherwise dominate CPU inference')
     parser.add_argument('--out', help='also write the results as JSON here')
     parser.add_argument('--worker', nargs=2, metavar=('PART', 'VARIANT'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.timer == 'cpu' and args.device == 'cuda':
         parser.error('--timer cpu measures CPU work; use wall on CUDA')
+    if args.runs < 1 or args.repeat < 1:
+        parser.error('--runs and --repeat must be >= 1')
     if args.batch_size < 2:
         parser.error('--batch-size must be >= 2: BN and DN train on batch '
                      'statistics')
@@ -263,11 +281,50 @@ def worker_command(args, part, variant):
     return cmd
 
 
-def format_table(results, args):
+def median_over_runs(runs, args):
+    """One result per (part, variant): the median of each figure."""
+    results = []
+    for part in args.parts:
+        for variant in args.variants:
+            mine = [r for r in runs
+                    if r['part'] == part and r['variant'] == variant]
+            merged = dict(part=part, variant=variant)
+            for key in mine[0]:
+                if key not in merged:
+                    merged[key] = statistics.median(r[key] for r in mine)
+            results.append(merged)
+    return results
+
+
+def worker_env(args):
+    env = dict(os.environ, PYTHONWARNINGS='ignore')
+    if args.keep_freed_memory:
+        env.update(MALLOC_MMAP_MAX_='0',
+                   MALLOC_TRIM_THRESHOLD_=str(2**62))
+    return env
+
+
+def dn_kernel_status(args):
+    """Whether DN's CPU inference kernel is in use (built here, once, so
+    that no worker pays for the build)."""
+    from dn_mmdet.norm.functional import fused_enabled, inference_kernel
+    if args.device != 'cpu':
+        return 'ATen (not a CPU run)'
+    if not fused_enabled():
+        return 'off (DN_MMDET_FUSED=0)'
+    if inference_kernel.load():
+        return 'in use'
+    return f'unavailable ({inference_kernel.error.splitlines()[0]})'
+
+
+def format_table(results, args, kernel_status):
     lines = [
         f'batch {args.batch_size}, {args.size}x{args.size}, device '
         f'{args.device}, threads {args.threads or "default"}, median '
-        f'{args.timer} time of {args.repeat}', '',
+        f'{args.timer} time of {args.repeat}'
+        f'{f" (median of {args.runs} runs)" if args.runs > 1 else ""}'
+        f'{", glibc keeps freed memory" if args.keep_freed_memory else ""}'
+        f'; DN CPU inference kernel: {kernel_status}', '',
         '| part | variant | train ms | x BN | train peak MiB | x BN | '
         'infer ms | x BN | infer peak MiB |',
         '|---|---|---|---|---|---|---|---|---|'
@@ -302,23 +359,27 @@ def main():
     if args.worker:
         print(json.dumps(run_worker(args, *args.worker)))
         return
-    results = []
-    jobs = [(p, v) for p in args.parts for v in args.variants]
-    for i, (part, variant) in enumerate(jobs, 1):
-        print(f'[{i}/{len(jobs)}] {part} {variant} ...', flush=True)
+    kernel_status = dn_kernel_status(args)
+    runs = []
+    jobs = [(r, p, v) for r in range(args.runs) for p in args.parts
+            for v in args.variants]
+    for i, (run, part, variant) in enumerate(jobs, 1):
+        print(f'[{i}/{len(jobs)}] run {run + 1}: {part} {variant} ...',
+              flush=True)
         proc = subprocess.run(worker_command(args, part, variant),
                               capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONWARNINGS='ignore'))
+                              env=worker_env(args))
         if proc.returncode != 0:
             sys.exit(f'benchmark worker {part}/{variant} failed:\n'
                      f'{proc.stderr[-3000:]}')
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    table = format_table(results, args)
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    results = median_over_runs(runs, args)
+    table = format_table(results, args, kernel_status)
     print(table)
     if args.out:
         with open(args.out, 'w') as f:
-            json.dump(dict(args=vars(args), results=results, table=table), f,
-                      indent=2)
+            json.dump(dict(args=vars(args), results=results, runs=runs,
+                           table=table), f, indent=2)
 
 
 if __name__ == '__main__':

@@ -22,6 +22,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
+from ...norm import DynamicNorm2d
+
 
 # The norm layer used when ``norm_cfg`` is not given: the paper's DN-B
 # (r=16, g=oup). The configs always pass ``norm_cfg`` explicitly.
@@ -209,6 +211,9 @@ class MobileNetV2DN(BaseModule):
             raise ValueError(f'MobileNetV2DN: unknown tap(s) {bad} in '
                              f'out_taps; valid taps: {self.valid_taps}')
         self.out_taps = out_taps
+        # DN applies the ReLU6 in its affine pass at inference (one pass
+        # instead of two, which pays back DN's pooling pass).
+        DynamicNorm2d.fuse_activations(self)
         self._freeze_stages()
 
     @property
