@@ -10,8 +10,8 @@ from torch import Tensor
 
 from .functional import (activation_bounds, affine_per_sample,
                          batch_moments, dn_b_inference, dn_b_train,
-                         fold_affine, fused_enabled, normalize_act_inference,
-                         per_sample_moments)
+                         fold_affine, fused_enabled, inverse_std,
+                         normalize_act_inference, per_sample_moments)
 from .reference import dn_c_descriptor_scales, dynamic_norm_reference
 from .sc_module import SCModule
 
@@ -292,12 +292,11 @@ class DynamicNorm2d(nn.Module):
                 self.sc, mean, (var + self.eps).sqrt(), self.mode)
             alpha = alpha_delta + self.base_scale
             lam = lambda_delta + self.base_shift
-        if self.impl == 'auto' and not (alpha.requires_grad or
-                                        lam.requires_grad or x.requires_grad
-                                        or mean.requires_grad):
+        if self._inference_only(x):
             return normalize_act_inference(x, alpha, lam, mean, var,
                                            self.eps, self._activation_bounds())
-        scale, shift = fold_affine(alpha, lam, mean, var, self.eps)
+        scale, shift = fold_affine(alpha, lam, mean,
+                                   inverse_std(var, self.eps))
         return self._activate(affine_per_sample(x, scale, shift))
 
     @torch.no_grad()

@@ -13,9 +13,11 @@ Two facts make DN-B cheap (see README, "Performance"):
 
 :func:`dn_b_train` implements training with batch statistics as a single
 autograd node that keeps only ``x`` alive (as BN does) and runs the small
-SC-Module's own autograd graph inside it. Inference (no autograd) applies the
-affine and the activation that follows the norm in one pass of a C++ kernel,
-:func:`normalize_act_inference`, which pays back the pooling pass. Everything
+SC-Module's own autograd graph inside it. DN-B's inference (no autograd, CPU)
+is one call of a C++ op, :func:`dn_b_inference`: the pooling pass, the
+SC-Module, and one pass that normalises, applies the affine and the activation
+that follows the norm (paying back the pooling pass);
+:func:`normalize_act_inference` is that last pass alone. Everything
 else (DN-C, synchronised statistics) is cheap enough as plain torch ops.
 
 ``DN_MMDET_FUSED=0`` in the environment switches every fused path off.
@@ -108,6 +110,27 @@ def affine_per_sample(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return out
 
 
+def inverse_std(var: Tensor, eps: float) -> Tensor:
+    """``1 / sqrt(var + eps)``, in float32 or wider."""
+    return torch.rsqrt(var.to(torch.promote_types(var.dtype, torch.float32))
+                       + eps)
+
+
+def fold_affine(alpha: Tensor, lam: Tensor, mean: Tensor,
+                invstd: Tensor) -> Tuple[Tensor, Tensor]:
+    """``X~ * alpha + lambda = x * scale + shift``, with
+    ``scale = alpha * invstd`` and ``shift = lambda - mean * scale``.
+
+    ``alpha``, ``lam``: (N, C) or (1, C); ``mean``, ``invstd``
+    (``1 / sqrt(var + eps)``): (C,). Computed in float32 or wider.
+    """
+    dtype = torch.promote_types(
+        torch.promote_types(alpha.dtype, invstd.dtype), torch.float32)
+    scale = alpha.to(dtype) * invstd.to(dtype)
+    shift = lam.to(dtype) - mean.to(dtype) * scale
+    return scale, shift
+
+
 def _centered_sums(a: Tensor, x: Tensor, center: Tensor,
                    scale: Tensor) -> Tuple[Tensor, Tensor]:
     """``sum_hw a * (x - center) * scale`` and ``sum_hw a`` per (n, c).
@@ -151,14 +174,13 @@ class _DNBTrain(torch.autograd.Function):
         mean_nc = sum_x / hw
         var_nc = (sum_x2 / hw - mean_nc * mean_nc).clamp_min(0)
         mean, var = batch_moments(mean_nc, var_nc)
-        invstd = torch.rsqrt(var + eps)
+        invstd = inverse_std(var, eps)
         # The SC-Module is small ((N, C) in, (N, 2C) out): run it with its
         # own graph, which the backward below differentiates through.
         with torch.enable_grad():
             pooled = mean_nc.detach().requires_grad_(True)
             alpha, lam = scale_shift_fn(pooled)
-        scale = alpha.detach().to(stats_dtype) * invstd
-        shift = lam.detach().to(stats_dtype) - mean * scale
+        scale, shift = fold_affine(alpha.detach(), lam.detach(), mean, invstd)
         y = affine_per_sample(x, scale, shift)
         ctx.save_for_backward(x, mean, invstd, scale)
         ctx.sc_graph = (pooled, alpha, lam, sc_params)
@@ -231,21 +253,6 @@ def activation_bounds(act: nn.Module) -> Optional[Bounds]:
     return None
 
 
-def fold_affine(alpha: Tensor, lam: Tensor, mean: Tensor, var: Tensor,
-                eps: float) -> Tuple[Tensor, Tensor]:
-    """``X~ * alpha + lambda = x * scale + shift``, with
-    ``scale = alpha / sqrt(var + eps)`` and ``shift = lambda - mean * scale``.
-
-    ``alpha``, ``lam``: (N, C) or (1, C); ``mean``, ``var``: (C,). Computed
-    in float32 or wider.
-    """
-    dtype = torch.promote_types(
-        torch.promote_types(alpha.dtype, var.dtype), torch.float32)
-    scale = alpha.to(dtype) * torch.rsqrt(var.to(dtype) + eps)
-    shift = lam.to(dtype) - mean.to(dtype) * scale
-    return scale, shift
-
-
 class _CPUKernel:
     """DN's inference as C++ CPU ops (``csrc/dn_cpu.cpp``), in :attr:`module`.
 
@@ -271,10 +278,9 @@ class _CPUKernel:
         self.error: Optional[str] = None
 
     def usable(self, x: Tensor) -> bool:
-        # float16/bfloat16 keep ATen's float32 arithmetic; other layouts
-        # (channels-last) take the ATen path too.
-        # Tracers and compilers get plain ops (exported graphs stay
-        # portable); checked first, before reading x's shape.
+        # Tracers and compilers get plain ops (exported graphs stay portable;
+        # checked before x's shape is read); float16/bfloat16 keep ATen's
+        # float32 arithmetic; other layouts (channels-last) take ATen too.
         return (not torch.jit.is_tracing() and not torch.jit.is_scripting()
                 and not torch.compiler.is_compiling()
                 and self.error is None and fused_enabled()
@@ -365,7 +371,8 @@ def normalize_act_inference(x: Tensor, alpha: Tensor, lam: Tensor,
         return inference_kernel.module.normalize_act(
             x, alpha.to(dtype), lam.to(dtype), mean.to(dtype), var.to(dtype),
             eps, *_clamp_range(bounds))
-    y = affine_per_sample(x, *fold_affine(alpha, lam, mean, var, eps))
+    y = affine_per_sample(
+        x, *fold_affine(alpha, lam, mean, inverse_std(var, eps)))
     return y if bounds is None else y.clamp_(*bounds)
 
 
