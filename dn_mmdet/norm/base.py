@@ -1,0 +1,104 @@
+"""What every normalisation layer of dn_mmdet shares.
+
+DN, SN and MABN are 2-D norms that (in training) estimate statistics from the
+batch. They share three things, kept here once:
+
+* a name: ``layer_name`` is the layer's qualified name in its model (set by
+  :func:`name_norm_layers`), so that an error says *which* of a detector's
+  hundred norm layers got a bad input;
+* their input checks (:meth:`NormLayer.check_input`): a 4-D input with the
+  layer's channel count, and, while the layer normalises with batch
+  statistics, enough values per channel to estimate them;
+* :attr:`NormLayer.uses_batch_statistics`, which the runner hooks ask instead
+  of re-deriving each layer's rules.
+"""
+from typing import Optional
+
+import torch.nn as nn
+from torch import Tensor
+
+__all__ = ['NormLayer', 'name_norm_layers']
+
+
+class NormLayer(nn.Module):
+    """Base class of dn_mmdet's normalisation layers over (N, C, H, W).
+
+    Subclasses set ``_abbr_`` (mmcv's ``build_norm_layer`` names the layer
+    with it, which fixes its checkpoint keys), implement
+    :attr:`uses_batch_statistics`, and call :meth:`check_input` first in
+    ``forward``.
+
+    Args:
+        num_features (int): Channels C.
+    """
+
+    _abbr_ = 'norm'
+    #: Values per channel (N * H * W, over all synchronised processes) that
+    #: batch statistics need: a variance needs two.
+    min_values_per_channel = 2
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        if (not isinstance(num_features, int)
+                or isinstance(num_features, bool) or num_features < 1):
+            raise ValueError(
+                f'{type(self).__name__}: num_features must be a positive '
+                f'int, got {num_features!r}')
+        self.num_features = num_features
+        #: Qualified name in the model, for messages (see name_norm_layers).
+        self.layer_name: Optional[str] = None
+
+    @property
+    def uses_batch_statistics(self) -> bool:
+        """Whether ``forward`` now normalises with statistics of its input
+        batch (so the input must hold enough values per channel)."""
+        raise NotImplementedError
+
+    def synced_processes(self) -> int:
+        """How many processes pool their batch statistics with this one's
+        (1 unless statistics are synchronised, e.g. under ``sync_bn``)."""
+        return 1
+
+    def describe(self) -> str:
+        """e.g. ``DN layer "backbone.stem.dn" (DynamicNorm2d, 32 channels)``
+        for error messages."""
+        where = f' "{self.layer_name}"' if self.layer_name else ''
+        return (f'{self._abbr_.upper()} layer{where} ({type(self).__name__}, '
+                f'{self.num_features} channels)')
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ``ValueError`` naming this layer if ``x`` cannot be
+        normalised: not (N, C, H, W) with C = ``num_features``, or, with
+        batch statistics, fewer than :attr:`min_values_per_channel` values
+        per channel. An empty batch (N = 0) passes: it yields an empty
+        output and leaves the running statistics alone, as in BatchNorm."""
+        if x.dim() != 4:
+            raise ValueError(f'{self.describe()}: expected a 4-D input '
+                             f'(N, C, H, W), got shape {tuple(x.shape)}')
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f'{self.describe()}: expected {self.num_features} input '
+                f'channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
+        if x.shape[0] == 0 or not self.uses_batch_statistics:
+            return
+        values = x.shape[0] * x.shape[2] * x.shape[3]
+        if values * self.synced_processes() < self.min_values_per_channel:
+            raise ValueError(
+                f'{self.describe()}: got an input of shape {tuple(x.shape)} '
+                f'in training, {values} value(s) per channel, but batch '
+                f'statistics need at least {self.min_values_per_channel}. '
+                'Raise `train_dataloader.batch_size` to 2 or more, or set '
+                '`train_dataloader.drop_last=True` if this is the last, '
+                'incomplete batch of an epoch; or freeze the statistics '
+                '(`norm_eval=True` in the backbone).')
+
+
+def name_norm_layers(model: nn.Module) -> int:
+    """Set ``layer_name`` of every :class:`NormLayer` in ``model`` to its
+    qualified name (used in messages). Returns how many were named."""
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, NormLayer):
+            module.layer_name = name
+            count += 1
+    return count
