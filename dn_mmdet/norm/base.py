@@ -80,11 +80,12 @@ class NormLayer(nn.Module):
             raise ValueError(
                 f'{self.describe()}: expected {self.num_features} input '
                 f'channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
-        if x.numel() == 0 or not self.uses_batch_statistics:
-            return
+        # Cheapest tests first: this runs in every forward.
         values = x.shape[0] * x.shape[2] * x.shape[3]
-        if (values < self.min_values_per_channel and values *
-                self.synced_processes() < self.min_values_per_channel):
+        if (values == 0 or values >= self.min_values_per_channel
+                or not self.uses_batch_statistics):
+            return
+        if values * self.synced_processes() < self.min_values_per_channel:
             raise ValueError(
                 f'{self.describe()}: got an input of shape {tuple(x.shape)} '
                 f'in training, {values} value(s) per channel, but batch '

@@ -229,7 +229,8 @@ class DynamicNorm2d(NormLayer):
         if (torch.jit.is_tracing() or torch.jit.is_scripting()
                 or torch.compiler.is_compiling()):
             return 'torch'  # before reading x's shape: a traced value
-        synced = self._sync_group() is not None
+        batch_stats = self.uses_batch_statistics
+        synced = batch_stats and self._sync_group() is not None
         if x.numel() == 0 and not synced:
             return 'empty'
         if synced or not fused_enabled():
@@ -240,14 +241,14 @@ class DynamicNorm2d(NormLayer):
         if not needs_autograd:
             if not (kernel_accepts(x) and dn_cpu.load()):
                 return 'torch'
-            if (self.mode == 'B' and not self.uses_batch_statistics
+            if (self.mode == 'B' and not batch_stats
                     and dn_b_kernel_applies(x, self.sc, self.base_scale,
                                             self.base_shift,
                                             self.bn.running_mean,
                                             self.bn.running_var)):
                 return 'dn_b_kernel'
             return 'kernel'
-        if self.mode == 'B' and self.uses_batch_statistics:
+        if self.mode == 'B' and batch_stats:
             return 'train_node'
         return 'torch'
 
