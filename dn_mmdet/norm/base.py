@@ -70,8 +70,9 @@ class NormLayer(nn.Module):
         """Raise a ``ValueError`` naming this layer if ``x`` cannot be
         normalised: not (N, C, H, W) with C = ``num_features``, or, with
         batch statistics, fewer than :attr:`min_values_per_channel` values
-        per channel. An empty batch (N = 0) passes: it yields an empty
-        output and leaves the running statistics alone, as in BatchNorm."""
+        per channel (counted over all synchronised processes). An input
+        without values (N = 0) passes: it yields an empty output and leaves
+        the running statistics alone."""
         if x.dim() != 4:
             raise ValueError(f'{self.describe()}: expected a 4-D input '
                              f'(N, C, H, W), got shape {tuple(x.shape)}')
@@ -79,9 +80,11 @@ class NormLayer(nn.Module):
             raise ValueError(
                 f'{self.describe()}: expected {self.num_features} input '
                 f'channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
-        if x.shape[0] == 0 or not self.uses_batch_statistics:
-            return
+        # Cheapest tests first: this runs in every forward.
         values = x.shape[0] * x.shape[2] * x.shape[3]
+        if (values == 0 or values >= self.min_values_per_channel
+                or not self.uses_batch_statistics):
+            return
         if values * self.synced_processes() < self.min_values_per_channel:
             raise ValueError(
                 f'{self.describe()}: got an input of shape {tuple(x.shape)} '

@@ -13,39 +13,39 @@ Two facts make DN-B cheap (see README, "Performance"):
 
 :func:`dn_b_train` implements training with batch statistics as a single
 autograd node that keeps only ``x`` alive (as BN does) and runs the small
-SC-Module's own autograd graph inside it. DN-B's inference (no autograd, CPU)
-is one call of a C++ op, :func:`dn_b_inference`: the pooling pass, the
-SC-Module, and one pass that normalises, applies the affine and the activation
-that follows the norm (paying back the pooling pass);
-:func:`normalize_act_inference` is that last pass alone. Everything
-else (DN-C, synchronised statistics) is cheap enough as plain torch ops.
-
-``DN_MMDET_FUSED=0`` in the environment switches every fused path off.
+SC-Module's own autograd graph inside it. Without autograd on the CPU the
+C++ kernel of :mod:`dn_mmdet.ops` computes all of DN-B in one call
+(:func:`dn_b_inference_cpu`), or only the normalise-affine-clamp pass
+(:func:`normalize_act_cpu`). Which of these runs is decided by
+:meth:`DynamicNorm2d._select_path <dn_mmdet.norm.DynamicNorm2d>`;
+``DN_MMDET_FUSED=0`` (:func:`fused_enabled`) switches all of them off.
 """
 import math
 import os
-import sys
-import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from mmengine.logging import print_log
 from torch import Tensor
+
+from ..ops import dn_cpu
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def fused_enabled() -> bool:
-    """False when ``DN_MMDET_FUSED=0``: plain torch ops everywhere."""
+    """False when ``DN_MMDET_FUSED=0``: plain torch ops everywhere (the one
+    switch of every fast path: the fused training node and the C++
+    kernel)."""
     return os.environ.get('DN_MMDET_FUSED', '1') != '0'
 
 
 def per_sample_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-(sample, channel) mean and biased variance, differentiable.
 
-    For the plain-ops paths (DN-C, synchronised statistics, ``impl='plain'``);
-    the fused node computes the same in one native pass.
+    For the plain-ops paths (DN-C, synchronised statistics,
+    ``DN_MMDET_FUSED=0``); the fused node computes the same in one native
+    pass.
 
     Args:
         x (Tensor): (N, C, H, W).
@@ -88,7 +88,7 @@ def affine_per_sample(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
                 shift.to(x.dtype)[:, :, None, None])
     scale = scale.expand(n, c)
     shift = shift.expand(n, c)
-    if not x.is_contiguous():
+    if not x.is_contiguous() or x.numel() == 0:
         return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x,
                              scale.to(x.dtype)[:, :, None, None])
     param_dtype = (torch.float32 if x.dtype in _LOW_PRECISION else x.dtype)
@@ -253,130 +253,21 @@ def activation_bounds(act: nn.Module) -> Optional[Bounds]:
     return None
 
 
-class _CPUKernel:
-    """DN's inference as C++ CPU ops (``csrc/dn_cpu.cpp``), in :attr:`module`.
-
-    ``normalize_act`` folds the statistics into each (sample, channel)'s
-    scale and shift and applies them and the clamp in one vectorised,
-    multi-threaded loop over ``x``: one read and one write per element.
-    ``dn_b_inference`` adds the pooling pass and the SC-Module in the same
-    call. ATen needs two full passes (the affine, then the clamp) and about
-    fifteen small ops a layer launched from Python; ``torch.compile`` fuses
-    the passes too, but its per-call overhead (guards, wrappers: ~0.15 ms a
-    layer) ate what the fusion saves on MobileNetV2 (README, "Performance").
-
-    Built with ``torch.utils.cpp_extension`` on first use (~20 s on two
-    cores, logged) into ``dn_mmdet/`` under torch's extension root
-    (``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``), one
-    build per Python, torch version and instruction set. If building fails
-    (no C++ compiler), it warns once and ATen's kernels are used from then
-    on.
-    """
-
-    def __init__(self):
-        self.module = None
-        self.error: Optional[str] = None
-
-    def usable(self, x: Tensor) -> bool:
-        # Tracers and compilers get plain ops (exported graphs stay portable;
-        # checked before x's shape is read); float16/bfloat16 keep ATen's
-        # float32 arithmetic; other layouts (channels-last) take ATen too.
-        return (not torch.jit.is_tracing() and not torch.jit.is_scripting()
-                and not torch.compiler.is_compiling()
-                and self.error is None and fused_enabled()
-                and x.device.type == 'cpu'
-                and x.dtype in (torch.float32, torch.float64)
-                and x.is_contiguous() and x.numel() > 0)
-
-    def load(self) -> bool:
-        """Build or load the op now (else on first use); True if it is
-        available. Fails only once: a failure warns and is remembered."""
-        if self.module is None and self.error is None:
-            try:
-                self.module = self._build()
-            except Exception as error:  # noqa: BLE001  (any failure: fall back)
-                self.error = f'{type(error).__name__}: {error}'
-                warnings.warn(
-                    'dn_mmdet: could not build the DN CPU kernel, using ATen '
-                    f'kernels instead ({self.error.splitlines()[0]}). Set '
-                    'DN_MMDET_FUSED=0 to skip trying.')
-        return self.module is not None
-
-    def _build(self):
-        from torch.utils import cpp_extension
-        capability = torch.backends.cpu.get_cpu_capability()
-        # AVX2 + FMA wherever the CPU has them (also on AVX-512 CPUs: the
-        # pass is memory-bound); the ISA is part of the build's name, so a
-        # machine without AVX2 never loads an AVX2 build.
-        isa = 'avx2' if capability in ('AVX2', 'AVX512') else 'default'
-        name = f'dn_mmdet_cpu_{isa}'
-        # One build per Python and torch version (C++ ABI), under torch's
-        # usual root (TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions).
-        root = (os.environ.get('TORCH_EXTENSIONS_DIR')
-                or cpp_extension.get_default_build_root())
-        tag = (f'py{sys.version_info.major}{sys.version_info.minor}_torch'
-               f'{torch.__version__.replace("+", "_")}')
-        build_dir = os.path.join(root, 'dn_mmdet', tag, name)
-        os.makedirs(build_dir, exist_ok=True)
-        if not os.path.exists(os.path.join(build_dir, f'{name}.so')):
-            print_log(
-                'dn_mmdet: building the DN CPU inference kernel (once per '
-                f'machine and torch version, ~20 s) in {build_dir}',
-                logger='current')
-        source = os.path.join(os.path.dirname(__file__), 'csrc', 'dn_cpu.cpp')
-        return cpp_extension.load(
-            name=name,
-            sources=[source],
-            build_directory=build_dir,
-            extra_cflags=['-O3', '-fopenmp'] +
-            (['-mavx2', '-mfma'] if isa == 'avx2' else []),
-            # Resolves to the libgomp torch already loaded: one thread pool.
-            extra_ldflags=['-fopenmp'],
-            verbose=False)
-
-
-inference_kernel = _CPUKernel()
-
-
 def _clamp_range(bounds: Optional[Bounds]) -> Tuple[float, float]:
     lo, hi = bounds if bounds is not None else (None, None)
     return (-math.inf if lo is None else lo, math.inf if hi is None else hi)
 
 
-def normalize_act_inference(x: Tensor, alpha: Tensor, lam: Tensor,
-                            mean: Tensor, var: Tensor, eps: float,
-                            bounds: Optional[Bounds] = None) -> Tensor:
-    """``clamp((x - mean) / sqrt(var + eps) * alpha + lam, *bounds)``,
-    without autograd.
-
-    One pass of the C++ kernel where available (see :class:`_CPUKernel`),
-    otherwise :func:`fold_affine`, :func:`affine_per_sample` and an
-    in-place clamp.
-
-    Args:
-        x (Tensor): (N, C, H, W).
-        alpha (Tensor): Scale, (N, C) (DN-B) or (1, C) (DN-C).
-        lam (Tensor): Shift, same shape as ``alpha``.
-        mean (Tensor): (C,) statistics to normalise with.
-        var (Tensor): (C,) biased variance.
-        eps (float): Added to the variance.
-        bounds (tuple, optional): ``(min, max)`` of the clamp (either may be
-            None), e.g. from :func:`activation_bounds`; None for no clamp.
-
-    Returns:
-        Tensor: A new tensor of ``x``'s shape and dtype.
-    """
-    if inference_kernel.usable(x) and inference_kernel.load():
-        dtype = x.dtype
-        return inference_kernel.module.normalize_act(
-            x, alpha.to(dtype), lam.to(dtype), mean.to(dtype), var.to(dtype),
-            eps, *_clamp_range(bounds))
-    y = affine_per_sample(
-        x, *fold_affine(alpha, lam, mean, inverse_std(var, eps)))
-    return y if bounds is None else y.clamp_(*bounds)
+def kernel_accepts(x: Tensor) -> bool:
+    """Whether the C++ kernel (:mod:`dn_mmdet.ops`) takes ``x``: a
+    contiguous float32/float64 CPU tensor. (float16/bfloat16 keep ATen's
+    float32 arithmetic; channels-last inputs take ATen too.)"""
+    return (x.device.type == 'cpu' and x.dtype in (torch.float32,
+                                                   torch.float64)
+            and x.is_contiguous())
 
 
-def _has_hooks(module: nn.Module) -> bool:
+def has_forward_hooks(module: nn.Module) -> bool:
     """Whether a forward hook would see ``module`` or a child run (then it
     must run in torch: the C++ op would skip the hooks, e.g. a MAdds
     counter's on the SC-Module's FCs)."""
@@ -388,26 +279,54 @@ def _has_hooks(module: nn.Module) -> bool:
                for m in module.modules())
 
 
-def dn_b_inference(x: Tensor, sc: nn.Module, base_scale: Tensor,
-                   base_shift: Tensor, mean: Tensor, var: Tensor, eps: float,
-                   bounds: Optional[Bounds] = None) -> Optional[Tensor]:
-    """All of DN-B's inference in one call of the C++ kernel: the pooling
-    pass, the SC-Module, normalisation, affine and clamp.
+def normalize_act_cpu(x: Tensor, alpha: Tensor, lam: Tensor, mean: Tensor,
+                      var: Tensor, eps: float,
+                      bounds: Optional[Bounds] = None) -> Tensor:
+    """``clamp((x - mean) / sqrt(var + eps) * alpha + lam, *bounds)`` in one
+    pass of the C++ kernel (one read and one write of ``x``; ATen needs a
+    pass for the affine and one for the clamp). No autograd.
 
-    Same arguments as :func:`normalize_act_inference`, with the SC-Module
-    ``sc`` and the base affine ``base_scale``/``base_shift`` (C,) in place
-    of ``alpha`` and ``lam``. Returns None where the kernel does not apply
-    (no kernel, an input it does not take, an SC activation other than the
-    sigmoid, parameters of another dtype, forward hooks on the SC-Module):
-    then the caller takes the ATen path. No autograd.
+    Args:
+        x (Tensor): (N, C, H, W), accepted by :func:`kernel_accepts`.
+        alpha (Tensor): Scale, (N, C) (DN-B) or (1, C) (DN-C).
+        lam (Tensor): Shift, same shape as ``alpha``.
+        mean (Tensor): (C,) statistics to normalise with.
+        var (Tensor): (C,) biased variance.
+        eps (float): Added to the variance.
+        bounds (tuple, optional): ``(min, max)`` of the clamp (either may be
+            None), e.g. from :func:`activation_bounds`; None for no clamp.
+
+    Returns:
+        Tensor: A new tensor of ``x``'s shape and dtype.
     """
-    params = (sc.fc1.weight, sc.fc1.bias, sc.fc2.weight, base_scale,
-              base_shift, mean, var)
-    if not (isinstance(sc.act, nn.Sigmoid) and not _has_hooks(sc)
-            and inference_kernel.usable(x)
+    dtype = x.dtype
+    return dn_cpu.module.normalize_act(x, alpha.to(dtype), lam.to(dtype),
+                                       mean.to(dtype), var.to(dtype), eps,
+                                       *_clamp_range(bounds))
+
+
+def dn_b_kernel_applies(x: Tensor, sc: nn.Module, *buffers: Tensor) -> bool:
+    """Whether :func:`dn_b_inference_cpu` can compute DN-B with this
+    SC-Module: its activation is the sigmoid the kernel implements, no
+    forward hook watches it, and its weights and ``buffers`` (base affine,
+    statistics) have ``x``'s dtype."""
+    params = (sc.fc1.weight, sc.fc1.bias, sc.fc2.weight) + buffers
+    return (isinstance(sc.act, nn.Sigmoid)
             and all(p is not None and p.dtype == x.dtype for p in params)
-            and inference_kernel.load()):
-        return None
-    return inference_kernel.module.dn_b_inference(
+            and not has_forward_hooks(sc))
+
+
+def dn_b_inference_cpu(x: Tensor, sc: nn.Module, base_scale: Tensor,
+                       base_shift: Tensor, mean: Tensor, var: Tensor,
+                       eps: float, bounds: Optional[Bounds] = None) -> Tensor:
+    """All of DN-B's inference in one call of the C++ kernel: the pooling
+    pass, the SC-Module, normalisation, affine and clamp (the dozen small
+    ops a layer that these take from Python cost ~10 us each).
+
+    Same arguments as :func:`normalize_act_cpu`, with the SC-Module ``sc``
+    and the base affine ``base_scale``/``base_shift`` (C,) in place of
+    ``alpha`` and ``lam``; see :func:`dn_b_kernel_applies`. No autograd.
+    """
+    return dn_cpu.module.dn_b_inference(
         x, sc.fc1.weight, sc.fc1.bias, sc.fc2.weight, sc.fc2.groups,
         base_scale, base_shift, mean, var, eps, *_clamp_range(bounds))

@@ -7,10 +7,11 @@ describes it)::
     split -> alpha_delta (N, C), lambda_delta (N, C)
 
 with ``h = max(1, C // r)`` and ``g`` input channels per group of FC2
-(``g='oup'`` is a plain fully connected FC2). This is exactly the structure
-that reproduces the paper's parameter counts (SPEC section 1).
+(``g='oup'`` is a plain fully connected FC2; DN Sec. 4.1, "The influence of
+r / g"). This is exactly the structure that reproduces the paper's parameter
+counts (DN Tables 1, 2, 6 and 7).
 """
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -107,18 +108,20 @@ class SCModule(nn.Module):
         r (int): Reduction of FC1: ``h = max(1, C // r)``.
         g (int | str): Input channels per group of FC2, or ``'oup'`` for a
             fully connected FC2.
-        act_cfg (dict): Activation after FC1. Sigmoid by default, as in
-            WeightNet which DN follows.
+        act_cfg (dict | None): Activation after FC1. Sigmoid by default, as
+            in WeightNet which DN follows; None for none (as ``ConvModule``'s
+            ``act_cfg=None``: FC2 then follows FC1 directly).
     """
 
     def __init__(self, num_features: int, r: int = 16,
                  g: Union[int, str] = 1,
-                 act_cfg: dict = dict(type='Sigmoid')):
+                 act_cfg: Optional[dict] = dict(type='Sigmoid')):
         super().__init__()
         self.num_features = num_features
         hidden = max(1, num_features // r)
         self.fc1 = GroupedFC(num_features, hidden, groups=1, bias=True)
-        self.act = build_activation_layer(act_cfg)
+        self.act = (nn.Identity() if act_cfg is None else
+                    build_activation_layer(act_cfg))
         self.fc2 = GroupedFC(
             hidden, 2 * num_features,
             groups=fc2_groups(hidden, num_features, g), bias=False)
@@ -135,3 +138,27 @@ class SCModule(nn.Module):
     def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(N, C) -> alpha_delta (N, C), lambda_delta (N, C)."""
         return self.split(self.fc2(self.hidden(z)))
+
+    def forward_dn_c(self, mean: torch.Tensor, std: torch.Tensor,
+                     mode: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """DN-C's deltas, shared by the batch, from its statistics.
+
+        The E[X] and Std[X] branches share the FCs (which gives DN-C the
+        paper's 3.03M parameters) and are added after FC1 (``mode='C1'``)
+        or after FC2 (``'C2'``; DN Table 1, notes 1 and 2).
+
+        Args:
+            mean (Tensor): E[X], (C,).
+            std (Tensor): Std[X] = sqrt(Var[X] + eps), (C,).
+            mode (str): ``'C1'`` or ``'C2'``.
+
+        Returns:
+            tuple[Tensor, Tensor]: alpha_delta and lambda_delta, (1, C).
+        """
+        mean, std = mean[None], std[None]
+        if mode == 'C1':
+            return self.split(self.fc2(self.act(self.fc1(mean) +
+                                                self.fc1(std))))
+        alpha_m, lambda_m = self(mean)
+        alpha_s, lambda_s = self(std)
+        return alpha_m + alpha_s, lambda_m + lambda_s

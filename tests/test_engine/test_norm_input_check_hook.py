@@ -136,15 +136,14 @@ def test_dn_batch_size_one_names_dn_layer(tmp_path, toy):
     assert '`train_dataloader.batch_size` (now 1)' in msg
 
 
-def test_control_dn_b_batch_size_one_is_silent(toy):
-    # Without the hook DN-B raises nothing: one value per channel normalises
-    # to 0 whatever the input (the SC-Module's affine starts at 1 and 0).
+def test_control_dn_b_batch_size_one_without_hook_is_refused_by_dn(toy):
+    # Without the hook DN itself refuses one value per channel (it once
+    # normalised it to 0 silently), naming the layer by its place in the
+    # model only once the runner's hooks have named it.
     model = toy.ToyNet(dict(type='DN', r=4)).train()
     dn = model.backbone[1].dn
-    x1, x2 = torch.randn(1, 16, 1, 1), 10 * torch.randn(1, 16, 1, 1)
-    a, b = dn(x1), dn(x2)
-    # (0 up to rounding: DN's fused path scales by 1 / sqrt(eps) ~ 316.)
-    assert a.abs().max() < 1e-2 and b.abs().max() < 1e-2
+    with pytest.raises(ValueError, match='1 value.s. per channel'):
+        dn(torch.randn(1, 16, 1, 1))
 
 
 def test_dn_frozen_by_norm_eval_is_not_checked(toy):

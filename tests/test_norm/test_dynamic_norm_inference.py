@@ -1,8 +1,8 @@
 """DN inference: the C++ CPU kernel and the fused activation.
 
 Without autograd DN normalises, applies its per-sample affine and the
-ReLU/ReLU6 that follows it in one pass (``normalize_act_inference``); these
-tests hold that pass to the straightforward reference implementation.
+ReLU/ReLU6 that follows it in one pass of the C++ kernel (dn_mmdet.ops);
+these tests hold that pass to the straightforward reference implementation.
 """
 import copy
 import warnings
@@ -10,70 +10,24 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+from dn_helpers import (ACTIVATIONS, SHAPES, randomize, reference_output,
+                        with_activation)
 from mmcv.cnn import ConvModule
 
 import dn_mmdet  # noqa: F401  (registers DN and the backbone)
 from dn_mmdet.models.backbones import MobileNetV2DN
 from dn_mmdet.norm import DynamicNorm2d
-from dn_mmdet.norm import functional
-from dn_mmdet.norm.functional import (_CPUKernel, activation_bounds,
-                                      normalize_act_inference)
-
-from test_dynamic_norm_math import SHAPES, randomize
-
-ACTIVATIONS = {
-    'none': None,
-    'relu': nn.ReLU,
-    'relu6': nn.ReLU6,
-    'hardtanh': lambda: nn.Hardtanh(-0.5, 0.7),
-}
-
-
-def with_activation(dn, act_name):
-    act = ACTIVATIONS[act_name]
-    if act is not None:
-        dn.fuse_activation(act())
-    return dn
-
-
-def reference_output(dn, x):
-    """The reference implementation, then the activation as its own op."""
-    dn = copy.deepcopy(dn)
-    activation, dn.activation = dn.activation, None
-    y = dn.forward_reference(x)
-    return y if activation is None else activation(y)
-
-
-class CountingKernel:
-    """Counts calls to the built ops (a thin proxy of the real module)."""
-
-    def __init__(self, module):
-        self.module, self.calls, self.dn_b_calls = module, 0, 0
-
-    def normalize_act(self, *args):
-        self.calls += 1
-        return self.module.normalize_act(*args)
-
-    def dn_b_inference(self, *args):
-        self.calls += 1
-        self.dn_b_calls += 1
-        return self.module.dn_b_inference(*args)
-
-
-@pytest.fixture
-def counted_kernel(monkeypatch):
-    kernel = functional.inference_kernel
-    assert kernel.load(), f'the DN CPU kernel did not build: {kernel.error}'
-    counter = CountingKernel(kernel.module)
-    monkeypatch.setattr(kernel, 'module', counter)
-    return counter
+from dn_mmdet.norm.functional import activation_bounds, normalize_act_cpu
+from dn_mmdet.norm.reference import dynamic_norm_reference
+from dn_mmdet.ops import dn_cpu
 
 
 def test_cpu_kernel_builds_and_loads():
     """This machine has a C++ compiler (mmcv is built from source), so the
     fast inference path must be the one in use."""
-    assert functional.inference_kernel.load()
-    assert functional.inference_kernel.error is None
+    assert dn_cpu.load()
+    assert dn_cpu.error is None
+    assert dn_cpu.origin in ('installed', 'cache', 'compiled')
 
 
 @pytest.mark.parametrize('shape', SHAPES)
@@ -150,9 +104,8 @@ def test_batch_statistics_without_autograd(counted_kernel):
     assert counted_kernel.calls == 1
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     # reference_output ran on a copy of ref: update ref's own statistics
-    ref.activation = None
     with torch.no_grad():
-        ref.forward_reference(x)
+        dynamic_norm_reference(ref, x)
     torch.testing.assert_close(dn.bn.running_mean, ref.bn.running_mean)
     torch.testing.assert_close(dn.bn.running_var, ref.bn.running_var)
 
@@ -193,31 +146,23 @@ def test_inference_mode_and_disabling(monkeypatch, counted_kernel):
         y_aten = dn(x)
     assert counted_kernel.calls == 1
     torch.testing.assert_close(y, y_aten, rtol=1e-5, atol=1e-5)
-    dn_plain = copy.deepcopy(dn)
-    dn_plain.impl = 'plain'
-    monkeypatch.delenv('DN_MMDET_FUSED')
-    with torch.no_grad():
-        torch.testing.assert_close(dn_plain(x), y, rtol=1e-5, atol=1e-5)
-    assert counted_kernel.calls == 1
 
 
 def test_clamp_keeps_nan_and_bounds(counted_kernel):
     x = torch.tensor([-3.0, -0.25, 0.5, 7.0, float('nan')]).view(1, 1, 1, 5)
     one = torch.ones(1, 1)
     zero = torch.zeros(1)
-    y = normalize_act_inference(x, one, 0 * one, zero, zero + 1, 0.0,
-                                (0.0, 6.0))
+    y = normalize_act_cpu(x, one, 0 * one, zero, zero + 1, 0.0, (0.0, 6.0))
     assert counted_kernel.calls == 1
     assert y[0, 0, 0, :4].tolist() == [0.0, 0.0, 0.5, 6.0]
     assert torch.isnan(y[0, 0, 0, 4])
-    y = normalize_act_inference(x, one, 0 * one, zero, zero + 1, 0.0,
-                                (None, 1.0))
+    y = normalize_act_cpu(x, one, 0 * one, zero, zero + 1, 0.0, (None, 1.0))
     assert y[0, 0, 0, :4].tolist() == [-3.0, -0.25, 0.5, 1.0]
 
 
 def test_kernel_rejects_mismatched_parameters():
-    assert functional.inference_kernel.load()
-    ops = functional.inference_kernel.module
+    assert dn_cpu.load()
+    ops = dn_cpu.module
     x = torch.randn(2, 3, 4, 4)
     ok = torch.ones(2, 3)
     with pytest.raises(RuntimeError, match="x's dtype"):
@@ -235,20 +180,20 @@ def test_kernel_rejects_mismatched_parameters():
 
 
 def test_build_failure_warns_once_and_falls_back(monkeypatch):
-    kernel = _CPUKernel()
 
     def no_compiler():
         raise OSError('no C++ compiler')
 
-    monkeypatch.setattr(kernel, '_build', no_compiler)
-    monkeypatch.setattr(functional, 'inference_kernel', kernel)
+    monkeypatch.setattr(dn_cpu, 'module', None)
+    monkeypatch.setattr(dn_cpu, 'error', None)
+    monkeypatch.setattr(dn_cpu, '_find_or_build', no_compiler)
     torch.manual_seed(7)
     dn = with_activation(randomize(DynamicNorm2d(8)), 'relu6').eval()
     x = torch.randn(2, 8, 4, 4)
     with pytest.warns(UserWarning, match='no C.. compiler'):
         with torch.no_grad():
             y = dn(x)
-    assert 'no C++ compiler' in kernel.error
+    assert 'no C++ compiler' in dn_cpu.error
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # not again
         with torch.no_grad():
@@ -340,7 +285,8 @@ def test_backbone_fuses_every_relu6_and_matches_unfused(counted_kernel):
         fast = model(x)
         assert counted_kernel.calls == 52
         for n in norms:
-            n.impl = 'reference'
+            # each DN layer computed by the reference implementation
+            n.forward = lambda x, n=n: dynamic_norm_reference(n, x)
         reference = model(x)
     for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -3,28 +3,14 @@ import copy
 
 import pytest
 import torch
+from dn_helpers import SHAPES, randomize
 
 from dn_mmdet.norm import DynamicNorm2d, GroupedFC, SCModule, fc2_groups
-
-
-def randomize(dn: DynamicNorm2d, seed: int = 0) -> DynamicNorm2d:
-    """Give every parameter and buffer non-trivial values (FC2 starts at 0,
-    which would hide half of the SC-Module)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in dn.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        dn.base_scale.copy_(1 + 0.2 * torch.randn(dn.num_features,
-                                                  generator=gen))
-        dn.base_shift.copy_(0.2 * torch.randn(dn.num_features, generator=gen))
-        if dn.track_running_stats:
-            dn.bn.running_mean.normal_(generator=gen)
-            dn.bn.running_var.uniform_(0.5, 1.5, generator=gen)
-    return dn
+from dn_mmdet.norm.reference import dynamic_norm_reference
 
 
 def sc_formula(dn, z):
-    """FC1 -> sigmoid -> grouped FC2, written from SPEC section 1 in float64."""
+    """FC1 -> sigmoid -> grouped FC2 (DN Sec. 3.2), in float64."""
     fc1, fc2 = dn.sc.fc1, dn.sc.fc2
     hid = torch.sigmoid(z @ fc1.weight.double().t() + fc1.bias.double())
     groups = fc2.groups
@@ -42,7 +28,8 @@ def sc_formula(dn, z):
 
 
 def dn_formula(dn, x, training):
-    """Y = X~ * alpha + lambda, in float64, from the paper's equations."""
+    """Y = X~ * alpha + lambda, in float64, from the paper's equations 6
+    and 7 (DN Sec. 3.3)."""
     x = x.double()
     eps = dn.eps
     if training:
@@ -133,17 +120,13 @@ def test_track_running_stats_false_uses_batch_stats_in_eval():
         atol=1e-5)
 
 
-SHAPES = [(1, 8, 5, 7), (2, 16, 1, 3), (4, 24, 9, 9), (3, 32, 13, 11),
-          (8, 96, 4, 4)]
-
-
 def fast_and_reference_grads(dn_fast, dn_ref, x, channels_last=False):
     x1 = x.clone().requires_grad_(True)
     x2 = x.clone().requires_grad_(True)
     if channels_last:
         x1 = x1.to(memory_format=torch.channels_last).detach().requires_grad_()
     y1 = dn_fast(x1)
-    y2 = dn_ref.forward_reference(x2)
+    y2 = dynamic_norm_reference(dn_ref, x2)
     grad = torch.randn_like(y2)
     y1.backward(grad)
     y2.backward(grad)
@@ -156,11 +139,13 @@ def fast_and_reference_grads(dn_fast, dn_ref, x, channels_last=False):
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('g', [1, 'oup'])
 @pytest.mark.parametrize('channels_last', [False, True])
-@pytest.mark.parametrize('impl', ['auto', 'plain'])
+@pytest.mark.parametrize('fused', [True, False])
 def test_fast_path_equals_reference(shape, dtype, training, g,
-                                    channels_last, impl):
+                                    channels_last, fused, monkeypatch):
+    if not fused:
+        monkeypatch.setenv('DN_MMDET_FUSED', '0')
     torch.manual_seed(1)
-    dn_fast = randomize(DynamicNorm2d(shape[1], g=g, impl=impl)).to(dtype)
+    dn_fast = randomize(DynamicNorm2d(shape[1], g=g)).to(dtype)
     dn_ref = copy.deepcopy(dn_fast)
     dn_fast.train(training), dn_ref.train(training)
     x = (torch.randn(shape) * 1.5 + 0.3).to(dtype)
@@ -178,24 +163,26 @@ def test_fast_path_equals_reference(shape, dtype, training, g,
 
 
 def test_fused_path_is_taken_and_can_be_disabled(monkeypatch):
-    """The fused node is one autograd node; DN_MMDET_FUSED=0 or
-    impl='plain' fall back to plain ops (same values)."""
+    """The fused node is one autograd node; DN_MMDET_FUSED=0 falls back to
+    plain ops (same values)."""
     torch.manual_seed(0)
     x = torch.randn(2, 16, 5, 5, requires_grad=True)
     dn = DynamicNorm2d(16)
-    assert type(dn(x).grad_fn).__name__ == '_DNBTrainBackward'
-    dn_plain = DynamicNorm2d(16, impl='plain')
-    assert type(dn_plain(x).grad_fn).__name__ != '_DNBTrainBackward'
+    y = dn(x)
+    assert type(y.grad_fn).__name__ == '_DNBTrainBackward'
     monkeypatch.setenv('DN_MMDET_FUSED', '0')
-    assert type(dn(x).grad_fn).__name__ != '_DNBTrainBackward'
+    y_plain = dn(x)
+    assert type(y_plain.grad_fn).__name__ != '_DNBTrainBackward'
+    torch.testing.assert_close(y_plain, y)
 
 
 @pytest.mark.parametrize('mode', ['B', 'C1', 'C2'])
-@pytest.mark.parametrize('impl', ['auto', 'plain'])
-def test_gradcheck(mode, impl):
+@pytest.mark.parametrize('fused', [True, False])
+def test_gradcheck(mode, fused, monkeypatch):
+    if not fused:
+        monkeypatch.setenv('DN_MMDET_FUSED', '0')
     torch.manual_seed(0)
-    dn = randomize(DynamicNorm2d(6, r=2, g=1, mode=mode,
-                                 impl=impl)).double()
+    dn = randomize(DynamicNorm2d(6, r=2, g=1, mode=mode)).double()
     x = torch.randn(3, 6, 3, 4, dtype=torch.float64, requires_grad=True)
     params = list(dn.sc.parameters())
 
@@ -273,13 +260,15 @@ def test_grouped_fc_equals_grouped_conv():
                                                                       0])
 
 
-@pytest.mark.parametrize('impl', ['auto', 'plain'])
-def test_statistics_stay_accurate_for_large_means(impl):
+@pytest.mark.parametrize('fused', [True, False])
+def test_statistics_stay_accurate_for_large_means(fused, monkeypatch):
     """float32 activations with |mean| = 10 std: the one-pass statistics of
     the fused path keep the variance to 1e-4 (see functional.py)."""
+    if not fused:
+        monkeypatch.setenv('DN_MMDET_FUSED', '0')
     torch.manual_seed(0)
     x = torch.randn(4, 8, 16, 16) * 0.5 + 5.0
-    dn = DynamicNorm2d(8, momentum=1.0, impl=impl)
+    dn = DynamicNorm2d(8, momentum=1.0)
     x.requires_grad_(True)
     y = dn(x)
     expected_var = x.detach().double().var(dim=(0, 2, 3), unbiased=True)

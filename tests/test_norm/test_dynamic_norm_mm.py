@@ -13,7 +13,7 @@ from mmengine.registry import DefaultScope
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import dn_mmdet  # noqa: F401  (registers DN)
-from dn_mmdet.norm import DynamicNorm2d
+from dn_mmdet.norm import DynamicNorm2d, NormLayer, name_norm_layers
 
 
 class MobileNetV2Classifier(nn.Module):
@@ -88,7 +88,23 @@ def test_checkpoint_keys_are_stable():
 def test_not_a_batchnorm_but_statistics_are():
     dn = DynamicNorm2d(8)
     assert not isinstance(dn, _BatchNorm)
+    assert isinstance(dn, NormLayer)
     assert isinstance(dn.bn, _BatchNorm) and not dn.bn.affine
+
+
+def test_uses_batch_statistics_follows_the_statistics_child():
+    dn = DynamicNorm2d(8)
+    assert dn.uses_batch_statistics
+    dn.bn.eval()  # what a backbone's norm_eval does
+    assert dn.training and not dn.uses_batch_statistics
+    dn.eval()
+    assert not dn.uses_batch_statistics
+    no_running = DynamicNorm2d(8, track_running_stats=False).eval()
+    assert no_running.uses_batch_statistics
+    # a SyncBatchNorm child outside distributed training syncs nothing
+    synced = convert_sync_batchnorm(nn.Sequential(DynamicNorm2d(8)))[0]
+    assert isinstance(synced.bn, nn.SyncBatchNorm)
+    assert synced.synced_processes() == 1
 
 
 def test_norm_eval_and_frozen_stages_in_mmdet_backbone():
@@ -232,7 +248,7 @@ def test_build_error_for_bad_channel_count():
 
 def test_runtime_errors_name_the_layer():
     model = nn.Sequential(ConvModule(3, 8, 1, norm_cfg=dict(type='DN')))
-    DynamicNorm2d.name_layers(model)
+    assert name_norm_layers(model) == 1
     dn = model[0].norm
     assert dn.layer_name == '0.dn'
     with pytest.raises(ValueError, match=r'"0.dn".*expected a 4-D input'):
@@ -288,33 +304,73 @@ def test_jit_trace_and_onnx_export(tmp_path):
     onnx.checker.check_model(onnx.load(str(path)))
 
 
-def test_bn2dn_checkpoint_tool(tmp_path):
-    """A BN model's checkpoint file, converted by the tool, loads into the
-    DN model, which then computes what the BN model did."""
-    import subprocess
-    import sys
-    bn_model = random_bn_model(seed=3)
-    src, dst = tmp_path / 'bn.pth', tmp_path / 'dn.pth'
-    torch.save(dict(state_dict=bn_model.state_dict(), meta=dict(epoch=1)),
-               src)
-    subprocess.run([
-        sys.executable, 'tools/model_converters/bn2dn.py',
-        str(src), str(dst), '--r', '8', '--g', '1'
-    ], check=True)
-    dn_model = MobileNetV2(out_indices=(4, 7),
-                           norm_cfg=dict(type='DN', r=8, g=1))
-    state_dict = torch.load(dst, weights_only=True)['state_dict']
-    dn_model.load_state_dict(state_dict, strict=True)
-    bn_model.eval()
-    dn_model.eval()
-    x = torch.randn(2, 3, 64, 64)
-    for a, b in zip(bn_model(x), dn_model(x)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
 def test_convert_state_dict_rejects_unknown_norm_names():
     with pytest.raises(ValueError, match='"layer.norm"'):
         DynamicNorm2d.convert_batchnorm_state_dict({
             'layer.norm.running_mean': torch.zeros(2),
             'layer.norm.running_var': torch.ones(2)
         })
+
+
+def mixed_model(seed=0):
+    """The paper's detector in small: DN in the backbone (an mmdet
+    MobileNetV2), BN after it; every norm with non-trivial values."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        MobileNetV2(out_indices=(2, ), norm_cfg=dict(type='DN', g='oup')),
+        ConvModule(32, 16, 3, padding=1, norm_cfg=dict(type='BN')))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, DynamicNorm2d):
+                m.sc.fc2.weight.normal_(0, 0.1)
+            if isinstance(m, _BatchNorm):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2)
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0, 0.2)
+    return model
+
+
+def run_mixed(model, x):
+    return model[1](model[0](x)[0])
+
+
+def test_convert_batchnorm_leaves_existing_dn_layers_alone():
+    model = mixed_model().eval()
+    dn_layers = [m for m in model.modules() if isinstance(m, DynamicNorm2d)]
+    stats_children = [m.bn for m in dn_layers]
+    x = torch.randn(2, 3, 32, 32)
+    expected = run_mixed(model, x)
+    converted = DynamicNorm2d.convert_batchnorm(model, g=1)
+    # the DN layers keep their BatchNorm2d statistics children ...
+    assert [m for m in converted.modules()
+            if isinstance(m, DynamicNorm2d)][:len(dn_layers)] == dn_layers
+    assert all(type(m.bn) is nn.BatchNorm2d and m.bn is child
+               for m, child in zip(dn_layers, stats_children))
+    # ... and only the plain BN after the backbone became a DN
+    assert isinstance(converted[1].norm, DynamicNorm2d)
+    assert converted[1].norm.g == 1 and dn_layers[0].g == 'oup'
+    torch.testing.assert_close(run_mixed(converted, x), expected, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_convert_state_dict_leaves_existing_dn_layers_alone():
+    """With the default prefix '' only plain BNs are converted; the result
+    loads strictly into the model built with DN everywhere."""
+    model = mixed_model().eval()
+    state = model.state_dict()
+    converted = DynamicNorm2d.convert_batchnorm_state_dict(state, g='oup')
+    # every key of the DN layers is kept as it was
+    dn_keys = [k for k in state if '.dn.' in k]
+    assert dn_keys and all(k in converted and converted[k] is state[k]
+                           for k in dn_keys)
+    assert not any('.dn.dn' in k for k in converted)
+    target = nn.Sequential(
+        MobileNetV2(out_indices=(2, ), norm_cfg=dict(type='DN', g='oup')),
+        ConvModule(32, 16, 3, padding=1, norm_cfg=dict(type='DN', g='oup')))
+    target.load_state_dict(converted, strict=True)
+    target.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(run_mixed(target, x), run_mixed(model, x),
+                               rtol=1e-5, atol=1e-5)

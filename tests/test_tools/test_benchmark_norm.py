@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from tool_helpers import REPO, tool_env
+from tool_helpers import REPO, load_tool, tool_env
 
 
 def test_benchmark_prints_table_with_ratios_and_median_over_runs(tmp_path):
@@ -46,3 +46,16 @@ def test_benchmark_rejects_bad_options():
          '--runs', '0'], capture_output=True, text=True, env=tool_env())
     assert proc.returncode == 2
     assert '--runs and --repeat must be >= 1' in proc.stderr
+
+
+def test_reference_variants_build_the_reference_layer():
+    """The ``-reference`` rows measure the straightforward DN
+    (dn_mmdet/norm/reference.py), with the checkpoint names of DN."""
+    from mmcv.cnn import build_norm_layer
+
+    from dn_mmdet.norm.reference import DynamicNorm2dReference
+    tool = load_tool('analysis/benchmark_norm')
+    name, layer = build_norm_layer(tool.norm_cfg_of('dnb-r16-goup-reference'),
+                                   32)
+    assert name == 'dn' and type(layer) is DynamicNorm2dReference
+    assert layer.g == 'oup' and layer.r == 16

@@ -42,9 +42,10 @@ VARIANTS = {
     'bn': dict(type='BN'),
     'dnb-r16-g1': dict(type='DN', r=16, g=1),
     'dnb-r16-goup': dict(type='DN', r=16, g='oup'),
-    'dnb-r16-g1-reference': dict(type='DN', r=16, g=1, impl='reference'),
-    'dnb-r16-goup-reference': dict(type='DN', r=16, g='oup',
-                                   impl='reference'),
+    # DynamicNorm2dReference (dn_mmdet/norm/reference.py), resolved in the
+    # worker by norm_cfg_of.
+    'dnb-r16-g1-reference': dict(type='DNReference', r=16, g=1),
+    'dnb-r16-goup-reference': dict(type='DNReference', r=16, g='oup'),
 }
 DEFAULT_VARIANTS = ['bn', 'dnb-r16-g1', 'dnb-r16-goup',
                     'dnb-r16-goup-reference']
@@ -183,6 +184,16 @@ def norm_input_shapes(args):
     return shapes
 
 
+def norm_cfg_of(variant):
+    """The variant's norm config; the reference DN is given by its class
+    (it is deliberately not registered)."""
+    norm_cfg = dict(VARIANTS[variant])
+    if norm_cfg['type'] == 'DNReference':
+        from dn_mmdet.norm.reference import DynamicNorm2dReference
+        norm_cfg['type'] = DynamicNorm2dReference
+    return norm_cfg
+
+
 def run_worker(args, part, variant):
     import torch
 
@@ -192,7 +203,7 @@ def run_worker(args, part, variant):
         torch.set_num_threads(args.threads)
     device = args.device
     torch.manual_seed(0)
-    norm_cfg = VARIANTS[variant]
+    norm_cfg = norm_cfg_of(variant)
     fmt = (torch.channels_last if args.channels_last else
            torch.contiguous_format)
     result = dict(part=part, variant=variant)
@@ -307,14 +318,15 @@ def worker_env(args):
 def dn_kernel_status(args):
     """Whether DN's CPU inference kernel is in use (built here, once, so
     that no worker pays for the build)."""
-    from dn_mmdet.norm.functional import fused_enabled, inference_kernel
+    from dn_mmdet.norm.functional import fused_enabled
+    from dn_mmdet.ops import dn_cpu
     if args.device != 'cpu':
         return 'ATen (not a CPU run)'
     if not fused_enabled():
         return 'off (DN_MMDET_FUSED=0)'
-    if inference_kernel.load():
+    if dn_cpu.load():
         return 'in use'
-    return f'unavailable ({inference_kernel.error.splitlines()[0]})'
+    return f'unavailable ({dn_cpu.error.splitlines()[0]})'
 
 
 def format_table(results, args, kernel_status):

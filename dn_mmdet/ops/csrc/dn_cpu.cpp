@@ -6,11 +6,14 @@
 // (FC1, sigmoid, grouped FC2) and normalize_act. Small ops launched from
 // Python cost ~10 us each, a dozen a layer; here they cost next to nothing.
 //
-// Loaded by dn_mmdet/norm/functional.py (torch.utils.cpp_extension.load);
-// the Python fallback computes the same with ATen ops.
-#include <torch/extension.h>
-
+// Compiled by setup.py at install time, else on first use
+// (dn_mmdet/ops/ext_loader.py); DynamicNorm2d computes the same with ATen
+// ops where the kernel does not apply.
+// ATen and the Python bindings only: torch/extension.h adds the whole C++
+// frontend (nn, optim, data), a third of the compile time, unused here.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/python.h>
 
 #include <algorithm>
 #include <cmath>
