@@ -17,7 +17,7 @@ from PIL import Image
 
 from dn_mmdet.datasets import (SHAPES_CLASSES, CheckedCocoDataset,
                                DatasetCheckError, ShapesDataset,
-                               check_image_file, generate_shapes_dataset)
+                               check_image_file)
 
 CLASSES = ('a', 'b')
 CATEGORIES = [dict(id=1, name='a'), dict(id=2, name='b')]
@@ -456,8 +456,9 @@ def test_negative_image_through_the_ssd_pipeline(tmp_path):
 # --------------------------------------------------------------------------
 # The embedded data set
 # --------------------------------------------------------------------------
-def test_shapes_dataset_on_generated_data(tmp_path):
-    generate_shapes_dataset(str(tmp_path), num_train=10, num_val=4, seed=0)
+def test_shapes_dataset_on_generated_data(tmp_path, shapes_generator):
+    shapes_generator.generate_shapes_dataset(
+        str(tmp_path), num_train=10, num_val=4, seed=0)
     dataset = DATASETS.build(
         dict(
             type='ShapesDataset',

@@ -13,7 +13,6 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 
 import dn_mmdet  # noqa: F401
-from dn_mmdet.datasets import generate_shapes_dataset
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BN_CONFIG = osp.join(REPO, 'configs', 'ssdlite',
@@ -24,9 +23,9 @@ NUM_TRAIN = 8
 
 
 @pytest.fixture(scope='session')
-def shapes_data(tmp_path_factory) -> str:
+def shapes_data(tmp_path_factory, shapes_generator) -> str:
     root = str(tmp_path_factory.mktemp('shapes'))
-    generate_shapes_dataset(
+    shapes_generator.generate_shapes_dataset(
         root, num_train=NUM_TRAIN, num_val=4, img_size=(64, 96))
     return root
 

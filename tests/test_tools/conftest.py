@@ -15,9 +15,9 @@ def test_tool():
 
 
 @pytest.fixture(scope='session')
-def shapes_root(tmp_path_factory):
+def shapes_root(tmp_path_factory, shapes_generator):
     """A 12 + 4 image shapes data set (COCO files), made once a session."""
-    from dn_mmdet.datasets import ensure_shapes_dataset
     root = tmp_path_factory.mktemp('shapes')
-    ensure_shapes_dataset(str(root), num_train=12, num_val=4, seed=0)
+    shapes_generator.ensure_shapes_dataset(
+        str(root), num_train=12, num_val=4, seed=0)
     return root

@@ -1,4 +1,8 @@
-"""A deterministic synthetic detection dataset in real COCO format.
+"""Generator of the embedded synthetic shapes detection data set (COCO format).
+
+``tools/misc/make_shapes_dataset.py`` is its command line; the package keeps
+only what training needs (``dn_mmdet.datasets.ShapesDataset`` and the class
+names).
 
 The project has to train, evaluate and test on a machine without COCO and
 without network, so it embeds a small detection task of its own: coloured
@@ -30,19 +34,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dn_mmdet.datasets import SHAPES_CLASSES
+
 __all__ = [
-    'SHAPES_CLASSES', 'SHAPES_METAINFO', 'generate_shapes_dataset',
-    'ensure_shapes_dataset', 'shapes_layout', 'render_shapes_image'
+    'generate_shapes_dataset', 'ensure_shapes_dataset', 'shapes_layout',
+    'render_shapes_image'
 ]
-
-#: Class names, in label order; category ``i + 1`` is ``SHAPES_CLASSES[i]``.
-SHAPES_CLASSES = ('circle', 'square', 'triangle', 'star', 'cross')
-
-#: ``metainfo`` of the embedded data set (classes and a visualisation palette).
-SHAPES_METAINFO = dict(
-    classes=SHAPES_CLASSES,
-    palette=[(220, 20, 60), (0, 114, 189), (237, 177, 32), (119, 172, 48),
-             (126, 47, 142)])
 
 #: Bumped whenever the drawing changes, so that stale data is regenerated.
 GENERATOR_VERSION = 2
