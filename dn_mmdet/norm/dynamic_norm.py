@@ -12,6 +12,7 @@ from .functional import (activation_bounds, affine_per_sample,
                          batch_moments, dn_b_inference, dn_b_train,
                          fold_affine, fused_enabled, inverse_std,
                          normalize_act_inference, per_sample_moments)
+from .base import NormLayer
 from .reference import dn_c_descriptor_scales, dynamic_norm_reference
 from .sc_module import SCModule
 
@@ -21,7 +22,7 @@ IMPLS = ('auto', 'plain', 'reference')
 
 @MODELS.register_module('DN')
 @MODELS.register_module('DynamicNorm2d')
-class DynamicNorm2d(nn.Module):
+class DynamicNorm2d(NormLayer):
     r"""Dynamic Normalization over a 4-D input (N, C, H, W).
 
     .. math::
@@ -116,7 +117,7 @@ class DynamicNorm2d(nn.Module):
                  act_cfg: dict = dict(type='Sigmoid'),
                  track_running_stats: bool = True,
                  impl: str = 'auto'):
-        super().__init__()
+        super().__init__(num_features)
         _check_args(num_features, eps, momentum, r, g, mode, impl)
         self.num_features = num_features
         self.r = r
@@ -219,6 +220,15 @@ class DynamicNorm2d(nn.Module):
         if self.momentum is None:
             return 1.0 / float(self.bn.num_batches_tracked)
         return self.momentum
+
+    # Local stand-in for H1's NormLayer API (the hooks' contract).
+    @property
+    def uses_batch_statistics(self) -> bool:
+        return self.bn.training or not self.bn.track_running_stats
+
+    def synced_processes(self) -> int:
+        group = self._sync_group()
+        return 1 if group is None else dist.get_world_size(group)
 
     def _sync_group(self):
         """The process group to all-reduce statistics over, if any."""
