@@ -17,6 +17,7 @@ import torch
 
 import dn_mmdet  # noqa: F401  (weights_only-safe loading of mmengine files)
 from dn_mmdet.norm import DynamicNorm2d
+from dn_mmdet.utils.compat import load_from_local
 
 
 def parse_args():
@@ -40,7 +41,7 @@ def main():
     args = parse_args()
     if not osp.isfile(args.src):
         raise SystemExit(f'bn2dn: checkpoint not found: {args.src}')
-    checkpoint = torch.load(args.src, map_location='cpu')
+    checkpoint = load_from_local(args.src, map_location='cpu')
     state_dict = checkpoint.get('state_dict', checkpoint)
     converted = DynamicNorm2d.convert_batchnorm_state_dict(
         state_dict, prefix=args.prefix, r=args.r, g=args.g)
