@@ -1,8 +1,8 @@
-"""Datasets: the embedded synthetic shapes data and a checking COCO dataset.
+"""Datasets: COCO-format data checked where it enters, and the class of the
+embedded shapes data (its generator is ``tools/misc/shapes_generator.py``).
 
 Importing registers ``CheckedCocoDataset`` and ``ShapesDataset`` in mmdet's
-``DATASETS``. The shapes generator is a tool:
-``tools/misc/shapes_generator.py``.
+``DATASETS``.
 """
 from .checked_coco import CheckedCOCO, CheckedCocoDataset
 from .coco_checks import (DatasetCheckError, check_coco_dict, check_image_file,
@@ -10,7 +10,7 @@ from .coco_checks import (DatasetCheckError, check_coco_dict, check_image_file,
 from .shapes_dataset import SHAPES_CLASSES, SHAPES_METAINFO, ShapesDataset
 
 __all__ = [
-    'SHAPES_CLASSES', 'SHAPES_METAINFO', 'CheckedCOCO', 'CheckedCocoDataset',
-    'ShapesDataset', 'DatasetCheckError', 'check_coco_dict',
-    'check_image_file', 'load_coco_json'
+    'CheckedCOCO', 'CheckedCocoDataset', 'DatasetCheckError',
+    'check_coco_dict', 'check_image_file', 'load_coco_json',
+    'SHAPES_CLASSES', 'SHAPES_METAINFO', 'ShapesDataset'
 ]
