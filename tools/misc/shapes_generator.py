@@ -68,12 +68,8 @@ _MAX_BOX_OVERLAP = 0.35
 _MIN_CONTRAST = 70.0
 _JPEG_QUALITY = 90
 # Backgrounds vary in colour and kind but stay calmer than the shapes: the
-# data set has to be learnable from scratch in a 15-minute CPU run. Version 1
-# drew full-range colour blobs, high-contrast checkerboards, noise textures
-# and clutter lines, and shapes from 12% of the image side: SSDLite trained
-# for 6 epochs reached 0.026 mAP there, 0.050 on gradient backgrounds with
-# shapes from 20%; with faint stripes and clutter lines kept, a 20-epoch run
-# ended at 0.23 mAP where gradients alone reached 0.39.
+# data set has to be learnable from scratch in a 15-minute CPU run (README,
+# "Model zoo", says what busier backgrounds cost).
 _TEXTURE_PROB = 0.25  # smooth texture instead of a gradient
 _TEXTURE_AMPLITUDE = 30.0  # +- per channel around the base colour
 
