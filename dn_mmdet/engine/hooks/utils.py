@@ -26,8 +26,9 @@ def non_finite_tensors(
     if not named:
         return []
     # One flag a tensor, read with a single synchronisation.
-    finite = torch.stack([torch.isfinite(t).all().cpu() for _, t in named])
-    return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+    flags = [torch.isfinite(t).all() for _, t in named]
+    finite = torch.stack([f.to(flags[0].device) for f in flags]).tolist()
+    return [name for (name, _), ok in zip(named, finite) if not ok]
 
 
 def describe_tensors(model: nn.Module, names: List[str],
