@@ -1,5 +1,175 @@
-"""Imported by pytest before any test module."""
+"""Fixtures shared by the whole suite: the tools, the toy runner, and the
+embedded shapes data with the one way to shrink a shapes config."""
 # dn_mmdet first: it makes the registries' CUDA build of torchvision importable
 # beside CPU torch (dn_mmdet/utils/torchvision_compat.py), which
 # ``import mmdet.models`` needs now that mmpretrain is installed.
-import dn_mmdet  # noqa: F401
+import dn_mmdet  # noqa: F401, I001
+import importlib.util
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES_CONFIGS = {
+    'bn': REPO / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py',
+    'dn': REPO / 'configs/ssdlite/'
+    'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py',
+}
+
+
+def _load_tool(path: str):
+    """``tools/<path>.py`` as a module (tools are scripts, not a package).
+
+    Registered in ``sys.modules`` (as ``tools_<stem>``) so that what it
+    defines pickles, e.g. into the generator's worker processes.
+    """
+    name = f'tools_{Path(path).stem}'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, REPO / 'tools' / f'{path}.py')
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope='session')
+def load_tool():
+    """``load_tool('model_converters/bn2dn')``: a tool as a module."""
+    return _load_tool
+
+
+@pytest.fixture(scope='session')
+def shapes_generator():
+    """``tools/misc/shapes_generator.py`` (the embedded data's generator)."""
+    return _load_tool('misc/shapes_generator')
+
+
+@pytest.fixture(scope='session')
+def train_tool():
+    return _load_tool('train')
+
+
+@pytest.fixture(scope='session')
+def test_tool():
+    return _load_tool('test')
+
+
+@pytest.fixture(scope='session')
+def toy():
+    """The toy runner module (tests/toy_runner.py): ``build_runner``,
+    ``ToyNet``, ``InjectFault``, ..."""
+    import toy_runner
+    return toy_runner
+
+
+@pytest.fixture(scope='session')
+def shapes_data(tmp_path_factory, shapes_generator) -> str:
+    """8 training and 4 validation images of the shapes data (64-96 px),
+    written once a session; the root of a COCO-format data set."""
+    root = str(tmp_path_factory.mktemp('shapes'))
+    shapes_generator.generate_shapes_dataset(
+        root, num_train=8, num_val=4, img_size=(64, 96))
+    return root
+
+
+@pytest.fixture(scope='session')
+def shapes_config():
+    """Path of the BN (``'bn'``) or DN-B (``'dn'``) shapes config."""
+    return lambda kind: str(SHAPES_CONFIGS[kind])
+
+
+@pytest.fixture(scope='session')
+def shapes_options():
+    """``--cfg-options`` that point a shapes config at ``shapes_data`` and
+    shrink it to seconds: every image kept, batches of ``batch_size``, no
+    worker processes, ``max_epochs``, a log line an iteration; validation
+    on the 4 val images (``validate``) with every box evaluated (the
+    configs' background prior puts every class below ``score_thr`` at
+    first); a fixed seed in deterministic mode if ``seed`` is given; the
+    training images resized to ``input_size``."""
+
+    def options(data_root,
+                max_epochs=2,
+                batch_size=2,
+                validate=True,
+                seed=None,
+                input_size=None):
+        root = f'{data_root}/'
+        opts = [
+            f'experiment_name=test_{uuid.uuid4().hex[:8]}',
+            f'train_dataloader.dataset.data_root={root}',
+            'train_dataloader.dataset.filter_cfg.filter_empty_gt=False',
+            f'train_dataloader.batch_size={batch_size}',
+            f'train_cfg.max_epochs={max_epochs}',
+            'default_hooks.logger.interval=1',
+        ]
+        loaders = ['train']
+        if validate:
+            loaders += ['val', 'test']
+            ann = f'{root}annotations/instances_val.json'
+            opts += [
+                f'val_dataloader.dataset.data_root={root}',
+                f'test_dataloader.dataset.data_root={root}',
+                f'val_evaluator.ann_file={ann}',
+                f'test_evaluator.ann_file={ann}',
+                'val_dataloader.batch_size=2', 'test_dataloader.batch_size=2',
+                'model.test_cfg.score_thr=0.0'
+            ]
+        else:
+            opts += [
+                f'{key}=None' for key in ('val_dataloader', 'val_cfg',
+                                          'val_evaluator', 'test_dataloader',
+                                          'test_cfg', 'test_evaluator')
+            ] + ['default_hooks.checkpoint.save_best=None']
+        for loader in loaders:
+            opts += [
+                f'{loader}_dataloader.num_workers=0',
+                f'{loader}_dataloader.persistent_workers=False'
+            ]
+        if seed is not None:
+            opts += [
+                f'randomness.seed={seed}', 'randomness.deterministic=True'
+            ]
+        if input_size is not None:  # the Resize of the shapes pipeline
+            opts.append('train_dataloader.dataset.pipeline.2.scale='
+                        f'({input_size},{input_size})')
+        return opts
+
+    return options
+
+
+@pytest.fixture(scope='session')
+def shapes_cfg(train_tool, shapes_options):
+    """A shapes config shrunk by ``shapes_options`` (no validation by
+    default), built as ``tools/train.py`` builds it (with its ``flags``,
+    e.g. ``'--amp'``); for in-process runs."""
+
+    def build(kind, data_root, work_dir, *flags, **kwargs):
+        kwargs.setdefault('validate', False)
+        args = train_tool.parse_args([
+            str(SHAPES_CONFIGS[kind]), '--work-dir',
+            str(work_dir), *flags, '--cfg-options',
+            *shapes_options(data_root, **kwargs)
+        ])
+        return train_tool.build_config(args)
+
+    return build
+
+
+@pytest.fixture(scope='session')
+def tool_env():
+    """Environment of tool subprocesses: the repo importable, the project's
+    python found without activating it, no display, one thread a process
+    (torch's default of one a core is several times slower on a busy 2-core
+    machine)."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(REPO)] + [p for p in [env.get('PYTHONPATH')] if p])
+    env['DN_MMDET_VENV'] = sys.prefix
+    env.pop('DISPLAY', None)
+    env.setdefault('OMP_NUM_THREADS', '1')
+    return env

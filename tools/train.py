@@ -24,9 +24,9 @@ from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 import dn_mmdet  # noqa: F401  (registers everything, whatever the config)
 from dn_mmdet.utils.launch import (CfgOptionsAction, check_file,
-                                   checkpoint_seed, default_work_dir,
-                                   find_resume_checkpoint, load_config,
-                                   setup_cpu_distributed)
+                                   checkpoint_seed, cpu_has_native_bf16,
+                                   default_work_dir, find_resume_checkpoint,
+                                   load_config, setup_cpu_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,12 +102,19 @@ def build_config(args: argparse.Namespace):
         if get_device() == 'cpu':
             # AmpOptimWrapper needs an accelerator: bf16 autocast instead.
             cfg.optim_wrapper.type = 'BF16OptimWrapper'
+            if not cpu_has_native_bf16():
+                print_log(
+                    '--amp: this CPU has no native bfloat16 (AVX512-BF16 or '
+                    'AMX), so bf16 autocast trains several times slower '
+                    'than float32 here; drop --amp unless you need bf16.',
+                    logger='current',
+                    level=logging.WARNING)
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
 
     if args.auto_scale_lr:
-        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
             raise RuntimeError(
                 f'--auto-scale-lr needs auto_scale_lr.base_batch_size (the '
                 f'total batch size the lr is set for) in {args.config}.')

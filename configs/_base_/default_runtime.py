@@ -25,9 +25,12 @@ default_hooks = dict(
     # hook rather than a custom one, so configs that set custom_hooks keep it.
     epoch_seed=dict(type='EpochSeedHook'),
     # Stop at the first NaN/Inf, name the layer, never checkpoint it.
-    nonfinite_check=dict(type='NonFiniteCheckHook', interval=50),
-    # A BN/DN layer seeing one value per channel in training fails clearly.
+    nonfinite_check=dict(type='NonFiniteCheckHook'),
+    # A norm layer seeing one value per channel in training fails clearly.
     norm_input_check=dict(type='NormInputCheckHook'),
+    # load_from / resume / tools/test.py refuse a checkpoint of another
+    # model; allow_partial=True loads what matches (mmengine's default).
+    checkpoint_match=dict(type='CheckpointMatchHook', allow_partial=False),
     visualization=dict(type='DetVisualizationHook'))
 
 env_cfg = dict(

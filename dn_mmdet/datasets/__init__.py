@@ -1,4 +1,5 @@
-"""Datasets: the embedded synthetic shapes data and a checking COCO dataset.
+"""Datasets: COCO-format data checked where it enters, and the class of the
+embedded shapes data (its generator is ``tools/misc/shapes_generator.py``).
 
 Importing registers ``CheckedCocoDataset`` and ``ShapesDataset`` in mmdet's
 ``DATASETS``.
@@ -6,14 +7,10 @@ Importing registers ``CheckedCocoDataset`` and ``ShapesDataset`` in mmdet's
 from .checked_coco import CheckedCOCO, CheckedCocoDataset
 from .coco_checks import (DatasetCheckError, check_coco_dict, check_image_file,
                           load_coco_json)
-from .shapes import (SHAPES_CLASSES, SHAPES_METAINFO, ensure_shapes_dataset,
-                     generate_shapes_dataset, render_shapes_image,
-                     shapes_layout)
-from .shapes_dataset import ShapesDataset
+from .shapes_dataset import SHAPES_CLASSES, SHAPES_METAINFO, ShapesDataset
 
 __all__ = [
-    'SHAPES_CLASSES', 'SHAPES_METAINFO', 'generate_shapes_dataset',
-    'ensure_shapes_dataset', 'render_shapes_image', 'shapes_layout',
-    'CheckedCOCO', 'CheckedCocoDataset', 'ShapesDataset', 'DatasetCheckError',
-    'check_coco_dict', 'check_image_file', 'load_coco_json'
+    'CheckedCOCO', 'CheckedCocoDataset', 'DatasetCheckError',
+    'check_coco_dict', 'check_image_file', 'load_coco_json',
+    'SHAPES_CLASSES', 'SHAPES_METAINFO', 'ShapesDataset'
 ]

@@ -1,1 +1,1 @@
-from . import backbones, dense_heads, necks  # noqa: F401
+from . import backbones, dense_heads  # noqa: F401

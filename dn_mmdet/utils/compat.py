@@ -48,14 +48,18 @@ that name too, so checkpoints written with numpy 1.x load as well.
 Everything else (``os.system``, ``builtins.eval``, any class not listed) is
 still refused by torch. On top of that, mmengine's local-file loader is
 replaced by :func:`load_from_local`, which reports a refused file by name
-together with the globals that were not allowed.
+together with the globals that were not allowed, and an empty, truncated or
+foreign file by name with what to do (torch says only ``EOFError`` or
+"PytorchStreamReader failed reading zip archive").
 
 Importing this module (``import dn_mmdet`` does) applies both; it is cheap and
 idempotent.
 """
+import glob
 import os.path as osp
 import pickle
-from typing import Any, Callable, List, Tuple, Union
+import zipfile
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -64,8 +68,12 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
     'SAFE_GLOBALS', 'register_safe_globals', 'safe_global_names',
-    'load_from_local'
+    'load_from_local', 'CheckpointReadError'
 ]
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint file is empty, truncated or not a checkpoint."""
 
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 
@@ -159,13 +167,48 @@ def _unpickler_reason(err: Exception) -> str:
     return ' '.join(text.split()).rstrip('.')
 
 
+def _unreadable_reason(filename: str, err: Exception) -> Optional[str]:
+    """Why torch cannot read ``filename`` if the file itself is broken
+    (empty, truncated, not a checkpoint), else None."""
+    size = osp.getsize(filename)
+    if size == 0:
+        return 'the file is empty (0 bytes)'
+    with open(filename, 'rb') as f:
+        head = f.read(4)
+    if head == b'PK\x03\x04':  # torch's zip format
+        try:
+            with zipfile.ZipFile(filename) as archive:
+                broken = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return (f'the file ({size} bytes) is truncated or corrupt (an '
+                    'incomplete zip archive)')
+        if broken is not None:
+            return (f'the file ({size} bytes) is corrupt (its record '
+                    f'{broken} fails its checksum)')
+        return None
+    if not head.startswith(b'\x80'):  # nor a pickle (the legacy format)
+        return f'the file ({size} bytes) is not a PyTorch checkpoint'
+    if isinstance(err, EOFError):
+        return f'the file ({size} bytes) is truncated'
+    return None
+
+
+def _other_checkpoints(filename: str) -> List[str]:
+    folder = osp.dirname(osp.abspath(filename))
+    return sorted(
+        (p for p in glob.glob(osp.join(folder, '*.pth'))
+         if not osp.samefile(p, filename)),
+        key=osp.getmtime,
+        reverse=True)
+
+
 def load_from_local(filename: str, map_location=None) -> Any:
     """Load a local checkpoint with torch's default (weights-only) unpickler.
 
     Registered as mmengine's loader for plain paths, so ``load_from``,
-    ``resume`` and ``tools/test.py CONFIG CHECKPOINT`` use it. Unlike
-    mmengine's own, it names the file and the refused globals when torch
-    refuses a checkpoint.
+    ``resume``, ``Pretrained`` init and ``tools/test.py`` use it. Unlike
+    mmengine's own, it names the file when torch refuses a global or cannot
+    read the file (empty, truncated, not a checkpoint), and says what to do.
 
     Args:
         filename (str): Path of the checkpoint.
@@ -178,13 +221,30 @@ def load_from_local(filename: str, map_location=None) -> Any:
         FileNotFoundError: If ``filename`` is not a file.
         pickle.UnpicklingError: If the checkpoint references a global that
             is not allowed. Nothing from the file has been run.
+        CheckpointReadError: If the file is empty, truncated or not a
+            checkpoint.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'Checkpoint file {filename} does not exist.')
     try:
         return torch.load(filename, map_location=map_location)
-    except pickle.UnpicklingError as err:
+    except Exception as err:
+        broken = _unreadable_reason(filename, err)
+        if broken is not None:
+            others = [osp.basename(p) for p in _other_checkpoints(filename)]
+            hint = (' Other checkpoints in its folder, newest first: '
+                    f'{", ".join(others[:5])}.' if others else '')
+            detail = str(err).split('. ')[0]  # not torch's generic advice
+            torch_says = type(err).__name__ + (f': {detail}' if detail else '')
+            raise CheckpointReadError(
+                f'Cannot read checkpoint {filename}: {broken} '
+                f'({torch_says}). If it was cut short '
+                'while being written or copied, copy or download it again; '
+                'or use another checkpoint (--resume PATH, load_from=PATH).'
+                f'{hint}') from err
+        if not isinstance(err, pickle.UnpicklingError):
+            raise  # a readable file: e.g. a bad map_location
         disallowed = _disallowed_globals(filename)
         reason = (f'it references globals that are not allowed: {disallowed}'
                   if disallowed else _unpickler_reason(err))

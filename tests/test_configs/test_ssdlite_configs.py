@@ -108,7 +108,7 @@ def test_bn_ablations_match_dn_ablations():
 
 def test_coco_config_follows_the_paper():
     cfg = load(DN)
-    # Optimiser and schedule (SPEC section 2).
+    # Optimiser and schedule of FNA (the DN paper, Sec. 4.3).
     opt = cfg.optim_wrapper.optimizer
     assert (opt.type, opt.lr, opt.eps, opt.momentum,
             opt.weight_decay) == ('RMSprop', 0.05, 1.0, 0.9, 4e-5)

@@ -14,7 +14,7 @@ import pytest
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from dn_mmdet.datasets import SHAPES_CLASSES, generate_shapes_dataset
+from dn_mmdet.datasets import SHAPES_CLASSES
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = {
@@ -24,9 +24,9 @@ CONFIGS = {
 
 
 @pytest.fixture(scope='module')
-def coco_root(tmp_path_factory):
+def coco_root(tmp_path_factory, shapes_generator):
     root = str(tmp_path_factory.mktemp('coco'))
-    generate_shapes_dataset(root, num_train=4, num_val=3, coco_layout=True)
+    shapes_generator.generate_shapes_dataset(root, num_train=4, num_val=3, coco_layout=True)
     return root + '/'
 
 

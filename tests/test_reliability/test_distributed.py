@@ -1,7 +1,6 @@
-"""Two-process training on CPU (torchrun + gloo).
+"""DN statistics across two processes on CPU (torch's launcher + gloo;
+``tools/dist_train.sh`` is tested in tests/test_tools/test_dist_train.py).
 
-* ``tools/dist_train.sh`` trains the embedded DN-B config for a few
-  iterations;
 * with ``sync_bn='torch'`` (mmengine's ``convert_sync_batchnorm``), DN
   statistics are all-reduced: after one training forward / backward the
   running statistics of both ranks are identical and equal those of a
@@ -10,31 +9,20 @@
   Runner: see ``dist_sync_dn.py``.)
 """
 import importlib.util
-import os
 import os.path as osp
 import socket
 import subprocess
 import sys
 
 import torch
-from mmengine.runner import CheckpointLoader
 
 HERE = osp.dirname(osp.abspath(__file__))
-REPO = osp.dirname(osp.dirname(HERE))
-TORCHRUN = osp.join(osp.dirname(sys.executable), 'torchrun')
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    env['PYTHONPATH'] = os.pathsep.join(
-        p for p in (REPO, env.get('PYTHONPATH')) if p)
-    return env
 
 
 def _load_worker():
@@ -45,7 +33,7 @@ def _load_worker():
     return module
 
 
-def test_dn_statistics_synchronised_with_sync_bn(tmp_path):
+def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
     worker = _load_worker()
     torch.manual_seed(0)
     model = worker.TinyDNNet()
@@ -54,11 +42,12 @@ def test_dn_statistics_synchronised_with_sync_bn(tmp_path):
     torch.save(dict(state_dict=model.state_dict()), init)
 
     proc = subprocess.run([
-        TORCHRUN, '--nproc_per_node=2', f'--master_port={_free_port()}',
+        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+        f'--master_port={_free_port()}',
         osp.join(HERE, 'dist_sync_dn.py'), '--out',
         str(tmp_path), '--init', init
     ],
-                          env=_env(),
+                          env=tool_env,
                           capture_output=True,
                           text=True,
                           timeout=600)
@@ -90,47 +79,3 @@ def test_dn_statistics_synchronised_with_sync_bn(tmp_path):
         assert not torch.allclose(local0[key], local1[key]), key
         assert not torch.allclose(local0[key], reference[key]), key
 
-
-def test_dist_train_sh_trains_embedded_config(reliability, shapes_data,
-                                              tmp_path):
-    # A derived config file, as a user would write one.
-    config = tmp_path / 'dist_shapes.py'
-    data_root = shapes_data + '/'
-    config.write_text(
-        f"_base_ = [{reliability.DN_CONFIG!r}]\n"
-        f"data_root = {data_root!r}\n"
-        "train_dataloader = dict(batch_size=2, num_workers=0,\n"
-        "    persistent_workers=False,\n"
-        "    dataset=dict(data_root=data_root,\n"
-        "                 filter_cfg=dict(filter_empty_gt=False)))\n"
-        "val_dataloader = None\nval_cfg = None\nval_evaluator = None\n"
-        "test_dataloader = None\ntest_cfg = None\ntest_evaluator = None\n"
-        "train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop',\n"
-        "                 max_epochs=1)\n"
-        "default_hooks = dict(logger=dict(interval=1),\n"
-        "    checkpoint=dict(save_best=None))\n")
-    work_dir = tmp_path / 'work'
-    env = _env()
-    env.update(PORT=str(_free_port()), TORCHRUN=TORCHRUN)
-    proc = subprocess.run([
-        'bash',
-        osp.join(REPO, 'tools', 'dist_train.sh'),
-        str(config), '2', '--work-dir',
-        str(work_dir)
-    ],
-                          cwd=REPO,
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-5000:]
-    assert 'Distributed launcher: pytorch' in out
-    assert 'GPU number: 2' in out  # mmengine's name for the world size
-    # 8 images, 2 a batch on each of 2 processes: 2 iterations.
-    assert 'Epoch(train) [1][2/2]' in out
-    state = CheckpointLoader.load_checkpoint(str(work_dir /
-                                                 'epoch_1.pth'))['state_dict']
-    assert all(
-        torch.isfinite(v).all() for v in state.values()
-        if v.is_floating_point())

@@ -3,11 +3,13 @@ themselves are measured by the tool, not asserted)."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from tool_helpers import REPO, load_tool, tool_env
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_benchmark_prints_table_with_ratios_and_median_over_runs(tmp_path):
+def test_benchmark_prints_table_with_ratios_and_median_over_runs(
+        tmp_path, tool_env):
     out = tmp_path / 'bench.json'
     proc = subprocess.run(
         [sys.executable, str(REPO / 'tools/analysis/benchmark_norm.py'),
@@ -15,7 +17,7 @@ def test_benchmark_prints_table_with_ratios_and_median_over_runs(tmp_path):
          '1', '--warmup', '0', '--runs', '2', '--keep-freed-memory',
          '--parts', 'layer', 'backbone', '--variants', 'bn', 'dnb-r16-g1',
          '--device', 'cpu', '--out', str(out)],
-        capture_output=True, text=True, env=tool_env(), timeout=600)
+        capture_output=True, text=True, env=tool_env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     header = ('batch 2, 64x64, device cpu, threads 1, median wall time of 1 '
               '(median of 2 runs), glibc keeps freed memory; DN CPU '
@@ -40,15 +42,15 @@ def test_benchmark_prints_table_with_ratios_and_median_over_runs(tmp_path):
     assert all(r['train_ms'] > 0 for r in result['runs'])
 
 
-def test_benchmark_rejects_bad_options():
+def test_benchmark_rejects_bad_options(tool_env):
     proc = subprocess.run(
         [sys.executable, str(REPO / 'tools/analysis/benchmark_norm.py'),
-         '--runs', '0'], capture_output=True, text=True, env=tool_env())
+         '--runs', '0'], capture_output=True, text=True, env=tool_env)
     assert proc.returncode == 2
     assert '--runs and --repeat must be >= 1' in proc.stderr
 
 
-def test_reference_variants_build_the_reference_layer():
+def test_reference_variants_build_the_reference_layer(load_tool):
     """The ``-reference`` rows measure the straightforward DN
     (dn_mmdet/norm/reference.py), with the checkpoint names of DN."""
     from mmcv.cnn import build_norm_layer

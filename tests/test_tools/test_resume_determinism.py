@@ -1,4 +1,4 @@
-"""Issue 6: a training run killed with SIGKILL in the middle of an epoch and
+"""A training run killed with SIGKILL in the middle of an epoch and
 restarted with ``--resume`` ends with the same weights and the same
 evaluation as an uninterrupted run (same seed, deterministic mode, CPU)."""
 import glob
@@ -9,23 +9,30 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
-from tool_helpers import CONFIG, REPO, tiny_options, tool_env
-
+REPO = Path(__file__).resolve().parents[2]
 MAX_EPOCHS = 3
 
 
-def _train(data_root, work_dir, *extra, **popen_kwargs):
-    argv = [
-        sys.executable,
-        str(REPO / 'tools/train.py'),
-        str(CONFIG), '--work-dir',
-        str(work_dir), *extra, '--cfg-options',
-        *tiny_options(data_root, max_epochs=MAX_EPOCHS)
-    ]
-    return subprocess.Popen(
-        argv, env=tool_env(), cwd=work_dir.parent, text=True, **popen_kwargs)
+@pytest.fixture
+def train(shapes_data, shapes_config, shapes_options, tool_env):
+    """Start tools/train.py on the BN shapes config, seeded."""
+    options = shapes_options(shapes_data, max_epochs=MAX_EPOCHS, seed=0)
+
+    def start(work_dir, *extra, **popen_kwargs):
+        argv = [
+            sys.executable,
+            str(REPO / 'tools/train.py'),
+            shapes_config('bn'), '--work-dir',
+            str(work_dir), *extra, '--cfg-options', *options
+        ]
+        return subprocess.Popen(
+            argv, env=tool_env, cwd=work_dir.parent, text=True,
+            **popen_kwargs)
+
+    return start
 
 
 def _log_text(work_dir):
@@ -35,7 +42,7 @@ def _log_text(work_dir):
 
 def _kill_during_epoch_2(proc, work_dir, timeout=600):
     """SIGKILL ``proc`` once epoch 1's checkpoint is recorded and epoch 2
-    has logged its second iteration (of about six: it is mid-epoch)."""
+    has logged its second iteration (of four: it is mid-epoch)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, 'training ended before it was killed'
@@ -65,16 +72,14 @@ def _final_val_metrics(work_dir):
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
-        shapes_root, tmp_path):
+        train, tool_env, tmp_path):
     ref_dir, run_dir = tmp_path / 'reference', tmp_path / 'interrupted'
     ref_dir.mkdir()
     run_dir.mkdir()
     # The uninterrupted twin runs alongside (results do not depend on load).
     devnull = subprocess.DEVNULL
-    reference = _train(
-        shapes_root, ref_dir, stdout=devnull, stderr=devnull)
-    interrupted = _train(
-        shapes_root, run_dir, stdout=devnull, stderr=devnull)
+    reference = train(ref_dir, stdout=devnull, stderr=devnull)
+    interrupted = train(run_dir, stdout=devnull, stderr=devnull)
     try:
         _kill_during_epoch_2(interrupted, run_dir)
     finally:
@@ -83,12 +88,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
     assert interrupted.returncode == -signal.SIGKILL
     assert not (run_dir / 'epoch_2.pth').exists()
 
-    resumed = _train(
-        shapes_root,
-        run_dir,
-        '--resume',
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT)
+    resumed = train(
+        run_dir, '--resume', stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     resumed_log, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, resumed_log[-3000:]
     # Through dn_mmdet's weights-only loader, from epoch 1's checkpoint.
@@ -109,4 +110,4 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
     assert different == []
     assert _final_val_metrics(run_dir) == _final_val_metrics(ref_dir)
     # Torch's weights-only default was in force in those processes too.
-    assert ('TORCH_FORCE_NO_' + 'WEIGHTS_ONLY_LOAD') not in tool_env()
+    assert ('TORCH_FORCE_NO_' + 'WEIGHTS_ONLY_LOAD') not in tool_env

@@ -4,36 +4,46 @@ import glob
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from mmengine.fileio import load
 
-from tool_helpers import CONFIG, REPO, tiny_options, tool_env
-
-
-def _run(argv, cwd):
-    return subprocess.run([sys.executable, *argv],
-                          capture_output=True,
-                          text=True,
-                          cwd=cwd,
-                          env=tool_env())
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
-def trained(shapes_root, tmp_path_factory):
+def run(tool_env):
+
+    def run(argv, cwd):
+        return subprocess.run([sys.executable, *argv],
+                              capture_output=True,
+                              text=True,
+                              cwd=cwd,
+                              env=tool_env)
+
+    return run
+
+
+@pytest.fixture(scope='module')
+def options(shapes_data, shapes_options):
+    return shapes_options(shapes_data, max_epochs=1, seed=0)
+
+
+@pytest.fixture(scope='module')
+def trained(run, options, shapes_config, tmp_path_factory):
     """One epoch of training through tools/train.py."""
     tmp = tmp_path_factory.mktemp('e2e')
     # A config that forgets custom_imports: train.py imports dn_mmdet itself.
     config = tmp / 'no_custom_imports.py'
-    config.write_text(f"_base_ = '{CONFIG}'\n"
+    config.write_text(f"_base_ = '{shapes_config('bn')}'\n"
                       'custom_imports = dict(imports=[])\n')
     work_dir = tmp / 'work_dir'
-    proc = _run([
+    proc = run([
         str(REPO / 'tools/train.py'),
         str(config), '--work-dir',
-        str(work_dir), '--cfg-options',
-        *tiny_options(shapes_root, max_epochs=1)
+        str(work_dir), '--cfg-options', *options
     ], tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(tmp=tmp, config=config, work_dir=work_dir, log=proc.stdout +
@@ -58,16 +68,16 @@ def test_training_writes_checkpoint_and_shows_progress(trained):
     assert 0.0 <= info['best_score'] <= 1.0
 
 
-def test_test_tool_prints_map_dumps_and_paints(trained, shapes_root):
+def test_test_tool_prints_map_dumps_and_paints(trained, run, options):
     tmp, work_dir = trained['tmp'], trained['work_dir']
     out, show_dir = tmp / 'results.pkl', tmp / 'painted'
-    proc = _run([
+    proc = run([
         str(REPO / 'tools/test.py'),
         str(trained['config']),
         str(work_dir / 'epoch_1.pth'), '--work-dir',
         str(tmp / 'test_dir'), '--out',
         str(out), '--show-dir',
-        str(show_dir), '--cfg-options', *tiny_options(shapes_root)
+        str(show_dir), '--cfg-options', *options
     ], tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     match = re.search(r'^bbox mAP: (\d\.\d+)$', proc.stdout, re.M)
@@ -83,15 +93,15 @@ def test_test_tool_prints_map_dumps_and_paints(trained, shapes_root):
     assert len(painted) == 4
 
 
-def test_test_tool_reports_zero_map_without_detections(trained, shapes_root):
+def test_test_tool_reports_zero_map_without_detections(trained, run, options):
     """No box above the score threshold: mAP 0 with the reason, not a
     silently missing figure."""
     tmp, work_dir = trained['tmp'], trained['work_dir']
-    proc = _run([
+    proc = run([
         str(REPO / 'tools/test.py'),
         str(trained['config']),
         str(work_dir / 'epoch_1.pth'), '--work-dir',
-        str(tmp / 'test_empty'), '--cfg-options', *tiny_options(shapes_root),
+        str(tmp / 'test_empty'), '--cfg-options', *options,
         'model.test_cfg.score_thr=1.0'
     ], tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -101,7 +111,7 @@ def test_test_tool_reports_zero_map_without_detections(trained, shapes_root):
         proc.stdout[-2000:]
 
 
-def test_test_tool_refuses_pickled_callable(trained, shapes_root):
+def test_test_tool_refuses_pickled_callable(trained, run, options):
     """A checkpoint whose pickle calls os.system is refused by name, and
     the command does not run."""
     tmp = trained['tmp']
@@ -113,11 +123,11 @@ def test_test_tool_refuses_pickled_callable(trained, shapes_root):
         f'        return os.system, ("touch {marker}",)\n'
         f'torch.save(dict(state_dict={{}}, meta=Evil()), "{evil}")\n')
     subprocess.run([sys.executable, '-c', script], check=True)
-    proc = _run([
+    proc = run([
         str(REPO / 'tools/test.py'),
         str(trained['config']),
         str(evil), '--work-dir',
-        str(tmp / 'evil_dir'), '--cfg-options', *tiny_options(shapes_root)
+        str(tmp / 'evil_dir'), '--cfg-options', *options
     ], tmp)
     assert proc.returncode != 0
     assert f'Refusing to load checkpoint {evil}' in proc.stderr

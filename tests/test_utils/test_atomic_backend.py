@@ -11,9 +11,8 @@ import torch
 from mmengine.fileio import get_file_backend
 
 from dn_mmdet.utils.atomic_backend import AtomicLocalBackend, atomic_write
-from toy_runner import build_toy_runner
 
-HERE = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # holds toy_runner.py
 
 
 def _temps(directory):
@@ -78,9 +77,8 @@ def test_killed_writer_leaves_previous_file(tmp_path):
 
 _CRASHING_TRAIN = """
 import os, signal, sys
-sys.path.insert(0, {here!r})
-import dn_mmdet
-from toy_runner import build_toy_runner
+sys.path.insert(0, {tests!r})
+from toy_runner import build_runner
 
 real_replace = os.replace
 
@@ -92,15 +90,15 @@ def replace(src, dst):
     real_replace(src, dst)
 
 os.replace = replace
-build_toy_runner({work_dir!r}, max_epochs=3).train()
+build_runner({work_dir!r}, max_epochs=3).train()
 """
 
 
-def test_crash_during_checkpoint_save_is_resumable(tmp_path):
+def test_crash_during_checkpoint_save_is_resumable(tmp_path, toy):
     work_dir = tmp_path / 'crashed'
     proc = subprocess.run([
         sys.executable, '-c',
-        _CRASHING_TRAIN.format(here=str(HERE), work_dir=str(work_dir))
+        _CRASHING_TRAIN.format(tests=str(TESTS), work_dir=str(work_dir))
     ],
                           capture_output=True,
                           text=True)
@@ -112,10 +110,10 @@ def test_crash_during_checkpoint_save_is_resumable(tmp_path):
     assert torch.load(last)['meta']['epoch'] == 1
     # ... and training resumes from it and ends where an uninterrupted run
     # ends.
-    resumed = build_toy_runner(work_dir, max_epochs=3, resume=True)
+    resumed = toy.build_runner(work_dir, max_epochs=3, resume=True)
     resumed.train()
     assert _temps(work_dir) == []
-    reference = build_toy_runner(tmp_path / 'reference', max_epochs=3)
+    reference = toy.build_runner(tmp_path / 'reference', max_epochs=3)
     reference.train()
     got, want = resumed.model.state_dict(), reference.model.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)

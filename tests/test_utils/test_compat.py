@@ -1,5 +1,6 @@
 """mmengine checkpoints load under torch's weights-only unpickler; a checkpoint
-carrying code is refused without running it."""
+carrying code is refused without running it; an empty or truncated one is
+named with what to do, wherever it is read."""
 import os
 import os.path as osp
 import pickle
@@ -14,19 +15,18 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint
 
 from dn_mmdet.utils import compat
-from toy_runner import build_toy_runner
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
-def runner_checkpoints(tmp_path_factory):
+def runner_checkpoints(tmp_path_factory, toy):
     """Checkpoints written by a real mmengine runner (2 epochs, save_best)."""
     work_dir = tmp_path_factory.mktemp('runner')
-    build_toy_runner(work_dir, max_epochs=2).train()
+    toy.build_runner(work_dir, validate=True).train()
     paths = sorted(work_dir.glob('*.pth'))
     assert {p.name for p in paths} >= {'epoch_1.pth', 'epoch_2.pth'}
-    assert any(p.name.startswith('best_mse') for p in paths)
+    assert any(p.name.startswith('best_xent') for p in paths)
     return paths
 
 
@@ -66,16 +66,102 @@ def test_runner_checkpoint_loads_with_torch_default(runner_checkpoints):
         assert torch.equal(via_mmengine['state_dict'][key], value)
 
 
-def test_resume_and_load_from_use_weights_only(runner_checkpoints, tmp_path):
+def test_resume_and_load_from_use_weights_only(runner_checkpoints, tmp_path,
+                                              toy):
     """Runner.resume and load_from go through the weights-only loader."""
     work_dir = runner_checkpoints[0].parent
-    runner = build_toy_runner(work_dir, max_epochs=3, resume=True)
+    runner = toy.build_runner(
+        tmp_path / 'resumed', max_epochs=3, resume=True,
+        load_from=str(work_dir / 'epoch_2.pth'))
     runner.train()
     assert runner.epoch == 3
-    assert (work_dir / 'epoch_3.pth').is_file()
-    runner = build_toy_runner(
-        tmp_path, max_epochs=1, load_from=str(work_dir / 'epoch_3.pth'))
+    runner = toy.build_runner(
+        tmp_path / 'loaded', max_epochs=1,
+        load_from=str(tmp_path / 'resumed' / 'epoch_3.pth'))
     runner.train()
+
+
+def _broken_checkpoints(good: Path, folder: Path) -> dict:
+    """An empty file, a zip cut in the middle, one missing its last bytes,
+    and a text file, each with the words its error should contain."""
+    data = good.read_bytes()
+    cases = dict(
+        empty=(b'', 'the file is empty (0 bytes)'),
+        half=(data[:len(data) // 2], 'truncated or corrupt (an incomplete '
+              'zip archive)'),
+        tail=(data[:-100], 'truncated or corrupt'),
+        text=(b'not a checkpoint\n', 'is not a PyTorch checkpoint'))
+    paths = {}
+    for name, (content, words) in cases.items():
+        path = folder / f'{name}.pth'
+        path.write_bytes(content)
+        paths[name] = (path, words)
+    return paths
+
+
+def test_broken_checkpoint_is_named(runner_checkpoints, tmp_path):
+    for path, words in _broken_checkpoints(runner_checkpoints[0],
+                                           tmp_path).values():
+        # Control: torch names no file (EOFError, "PytorchStreamReader
+        # failed reading zip archive", ...).
+        with pytest.raises(Exception) as raw:
+            torch.load(path)
+        assert str(path) not in str(raw.value)
+        with pytest.raises(compat.CheckpointReadError) as err:
+            _load_checkpoint(str(path), map_location='cpu')  # mmengine's
+        msg = str(err.value)
+        assert msg.startswith(f'Cannot read checkpoint {path}: ')
+        assert words in msg and 'copy or download it again' in msg
+
+
+def test_broken_checkpoint_names_its_siblings(runner_checkpoints, tmp_path):
+    work_dir = runner_checkpoints[0].parent
+    broken = work_dir / 'epoch_3.pth'
+    broken.write_bytes(b'')
+    try:
+        with pytest.raises(compat.CheckpointReadError,
+                           match='newest first: epoch_2.pth, .*epoch_1.pth'):
+            _load_checkpoint(str(broken))
+    finally:
+        broken.unlink()
+
+
+def test_broken_load_from_and_resume_are_named(runner_checkpoints, tmp_path,
+                                               toy):
+    paths = _broken_checkpoints(runner_checkpoints[0], tmp_path)
+    for kwargs in (dict(load_from=str(paths['half'][0])),
+                   dict(load_from=str(paths['empty'][0]), resume=True)):
+        runner = toy.build_runner(tmp_path / 'work', **kwargs)
+        with pytest.raises(compat.CheckpointReadError) as err:
+            runner.train()
+        assert f'Cannot read checkpoint {kwargs["load_from"]}' in \
+            str(err.value)
+
+
+def test_broken_pretrained_init_is_named(tmp_path):
+    from dn_mmdet.models.backbones.mobilenet_v2_dn import MobileNetV2DN
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    backbone = MobileNetV2DN(
+        init_cfg=dict(type='Pretrained', checkpoint=str(empty)))
+    with pytest.raises(compat.CheckpointReadError,
+                       match=f'Cannot read checkpoint {empty}: the file is '
+                       r'empty \(0 bytes\) \(EOFError\)'):
+        backbone.init_weights()
+
+
+def test_sound_file_keeps_torch_error(tmp_path):
+    """An intact file that fails to load for another reason (here a
+    map_location that fails) is not called truncated."""
+    path = tmp_path / 'ok.pth'
+    torch.save(dict(state_dict=dict(w=torch.ones(1))), path)
+
+    def unmappable(storage, location):
+        raise RuntimeError(f'cannot map to {location}')
+
+    with pytest.raises(RuntimeError, match='cannot map to cpu') as err:
+        compat.load_from_local(str(path), map_location=unmappable)
+    assert not isinstance(err.value, compat.CheckpointReadError)
 
 
 class _RunsShell:

@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from dn_mmdet.utils.seeding import (epoch_seed, seed_everything,
                                     seed_worker_from_torch)
-from toy_runner import build_toy_runner
 
 
 def test_epoch_seed_is_a_pure_function_of_its_inputs():
@@ -83,12 +82,12 @@ class _InterruptAfterEpoch(Hook):
             raise _Interrupt
 
 
-def _interrupted_then_resumed(work_dir, **kwargs):
-    runner = build_toy_runner(
+def _interrupted_then_resumed(toy, work_dir, **kwargs):
+    runner = toy.build_runner(
         work_dir, custom_hooks=[_InterruptAfterEpoch(1)], **kwargs)
     with pytest.raises(_Interrupt):
         runner.train()
-    runner = build_toy_runner(work_dir, resume=True, **kwargs)
+    runner = toy.build_runner(work_dir, resume=True, **kwargs)
     runner.train()
     return runner.model.state_dict()
 
@@ -98,27 +97,27 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize('num_workers', [0, 2])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, num_workers):
-    reference = build_toy_runner(tmp_path / 'ref', num_workers=num_workers)
+def test_resumed_run_equals_uninterrupted_run(tmp_path, toy, num_workers):
+    reference = toy.build_runner(tmp_path / 'ref', num_workers=num_workers)
     reference.train()
     resumed = _interrupted_then_resumed(
-        tmp_path / 'resumed', num_workers=num_workers)
+        toy, tmp_path / 'resumed', num_workers=num_workers)
     assert _same(resumed, reference.model.state_dict())
 
 
-def test_without_the_hook_resume_is_not_exact(tmp_path):
+def test_without_the_hook_resume_is_not_exact(tmp_path, toy):
     """Control: without EpochSeedHook (num_workers=0, augmentation in the
     main process) the resumed run differs, so the test above can fail."""
-    reference = build_toy_runner(tmp_path / 'ref', epoch_seed_hook=False)
+    reference = toy.build_runner(tmp_path / 'ref', epoch_seed_hook=False)
     reference.train()
     resumed = _interrupted_then_resumed(
-        tmp_path / 'resumed', epoch_seed_hook=False)
+        toy, tmp_path / 'resumed', epoch_seed_hook=False)
     assert not _same(resumed, reference.model.state_dict())
 
 
 def test_hook_installs_worker_seed_and_warns_on_persistent_workers(
-        tmp_path, caplog):
-    runner = build_toy_runner(
+        tmp_path, toy):
+    runner = toy.build_runner(
         tmp_path, max_epochs=1, num_workers=1, persistent_workers=True)
     runner.train()
     assert runner.train_loop.dataloader.worker_init_fn is \

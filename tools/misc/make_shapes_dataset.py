@@ -12,7 +12,9 @@ import os
 import sys
 import time
 
-from dn_mmdet.datasets.shapes import SHAPES_CLASSES, ensure_shapes_dataset
+from shapes_generator import ensure_shapes_dataset  # beside this script
+
+from dn_mmdet.datasets import SHAPES_CLASSES
 
 
 def parse_args():

@@ -19,12 +19,12 @@ import io
 import os.path as osp
 
 import torch
-from mmengine.runner.checkpoint import _load_checkpoint
 
-import dn_mmdet  # noqa: F401  (weights_only-safe loading of mmengine files)
+import dn_mmdet  # noqa: F401
 from dn_mmdet.norm import DynamicNorm2d
 from dn_mmdet.norm.converters import find_norm_layers
 from dn_mmdet.utils.atomic_backend import atomic_write
+from dn_mmdet.utils.compat import load_from_local
 
 
 def parse_args():
@@ -63,10 +63,7 @@ def main():
     args = parse_args()
     if not osp.isfile(args.src):
         raise SystemExit(f'bn2dn: checkpoint not found: {args.src}')
-    try:
-        checkpoint = _load_checkpoint(args.src, map_location='cpu')
-    except Exception as error:  # noqa: BLE001  (the loader names the file)
-        raise SystemExit(f'bn2dn: {type(error).__name__}: {error}')
+    checkpoint = load_from_local(args.src, map_location='cpu')
     if not isinstance(checkpoint, dict):
         raise SystemExit(f'bn2dn: {args.src} holds a {type(checkpoint)}, '
                          'not a state dict or a checkpoint dict')

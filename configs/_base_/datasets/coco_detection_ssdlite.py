@@ -1,7 +1,11 @@
-# COCO 2017 with FNA's SSDLite pipeline (SPEC §2): photometric distortion,
-# expand, min-IoU crop (in this order, as FNA's extra_aug), then a plain
-# 320x320 resize and a flip; the training set is repeated 5 times an epoch.
-dataset_type = 'CocoDataset'
+# COCO 2017 with the SSDLite pipeline of FNA (Fang et al., 2020), the code
+# base of the DN paper's detector (Sec. 4.3): photometric distortion, expand,
+# min-IoU crop (in this order, as FNA's extra_aug), then a plain 320x320
+# resize and a flip; the training set is repeated 5 times an epoch.
+# CheckedCocoDataset is mmdet's CocoDataset that checks the annotation and
+# image files when it is built (dn_mmdet/datasets/coco_checks.py): configs of
+# other COCO-format data that inherit this one get the checks too.
+dataset_type = 'CheckedCocoDataset'
 data_root = 'data/coco/'
 backend_args = None
 input_size = 320

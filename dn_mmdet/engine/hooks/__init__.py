@@ -1,9 +1,10 @@
 """Training hooks of dn_mmdet (registered in mmdet's ``HOOKS``)."""
+from .checkpoint_match_hook import CheckpointMatchHook, CheckpointMismatchError
 from .epoch_seed_hook import EpochSeedHook
-from .nonfinite_hook import NonFiniteCheckHook, NonFiniteError
+from .nonfinite_check_hook import NonFiniteCheckHook, NonFiniteError
 from .norm_input_check_hook import NormInputCheckHook
 
 __all__ = [
-    'EpochSeedHook', 'NonFiniteCheckHook', 'NonFiniteError',
-    'NormInputCheckHook'
+    'CheckpointMatchHook', 'CheckpointMismatchError', 'EpochSeedHook',
+    'NonFiniteCheckHook', 'NonFiniteError', 'NormInputCheckHook'
 ]

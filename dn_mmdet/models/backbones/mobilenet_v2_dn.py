@@ -23,6 +23,7 @@ from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
 from ...norm import DynamicNorm2d
+from ...utils.checkpoint import format_mismatch, state_dict_mismatch
 
 
 # The norm layer used when ``norm_cfg`` is not given: the paper's DN-B
@@ -361,32 +362,11 @@ def load_checkpoint_strict(module: nn.Module,
     elif all(k.startswith('module.') for k in state):
         state = {k[len('module.'):]: v for k, v in state.items()}
 
-    own = module.state_dict()
-    # In network / file order, so the first keys named are the first layers.
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise RuntimeError(
-            f'{owner}: checkpoint "{filename}" does not match the model '
-            f'({len(missing)} missing, {len(unexpected)} unexpected keys).\n'
-            f'missing: {_abbrev(missing)}\nunexpected: {_abbrev(unexpected)}')
-    wrong = [(k, tuple(v.shape), tuple(own[k].shape))
-             for k, v in state.items()
-             if isinstance(v, torch.Tensor) and v.shape != own[k].shape]
-    if wrong:
-        lines = '\n'.join(f'  {k}: checkpoint {a}, model {b}'
-                          for k, a, b in wrong[:20])
-        raise ValueError(f'{owner}: checkpoint "{filename}" has '
-                         f'{len(wrong)} tensor(s) of the wrong shape:\n'
-                         f'{lines}')
+    mismatch = state_dict_mismatch(module.state_dict(), state)
+    if mismatch:
+        keys = mismatch.missing or mismatch.unexpected
+        raise (RuntimeError if keys else ValueError)(
+            f'{owner}: checkpoint "{filename}" does not match the model:\n'
+            f'{format_mismatch(mismatch)}')
     module.load_state_dict(state, strict=True)
 
-
-def _abbrev(keys: List[str], limit: int = 20) -> str:
-    """``keys`` as one line, the first ``limit`` of them named."""
-    if not keys:
-        return '(none)'
-    shown = ', '.join(keys[:limit])
-    if len(keys) > limit:
-        shown += f', ... (+{len(keys) - limit} more)'
-    return shown

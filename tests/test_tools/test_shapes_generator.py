@@ -1,4 +1,5 @@
-"""The embedded synthetic shapes data set: format, content, determinism."""
+"""tools/misc/shapes_generator.py, the embedded synthetic shapes data set:
+format, content, determinism; and its command line make_shapes_dataset.py."""
 import hashlib
 import json
 import os
@@ -15,8 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from dn_mmdet.datasets import (SHAPES_CLASSES, SHAPES_METAINFO, ShapesDataset,
-                               ensure_shapes_dataset, generate_shapes_dataset)
+from dn_mmdet.datasets import SHAPES_CLASSES, SHAPES_METAINFO, ShapesDataset
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -36,9 +36,10 @@ def read_bytes(path):
 
 
 @pytest.fixture(scope='module')
-def shapes_root(tmp_path_factory):
+def shapes_root(tmp_path_factory, shapes_generator):
     root = str(tmp_path_factory.mktemp('shapes'))
-    summary = generate_shapes_dataset(root, num_train=80, num_val=20, seed=0)
+    summary = shapes_generator.generate_shapes_dataset(
+        root, num_train=80, num_val=20, seed=0)
     return root, summary
 
 
@@ -143,11 +144,13 @@ def test_mmdet_coco_metric_scores_the_ground_truth_as_perfect(shapes_root):
     assert results['coco/bbox_mAP'] == pytest.approx(1.0)
 
 
-def test_same_seed_is_identical_other_seed_differs(tmp_path):
+def test_same_seed_is_identical_other_seed_differs(tmp_path,
+                                                   shapes_generator):
     outs = {}
     for name, seed in (('a', 3), ('b', 3), ('c', 4)):
         root = str(tmp_path / name)
-        generate_shapes_dataset(root, num_train=6, num_val=2, seed=seed)
+        shapes_generator.generate_shapes_dataset(
+            root, num_train=6, num_val=2, seed=seed)
         outs[name] = (read_bytes(
             osp.join(root, 'annotations', 'instances_train.json')),
                       read_bytes(
@@ -159,11 +162,11 @@ def test_same_seed_is_identical_other_seed_differs(tmp_path):
         assert outs['a'][i] != outs['c'][i]
 
 
-def test_output_does_not_depend_on_workers(tmp_path):
+def test_output_does_not_depend_on_workers(tmp_path, shapes_generator):
     digests = []
     for workers in (0, 2):
         root = str(tmp_path / f'w{workers}')
-        generate_shapes_dataset(
+        shapes_generator.generate_shapes_dataset(
             root, num_train=8, num_val=0, seed=1, workers=workers)
         digests.append(
             (read_bytes(osp.join(root, 'annotations', 'instances_train.json')),
@@ -171,9 +174,9 @@ def test_output_does_not_depend_on_workers(tmp_path):
     assert digests[0] == digests[1]
 
 
-def test_coco_layout(tmp_path):
+def test_coco_layout(tmp_path, shapes_generator):
     root = str(tmp_path)
-    generate_shapes_dataset(
+    shapes_generator.generate_shapes_dataset(
         root, num_train=3, num_val=2, seed=0, coco_layout=True)
     assert sorted(os.listdir(osp.join(root, 'annotations'))) == [
         'instances_train2017.json', 'instances_val2017.json'
@@ -184,44 +187,50 @@ def test_coco_layout(tmp_path):
     assert not osp.exists(osp.join(root, 'train'))
 
 
-def test_ensure_is_idempotent_and_removes_stale_images(tmp_path):
+def test_ensure_is_idempotent_and_removes_stale_images(tmp_path,
+                                                       shapes_generator):
     root = str(tmp_path)
-    assert ensure_shapes_dataset(root, num_train=5, num_val=2)
+    ensure = shapes_generator.ensure_shapes_dataset
+    assert ensure(root, num_train=5, num_val=2)
     ann_file = osp.join(root, 'annotations', 'instances_train.json')
     before = os.stat(ann_file).st_mtime_ns
-    assert not ensure_shapes_dataset(root, num_train=5, num_val=2)
+    assert not ensure(root, num_train=5, num_val=2)
     assert os.stat(ann_file).st_mtime_ns == before
     with open(osp.join(root, 'shapes_stamp.json')) as f:
         assert json.load(f)['num_train'] == 5
 
     # Other parameters regenerate, and leave no image of the old set behind.
-    assert ensure_shapes_dataset(root, num_train=3, num_val=2)
+    assert ensure(root, num_train=3, num_val=2)
     assert sorted(os.listdir(osp.join(
         root, 'train'))) == ['000001.jpg', '000002.jpg', '000003.jpg']
-    assert ensure_shapes_dataset(root, num_train=3, num_val=2, force=True)
+    assert ensure(root, num_train=3, num_val=2, force=True)
 
     # An interrupted run (no stamp, or a missing image) is redone.
     os.remove(osp.join(root, 'train', '000003.jpg'))
-    assert ensure_shapes_dataset(root, num_train=3, num_val=2)
+    assert ensure(root, num_train=3, num_val=2)
     assert osp.isfile(osp.join(root, 'train', '000003.jpg'))
 
 
-def test_ensure_does_not_overwrite_foreign_annotations(tmp_path):
+def test_ensure_does_not_overwrite_foreign_annotations(tmp_path,
+                                                       shapes_generator):
+    ensure = shapes_generator.ensure_shapes_dataset
     root = tmp_path / 'coco'
     (root / 'annotations').mkdir(parents=True)
     real = root / 'annotations' / 'instances_val2017.json'
     real.write_text('{"images": [], "annotations": [], "categories": []}')
     with pytest.raises(FileExistsError, match='instances_val2017.json'):
-        ensure_shapes_dataset(str(root), 2, 2, coco_layout=True)
+        ensure(str(root), 2, 2, coco_layout=True)
     assert real.read_text().startswith('{"images"')
     assert not (root / 'train2017').exists()
-    assert ensure_shapes_dataset(str(root), 2, 2, coco_layout=True, force=True)
-    assert ensure_shapes_dataset(str(root), 3, 2, coco_layout=True)
+    assert ensure(str(root), 2, 2, coco_layout=True, force=True)
+    assert ensure(str(root), 3, 2, coco_layout=True)
 
 
 def test_cli(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / 'shapes')
     script = osp.join(REPO, 'tools', 'misc', 'make_shapes_dataset.py')
+    # As ``python script`` does: the generator beside it is importable.
+    monkeypatch.syspath_prepend(osp.dirname(script))
     argv = [
         script, '--out', out, '--num-train', '4', '--num-val', '2', '--seed',
         '7', '--workers', '1'

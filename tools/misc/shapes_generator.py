@@ -1,4 +1,8 @@
-"""A deterministic synthetic detection dataset in real COCO format.
+"""Generator of the embedded synthetic shapes detection data set (COCO format).
+
+``tools/misc/make_shapes_dataset.py`` is its command line; the package keeps
+only what training needs (``dn_mmdet.datasets.ShapesDataset`` and the class
+names).
 
 The project has to train, evaluate and test on a machine without COCO and
 without network, so it embeds a small detection task of its own: coloured
@@ -30,19 +34,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dn_mmdet.datasets import SHAPES_CLASSES
+
 __all__ = [
-    'SHAPES_CLASSES', 'SHAPES_METAINFO', 'generate_shapes_dataset',
-    'ensure_shapes_dataset', 'shapes_layout', 'render_shapes_image'
+    'generate_shapes_dataset', 'ensure_shapes_dataset', 'shapes_layout',
+    'render_shapes_image'
 ]
-
-#: Class names, in label order; category ``i + 1`` is ``SHAPES_CLASSES[i]``.
-SHAPES_CLASSES = ('circle', 'square', 'triangle', 'star', 'cross')
-
-#: ``metainfo`` of the embedded data set (classes and a visualisation palette).
-SHAPES_METAINFO = dict(
-    classes=SHAPES_CLASSES,
-    palette=[(220, 20, 60), (0, 114, 189), (237, 177, 32), (119, 172, 48),
-             (126, 47, 142)])
 
 #: Bumped whenever the drawing changes, so that stale data is regenerated.
 GENERATOR_VERSION = 2
@@ -71,12 +68,8 @@ _MAX_BOX_OVERLAP = 0.35
 _MIN_CONTRAST = 70.0
 _JPEG_QUALITY = 90
 # Backgrounds vary in colour and kind but stay calmer than the shapes: the
-# data set has to be learnable from scratch in a 15-minute CPU run. Version 1
-# drew full-range colour blobs, high-contrast checkerboards, noise textures
-# and clutter lines, and shapes from 12% of the image side: SSDLite trained
-# for 6 epochs reached 0.026 mAP there, 0.050 on gradient backgrounds with
-# shapes from 20%; with faint stripes and clutter lines kept, a 20-epoch run
-# ended at 0.23 mAP where gradients alone reached 0.39.
+# data set has to be learnable from scratch in a 15-minute CPU run (README,
+# "Model zoo", says what busier backgrounds cost).
 _TEXTURE_PROB = 0.25  # smooth texture instead of a gradient
 _TEXTURE_AMPLITUDE = 30.0  # +- per channel around the base colour
 
