@@ -3,10 +3,12 @@ a process of its own, as users run it), and the checkpoints it must refuse
 (in this process, through the tool's ``main``)."""
 import importlib.util
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
@@ -134,6 +136,8 @@ def test_loads_through_the_projects_checkpoint_loader(tmp_path, monkeypatch):
     weights-only and which names the file it refuses."""
     src = tmp_path / 'evil.pth'
     torch.save(dict(state_dict={}, hook=os.getcwd), src)
-    message = bn2dn(monkeypatch, src, tmp_path / 'dn.pth')
-    assert f'Refusing to load checkpoint {src}' in message
-    assert 'posix.getcwd' in message
+    with pytest.raises(pickle.UnpicklingError) as err:
+        bn2dn(monkeypatch, src, tmp_path / 'dn.pth')
+    assert f'Refusing to load checkpoint {src}' in str(err.value)
+    assert 'posix.getcwd' in str(err.value)
+    assert not (tmp_path / 'dn.pth').exists()
