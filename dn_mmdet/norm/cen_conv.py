@@ -3,6 +3,7 @@
 Normalization", ICLR 2020)."""
 from typing import Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
 from torch import Tensor
@@ -71,3 +72,31 @@ class CenConv2d(nn.Conv2d):
                       bias: Optional[Tensor]) -> Tensor:
         return super()._conv_forward(input, self.centered_weight(weight),
                                      bias)
+
+    def to_conv2d(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` holding the centred weight: the same function
+        without the centring step, for inference."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels,
+                         self.kernel_size, self.stride, self.padding,
+                         self.dilation, self.groups, self.bias is not None,
+                         self.padding_mode).to(self.weight)
+        with torch.no_grad():
+            conv.weight.copy_(self.centered_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv.train(self.training)
+
+    @classmethod
+    def convert_to_conv2d(cls, module: nn.Module) -> nn.Module:
+        """Replace every :class:`CenConv2d` in ``module`` by
+        :meth:`to_conv2d` (in place; returns ``module``, or the conv if it
+        is one). With ``MABN2d.convert_to_batchnorm`` and mmcv's
+        ``fuse_conv_bn`` a MABN + CenConv model becomes a plain conv model:
+        inference then costs what the BN model's does."""
+        if isinstance(module, cls):
+            return module.to_conv2d()
+        for name, child in module.named_children():
+            converted = cls.convert_to_conv2d(child)
+            if converted is not child:
+                setattr(module, name, converted)
+        return module

@@ -71,7 +71,8 @@ class _MABNTrain(torch.autograd.Function):
         layer = ctx.layer
         n, _, h, w = x.shape
         dtype = inv_std.dtype
-        grad_y = grad_y.contiguous()
+        if x.is_contiguous():  # the native one-pass sums need both so
+            grad_y = grad_y.contiguous()
         sum_gx, sum_g = _channel_sums(grad_y, x, dtype)
         # g = dL/dy * gamma * r and z = x / sqrt(v + eps), so
         # psi = E[g z] = gamma r / sqrt(v + eps) * E[dL/dy x].
@@ -285,7 +286,7 @@ class MABN2d(NormLayer):
             return x * self.weight[:, None, None] + self.bias[:, None, None]
         self._check_batch_size(x)
         self.bn.num_batches_tracked.add_(1)
-        return _MABNTrain.apply(x.contiguous(), self.weight, self.bias, self)
+        return _MABNTrain.apply(x, self.weight, self.bias, self)
 
     def _check_batch_size(self, x: Tensor) -> None:
         """Warn once if the first training batch is not ``batch_size``

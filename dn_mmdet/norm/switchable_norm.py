@@ -78,7 +78,9 @@ class _SwitchNormTrain(torch.autograd.Function):
         hw = h * w
         zeros = mean_in.new_zeros((n, c))
         # sum_hw g x and sum_hw g: the gradients of scale and shift.
-        sum_gx, sum_g = _centered_sums(grad_y.contiguous(), x, zeros,
+        if x.is_contiguous():  # the native one-pass sums need both so
+            grad_y = grad_y.contiguous()
+        sum_gx, sum_g = _centered_sums(grad_y, x, zeros,
                                        torch.ones_like(zeros))
         grads = torch.autograd.grad((scale, shift), (mean_in, var_in) +
                                     params, (sum_gx, sum_g),
@@ -304,9 +306,9 @@ class SwitchNorm2d(NormLayer):
                                                   or bool(params))
         if fast and needs_grad and group is None:
             y, *batch_stats = _SwitchNormTrain.apply(
-                x.contiguous(), lambda m, v: self._mix(m, v, None), *params)
+                x, lambda m, v: self._mix(m, v, None), *params)
         else:
-            moments = (_instance_moments_one_pass(x.contiguous())
+            moments = (_instance_moments_one_pass(x)
                        if fast and not needs_grad else instance_moments(x))
             scale, shift, batch_stats = self._mix(*moments, group)
             y = affine_per_sample(x, scale, shift)

@@ -93,3 +93,30 @@ def test_efficient_conv_bn_eval_and_fusion_stay_exact():
         fused = fuse_conv_bn(nn.Sequential(plain))[0]
         assert isinstance(fused.bn, nn.Identity)
         torch.testing.assert_close(fused(x), expected)
+
+
+def test_mabn_cenconv_model_converts_to_plain_conv_bn():
+    """MABN + CenConv in eval becomes convs and BNs (then folded): the
+    same outputs, no MABN or CenConv left."""
+    from dn_mmdet.models.backbones import MobileNetV2DN
+    from dn_mmdet.norm import MABN2d
+    torch.manual_seed(0)
+    backbone = MobileNetV2DN(
+        out_taps=('stage3', ), conv_cfg=dict(type='CenConv'),
+        norm_cfg=dict(type='MABN', batch_size=2, real_batch_size=4))
+    backbone.train()
+    for _ in range(3):
+        backbone(torch.randn(2, 3, 32, 32))
+    backbone.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = backbone(x)[0]
+        plain = CenConv2d.convert_to_conv2d(
+            MABN2d.convert_to_batchnorm(backbone))
+        kinds = {type(m) for m in plain.modules()}
+        assert MABN2d not in kinds and CenConv2d not in kinds
+        torch.testing.assert_close(plain(x)[0], expected)
+        folded = fuse_conv_bn(plain)
+        assert nn.BatchNorm2d not in {type(m) for m in folded.modules()}
+        torch.testing.assert_close(folded(x)[0], expected, rtol=1e-4,
+                                   atol=1e-4)

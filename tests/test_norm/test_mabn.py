@@ -140,6 +140,20 @@ def test_training_matches_algorithm(warmup, keep):
     assert (r[8:] == 1.5).any() and (r[8:] == 1 / 1.5).any()
 
 
+def test_channels_last_input():
+    dense, channels_last = new_layer(), new_layer()
+    for t in range(1, 6):
+        x, grad = batch(t)
+        y = dense(x)
+        gx = torch.autograd.grad(y, x, grad)[0]
+        x_cl = x.detach().to(memory_format=torch.channels_last)
+        x_cl.requires_grad_(True)
+        y_cl = channels_last(x_cl)
+        gx_cl = torch.autograd.grad(y_cl, x_cl, grad)[0]
+        torch.testing.assert_close(y_cl, y)
+        torch.testing.assert_close(gx_cl, gx)
+
+
 def test_backward_is_the_algorithms_not_autograd():
     """While v is the current batch's, the custom backward is the exact
     gradient of y (r constant); once v averages the window it is not:

@@ -262,6 +262,13 @@ def test_fast_and_plain_agree_in_float32():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_channels_last_input_matches_formula():
+    sn = randomised(SwitchNorm2d(6).double())
+    x = input_like((3, 6, 4, 5)).detach().to(
+        memory_format=torch.channels_last).requires_grad_(True)
+    check_against_formula(sn, x)
+
+
 def test_bf16_autocast_runs_in_float32_statistics():
     sn = SwitchNorm2d(8)
     x = input_like((2, 8, 6, 6), dtype=torch.float32)
