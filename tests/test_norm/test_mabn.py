@@ -402,3 +402,11 @@ def test_efficient_conv_bn_eval_leaves_mabn_alone():
     block = ConvModule(3, 8, 3, norm_cfg=dict(type='MABN'),
                        efficient_conv_bn_eval=True)
     assert block.efficient_conv_bn_eval_forward is None
+
+
+def test_zero_init_residual_reaches_gamma():
+    from mmdet.models.backbones import ResNet
+    resnet = ResNet(depth=18, norm_cfg=dict(type='MABN'),
+                    zero_init_residual=True)
+    resnet.init_weights()
+    assert torch.equal(resnet.layer1[0].norm2.weight, torch.zeros(64))

@@ -412,3 +412,16 @@ def test_sync_bn_converts_only_the_statistics_child():
     assert type(reverted[0].sn.bn).__name__ in ('BatchNorm2d',
                                                 '_BatchNormXd')
     assert set(reverted.state_dict()) == set(model.state_dict())
+
+
+def test_bn_init_rules_reach_gamma_and_beta():
+    """mmdet's ResNet ``zero_init_residual`` (a Constant init of ``norm2``
+    by name) and ``Constant`` init on ``_BatchNorm`` set SN's gamma."""
+    from mmdet.models.backbones import ResNet
+    resnet = ResNet(depth=18, norm_cfg=dict(type='SN'),
+                    zero_init_residual=True)
+    resnet.init_weights()
+    block = resnet.layer1[0]
+    assert block.norm2_name == 'sn2'
+    assert torch.equal(block.norm2.weight, torch.zeros(64))
+    assert torch.equal(block.norm1.weight, torch.ones(64))
