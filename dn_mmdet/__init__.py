@@ -7,6 +7,7 @@ and hooks), so a config needs only
 """
 from .version import __version__
 from .utils import compat  # noqa: F401  (makes mmengine checkpoints load under weights_only)
+from .utils import torchvision_compat  # noqa: F401  (before anything imports torchvision)
 from . import norm  # noqa: F401,E402
 from . import models  # noqa: F401,E402
 from . import datasets  # noqa: F401,E402
