@@ -59,6 +59,29 @@ class NormLayer(nn.Module):
         (1 unless statistics are synchronised, e.g. under ``sync_bn``)."""
         return 1
 
+    def option_error(self, name: str, expected: str,
+                     value) -> ValueError:
+        """A ``ValueError`` for a bad constructor option (a ``norm_cfg``
+        key), naming the layer type, the option and the value."""
+        return ValueError(
+            f'{self._abbr_.upper()}(num_features={self.num_features}): '
+            f'option `{name}` must be {expected}, got {value!r}')
+
+    def check_eps_momentum(self, eps: float,
+                           momentum: Optional[float]) -> None:
+        """Check the options every BN-like ``norm_cfg`` carries: ``eps > 0``
+        and ``momentum`` in [0, 1] (torch's convention) or None."""
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) \
+                or not eps > 0:
+            raise self.option_error('eps', 'a number > 0', eps)
+        if momentum is not None and (
+                isinstance(momentum, bool)
+                or not isinstance(momentum, (int, float))
+                or not 0 <= momentum <= 1):
+            raise self.option_error(
+                'momentum', "in [0, 1] (torch's convention: the weight of "
+                'the new value) or None', momentum)
+
     def describe(self) -> str:
         """e.g. ``DN layer "backbone.stem.dn" (DynamicNorm2d, 32 channels)``
         for error messages."""

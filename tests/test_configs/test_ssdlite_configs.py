@@ -149,3 +149,39 @@ def test_coco_config_follows_the_paper():
     test = cfg.model.test_cfg
     assert (test.score_thr, test.nms.iou_threshold,
             test.max_per_img) == (0.02, 0.6, 200)
+
+
+# The other normalisers (SN, MABN + CenConv, GN) beside each BN config: only
+# the backbone's norm (and, for MABN, conv) config differs.
+NORM_VARIANTS = {
+    'sn': (dict(type='SN', eps=1e-3), None),
+    'mabn-cenconv': (dict(type='MABN', eps=1e-3), dict(type='CenConv')),
+    'gn': (dict(type='GN', num_groups=8, eps=1e-3), None),
+}
+BN_TWINS = {
+    '1xb16-cpu_shapes': BN_SHAPES,
+    '2xb64-30e_coco': BN,
+    '2xb8-30e_coco': 'ssdlite_mobilenetv2-bn_2xb8-30e_coco.py',
+}
+
+
+@pytest.mark.parametrize('variant', list(NORM_VARIANTS))
+@pytest.mark.parametrize('setting', list(BN_TWINS))
+def test_norm_variants_differ_from_bn_in_backbone_only(variant, setting):
+    bn_cfg = load(BN_TWINS[setting])
+    cfg = load(f'ssdlite_mobilenetv2-{variant}_{setting}.py')
+    keys = diff(bn_cfg, cfg)
+    assert keys and all(
+        k.startswith(('model.backbone.norm_cfg.',
+                      'model.backbone.conv_cfg')) for k in keys), keys
+    norm_cfg, conv_cfg = NORM_VARIANTS[variant]
+    got = dict(cfg.model.backbone.norm_cfg)
+    if variant == 'mabn-cenconv':
+        # B is the per-process batch: the config says it.
+        assert got.pop('batch_size') == cfg.train_dataloader.batch_size
+        assert got.pop('real_batch_size') % cfg.train_dataloader.batch_size \
+            == 0
+    assert got == norm_cfg
+    assert cfg.model.backbone.get('conv_cfg') == conv_cfg
+    assert cfg.model.neck.norm_cfg.type == 'BN'
+    assert cfg.model.bbox_head.norm_cfg.type == 'BN'

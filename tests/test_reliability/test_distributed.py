@@ -2,7 +2,7 @@
 ``tools/dist_train.sh`` is tested in tests/test_tools/test_dist_train.py).
 
 * with ``sync_bn='torch'`` (mmengine's ``convert_sync_batchnorm``), DN
-  statistics are all-reduced: after one training forward / backward the
+  (and SN's batch-scope) statistics are all-reduced: after one training forward / backward the
   running statistics of both ranks are identical and equal those of a
   single process seeing the whole batch; without it they are not. (On CPU
   torch's DDP refuses SyncBatchNorm modules, so this runs without the
@@ -25,9 +25,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _load_worker():
+def _load_worker(name='dist_sync_dn'):
     spec = importlib.util.spec_from_file_location(
-        'dist_sync_dn', osp.join(HERE, 'dist_sync_dn.py'))
+        name, osp.join(HERE, f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -79,3 +79,58 @@ def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
         assert not torch.allclose(local0[key], local1[key]), key
         assert not torch.allclose(local0[key], reference[key]), key
 
+
+
+def test_sn_batch_scope_synchronised_with_sync_bn(tmp_path, tool_env):
+    """Two gloo ranks with ``sync_bn``: SN's batch scope, running
+    estimates and gradients are those of one process seeing both halves
+    (the input gradient through the all-reduce too); without it, each
+    rank's are its own."""
+    worker = _load_worker('dist_sync_sn')
+    torch.manual_seed(0)
+    model = worker.TinySNNet()
+    with torch.no_grad():  # mixing weights away from the uniform start
+        for p in model.parameters():
+            if p.dim() == 1 and p.numel() == 3:
+                p.copy_(torch.randn(3))
+    init = str(tmp_path / 'init.pth')
+    torch.save(model.state_dict(), init)
+
+    proc = subprocess.run([
+        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+        f'--master_port={_free_port()}',
+        osp.join(HERE, 'dist_sync_sn.py'), '--out',
+        str(tmp_path), '--init', init
+    ],
+                          env=tool_env,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def load(phase, rank):
+        return torch.load(str(tmp_path / f'{phase}_rank{rank}.pt'))
+
+    data = worker.FixedSamples()
+    whole = worker.run(model, data.x, data.grad)
+    sync = [load('sync', r) for r in range(2)]
+    local = [load('local', r) for r in range(2)]
+    assert [s.pop('synced_processes') for s in sync] == [2, 2]
+    assert [s.pop('synced_processes') for s in local] == [1, 1]
+    close = dict(rtol=1e-5, atol=1e-6)
+    for key, expected in whole.items():
+        if key == 'input.grad':
+            for rank in range(2):
+                torch.testing.assert_close(
+                    sync[rank][key], expected[rank::2], msg=key, **close)
+        elif key.endswith('.grad'):  # each rank's share of the whole
+            torch.testing.assert_close(
+                sync[0][key] + sync[1][key], expected, rtol=1e-5,
+                atol=1e-5 * float(expected.abs().max()), msg=key)
+        else:
+            assert torch.equal(sync[0][key], sync[1][key]), key
+            torch.testing.assert_close(sync[0][key], expected, msg=key,
+                                       **close)
+            assert not torch.allclose(local[0][key], local[1][key]), key
+    assert not torch.allclose(local[0]['input.grad'],
+                              whole['input.grad'][0::2], **close)

@@ -24,7 +24,11 @@ repeats every worker and reports medians (README, "Performance").
 Variants are norm configs of the backbone: ``bn``; ``dnb-r16-g1`` and
 ``dnb-r16-goup`` (the fast DN, the default); their ``-reference`` versions
 (the straightforward DN: BN, pooling pass, SC-Module, multiply-add, all
-through autograd) show what the fast path saves.
+through autograd) show what the fast path saves. ``sn`` (Switchable
+Normalization, its fast path) and ``sn-plain`` (the straightforward one),
+``mabn`` (MABN; ``mabn-cenconv`` also centres the backbone's conv weights,
+the MABN paper's pairing) and ``gn`` (Group Normalization, 8 groups) put the
+other normalisers beside them.
 """
 import argparse
 import json
@@ -46,7 +50,14 @@ VARIANTS = {
     # worker by norm_cfg_of.
     'dnb-r16-g1-reference': dict(type='DNReference', r=16, g=1),
     'dnb-r16-goup-reference': dict(type='DNReference', r=16, g='oup'),
+    'sn': dict(type='SN'),
+    'sn-plain': dict(type='SN', impl='plain'),
+    'mabn': dict(type='MABN'),
+    'mabn-cenconv': dict(type='MABN'),
+    'gn': dict(type='GN', num_groups=8),
 }
+# Variants that also change the backbone's convs (not the lone layer).
+CONV_CFGS = {'mabn-cenconv': dict(type='CenConv')}
 DEFAULT_VARIANTS = ['bn', 'dnb-r16-g1', 'dnb-r16-goup',
                     'dnb-r16-goup-reference']
 PARTS = ('layer', 'backbone', 'detector')
@@ -156,7 +167,7 @@ def time_median(fn, repeat, warmup, device, timer='wall'):
     return statistics.median(times) * 1e3
 
 
-def build_detector(args, norm_cfg):
+def build_detector(args, norm_cfg, conv_cfg=None):
     from mmengine.config import Config
 
     from mmdet.registry import MODELS
@@ -164,6 +175,8 @@ def build_detector(args, norm_cfg):
     register_all_modules()
     cfg = Config.fromfile(args.config)
     cfg.model.backbone.norm_cfg = norm_cfg
+    if conv_cfg is not None:
+        cfg.model.backbone.conv_cfg = conv_cfg
     return MODELS.build(cfg.model)
 
 
@@ -226,7 +239,7 @@ def run_worker(args, part, variant):
         result['train_peak_mib'] = mem.peak_mib
         return result
 
-    model = build_detector(args, norm_cfg).to(device)
+    model = build_detector(args, norm_cfg, CONV_CFGS.get(variant)).to(device)
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     if part == 'backbone':
