@@ -17,6 +17,9 @@ SHAPES_CONFIGS = {
     'bn': REPO / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py',
     'dn': REPO / 'configs/ssdlite/'
     'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py',
+    'sn': REPO / 'configs/ssdlite/ssdlite_mobilenetv2-sn_1xb16-cpu_shapes.py',
+    'mabn-cenconv': REPO / 'configs/ssdlite/'
+    'ssdlite_mobilenetv2-mabn-cenconv_1xb16-cpu_shapes.py',
 }
 
 
@@ -78,7 +81,8 @@ def shapes_data(tmp_path_factory, shapes_generator) -> str:
 
 @pytest.fixture(scope='session')
 def shapes_config():
-    """Path of the BN (``'bn'``) or DN-B (``'dn'``) shapes config."""
+    """Path of the BN (``'bn'``), DN-B (``'dn'``), SN (``'sn'``) or MABN
+    (``'mabn-cenconv'``) shapes config."""
     return lambda kind: str(SHAPES_CONFIGS[kind])
 
 
