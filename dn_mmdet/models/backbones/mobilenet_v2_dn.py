@@ -15,11 +15,14 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
+# The root registry, not mmdet's: the backbone is shared by the detector
+# (scope 'mmdet') and the stage-1 classifiers (scope 'mmpretrain'), and both
+# scopes fall back to the root, as they do for the DN layer.
+from mmengine.registry import MODELS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
 from ...norm import DynamicNorm2d

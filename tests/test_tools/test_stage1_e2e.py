@@ -1,0 +1,140 @@
+"""Stage 1 then the hand-off, as a user runs them: tools/train.py trains the
+CPU DN-B classifier config on a tiny shape-crop data set, tools/test.py
+reports its top-1, and the pre-trained shapes detector config loads the
+checkpoint's backbone strictly; checkpoints of other models are refused with
+the mismatching keys listed."""
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+
+from tool_helpers import REPO, load_tool, tool_env
+
+CLS_BN = REPO / 'configs/mobilenet_v2/mobilenet-v2-bn_1xb32-cpu_shapes-cls.py'
+CLS_DNB = (REPO / 'configs/mobilenet_v2/'
+           'mobilenet-v2-dnb-r16-goup_1xb32-cpu_shapes-cls.py')
+DET_DNB = (REPO / 'configs/ssdlite/'
+           'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu-pretrained_shapes.py')
+DET_BN = (REPO / 'configs/ssdlite/'
+          'ssdlite_mobilenetv2-bn_1xb16-cpu-pretrained_shapes.py')
+
+
+def cls_options(root):
+    """``--cfg-options`` pointing the CPU classifier configs at ``root``:
+    batches of 4, no worker processes, one log line an iteration."""
+    options = ['train_dataloader.batch_size=4', 'train_cfg.max_epochs=1',
+               'default_hooks.logger.interval=1', 'randomness.seed=0']
+    for loader in ('train', 'val', 'test'):
+        options += [
+            f'{loader}_dataloader.dataset.data_root={root}/',
+            f'{loader}_dataloader.dataset.classes={root}/meta/classes.txt',
+            f'{loader}_dataloader.num_workers=0',
+            f'{loader}_dataloader.batch_size=4'
+        ]
+    return options
+
+
+def _run(argv, cwd):
+    proc = subprocess.run([sys.executable, *map(str, argv)],
+                          capture_output=True, text=True, cwd=cwd,
+                          env=tool_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope='module')
+def stage1(tmp_path_factory):
+    """One epoch of the DN-B classifier through tools/train.py."""
+    tmp = tmp_path_factory.mktemp('stage1')
+    root = tmp / 'shapes_cls'
+    load_tool('misc/make_shapes_cls_dataset').generate_shapes_cls_dataset(
+        str(root), num_train=16, num_val=8, seed=0, size=32)
+    work_dir = tmp / 'work_dir'
+    log = _run([
+        REPO / 'tools/train.py', CLS_DNB, '--work-dir', work_dir,
+        '--cfg-options', *cls_options(root)
+    ], tmp)
+    return dict(tmp=tmp, root=root, work_dir=work_dir, log=log)
+
+
+def test_classifier_trains_with_progress_and_keeps_best(stage1):
+    work_dir, log = stage1['work_dir'], stage1['log']
+    assert re.search(r'Epoch\(train\) +\[1\]\[1/4\].*loss: ', log)
+    assert re.search(r'Epoch\(val\) \[1\]\[2/2\] +accuracy/top1: ', log)
+    assert (work_dir / 'epoch_1.pth').is_file()
+    assert (work_dir / 'best_accuracy_top1_epoch_1.pth').is_file()
+    state = torch.load(work_dir / 'epoch_1.pth')['state_dict']
+    assert 'backbone.stem.dn.sc.fc2.weight' in state
+    assert state['head.fc.weight'].shape == (5, 1280)
+
+
+def test_test_tool_reports_top1(stage1):
+    out = stage1['tmp'] / 'preds.pkl'
+    log = _run([
+        REPO / 'tools/test.py', CLS_DNB, stage1['work_dir'] / 'epoch_1.pth',
+        '--work-dir', stage1['tmp'] / 'test_dir', '--out', out,
+        '--cfg-options', *cls_options(stage1['root'])
+    ], stage1['tmp'])
+    match = re.search(r'^top-1 accuracy: (\d+\.\d\d)%$', log, re.M)
+    assert match, log[-2000:]
+    assert 0 <= float(match.group(1)) <= 100
+    assert len(torch.load(out, weights_only=False)) == 8  # one per image
+
+
+def build_detector(config, checkpoint):
+    cfg = Config.fromfile(str(config))
+    assert cfg.model.backbone.init_cfg.prefix == 'backbone.'
+    cfg.model.backbone.init_cfg.checkpoint = str(checkpoint)
+    init_default_scope('mmdet')
+    detector = MODELS.build(cfg.model)
+    detector.init_weights()
+    return detector
+
+
+def test_detector_loads_the_classifier_backbone_strictly(stage1):
+    checkpoint = stage1['work_dir'] / 'epoch_1.pth'
+    detector = build_detector(DET_DNB, checkpoint)
+    state = torch.load(checkpoint)['state_dict']
+    backbone = detector.backbone.state_dict()
+    assert {f'backbone.{k}' for k in backbone} == \
+        {k for k in state if k.startswith('backbone.')}
+    for key, value in backbone.items():
+        assert torch.equal(value, state[f'backbone.{key}']), key
+
+
+def save_classifier(config, path, cfg_options=None):
+    """The state dict of a freshly built classifier, saved as a runner
+    would (under ``state_dict``)."""
+    cfg = Config.fromfile(str(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.default_scope)
+    torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict()), path)
+    return path
+
+
+def test_bn_checkpoint_into_dn_backbone_is_refused(tmp_path):
+    checkpoint = save_classifier(CLS_BN, tmp_path / 'bn.pth')
+    with pytest.raises(RuntimeError) as err:
+        build_detector(DET_DNB, checkpoint)
+    message = str(err.value)
+    assert 'does not match the model' in message
+    assert re.search(r'missing: stem\.dn\.bn\.running_mean', message)
+    assert re.search(r'unexpected: stem\.bn\.weight', message)
+
+
+def test_mmpretrain_mobilenet_v2_checkpoint_is_refused(tmp_path):
+    path = tmp_path / 'cfg.py'
+    path.write_text("_base_ = 'mmpretrain::mobilenet_v2/"
+                    "mobilenet-v2_8xb32_in1k.py'\n")
+    checkpoint = save_classifier(path, tmp_path / 'mmpretrain.pth')
+    with pytest.raises(RuntimeError) as err:
+        build_detector(DET_BN, checkpoint)
+    message = str(err.value)
+    assert '(262 missing, 262 unexpected keys)' in message
+    assert 'missing: stem.conv.weight, stem.bn.weight' in message
+    assert 'unexpected: conv1.conv.weight, conv1.bn.weight' in message
