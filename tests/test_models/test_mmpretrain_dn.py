@@ -9,7 +9,7 @@ from mmengine.registry import MODELS, init_default_scope
 from mmpretrain.evaluation import Accuracy
 from mmpretrain.structures import DataSample
 
-from dn_mmdet.models import MobileNetV2DN
+from dn_mmdet.models.backbones import MobileNetV2DN
 from dn_mmdet.norm import DynamicNorm2d
 
 
@@ -50,7 +50,7 @@ def train_then_evaluate(cfg, num_classes):
     assert outputs[0].pred_score.shape == (num_classes, )
     metric = Accuracy(topk=(1, ))
     metric.process(None, [o.to_dict() for o in outputs])
-    top1 = metric.compute_metrics(metric.results)['accuracy/top1']
+    top1 = metric.evaluate(len(outputs))['accuracy/top1']
     assert 0 <= top1 <= 100
     return model
 

@@ -1,7 +1,6 @@
 """tools/model_converters/mobilenetv2_to_dn_backbone.py: mmpretrain's and
 mmdet's MobileNetV2 checkpoints become MobileNetV2DN checkpoints that the
 detector's backbone loads strictly and that compute the same features."""
-import subprocess
 import sys
 
 import pytest
@@ -10,10 +9,13 @@ import torch.nn as nn
 from mmdet.models.backbones import MobileNetV2 as MMDetMobileNetV2
 from mmpretrain.models import ImageClassifier
 
-from dn_mmdet.models import MobileNetV2DN
-from tool_helpers import REPO, tool_env
+from dn_mmdet.models.backbones import MobileNetV2DN
+from tool_helpers import load_tool
 
-TOOL = REPO / 'tools/model_converters/mobilenetv2_to_dn_backbone.py'
+
+@pytest.fixture(scope='module')
+def tool():
+    return load_tool('model_converters/mobilenetv2_to_dn_backbone')
 
 
 def randomise_statistics(model):
@@ -25,7 +27,8 @@ def randomise_statistics(model):
                 m.bias.normal_(0, 0.2)
                 m.running_mean.normal_(0, 0.2)
                 m.running_var.uniform_(0.5, 2)
-    return model.eval()
+    model.eval()  # mmdet's MobileNetV2.train() returns None
+    return model
 
 
 def mmpretrain_classifier():
@@ -38,13 +41,9 @@ def mmpretrain_classifier():
             in_channels=1280))
 
 
-def run_tool(*argv):
-    return subprocess.run([sys.executable, str(TOOL), *map(str, argv)],
-                          capture_output=True, text=True, env=tool_env())
-
-
 @pytest.mark.parametrize('source', ['mmpretrain', 'mmdet'])
-def test_converted_checkpoint_loads_strictly_same_features(tmp_path, source):
+def test_converted_checkpoint_loads_strictly_same_features(
+        tool, tmp_path, capsys, monkeypatch, source):
     if source == 'mmpretrain':
         model = randomise_statistics(mmpretrain_classifier())
         state, features = model.state_dict(), model.backbone
@@ -54,12 +53,11 @@ def test_converted_checkpoint_loads_strictly_same_features(tmp_path, source):
         state, dropped = features.state_dict(), None
     src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
     torch.save(dict(state_dict=state), src)
-    proc = run_tool(src, dst)
-    assert proc.returncode == 0, proc.stderr
-    assert '312 tensors' in proc.stdout
+    tool.main([str(src), str(dst)])
+    out = capsys.readouterr().out
+    assert '312 tensors' in out
     if dropped:
-        assert f'left out (not MobileNetV2DN layers): {dropped}' in \
-            proc.stdout
+        assert f'left out (not MobileNetV2DN layers): {dropped}' in out
 
     backbone = MobileNetV2DN(
         out_taps=('conv_last', ),
@@ -74,12 +72,12 @@ def test_converted_checkpoint_loads_strictly_same_features(tmp_path, source):
 
     # then bn2dn for a DN backbone, which loads it strictly too
     dn = tmp_path / 'dn.pth'
-    subprocess.run([
-        sys.executable,
-        str(REPO / 'tools/model_converters/bn2dn.py'),
+    monkeypatch.setattr(sys, 'argv', [
+        'bn2dn.py',
         str(dst),
         str(dn), '--prefix', 'backbone.', '--r', '16', '--g', 'oup'
-    ], check=True, capture_output=True, env=tool_env())
+    ])
+    load_tool('model_converters/bn2dn').main()
     MobileNetV2DN(
         out_taps=('conv_last', ),
         norm_cfg=dict(type='DN', r=16, g='oup'),
@@ -87,19 +85,19 @@ def test_converted_checkpoint_loads_strictly_same_features(tmp_path, source):
                       prefix='backbone.')).init_weights()
 
 
-def test_other_networks_are_refused(tmp_path):
+def test_other_networks_are_refused(tool, tmp_path):
     from mmdet.models.backbones import ResNet
-    src = tmp_path / 'resnet.pth'
+    src, dst = tmp_path / 'resnet.pth', tmp_path / 'out.pth'
     torch.save(ResNet(depth=18).state_dict(), src)
-    proc = run_tool(src, tmp_path / 'out.pth')
-    assert proc.returncode == 1
+    with pytest.raises(SystemExit) as err:
+        tool.main([str(src), str(dst)])
     assert 'expected the 104 conv and BN layers of MobileNetV2 1.0, ' \
-        'found 40' in proc.stderr
-    assert not (tmp_path / 'out.pth').exists()
+        'found 40' in str(err.value)
+    assert not dst.exists()
     # a MobileNetV2 of another width: the first wrong shape is named
     narrow = MMDetMobileNetV2(widen_factor=0.5, out_indices=(7, ))
     torch.save(narrow.state_dict(), src)
-    proc = run_tool(src, tmp_path / 'out.pth')
-    assert proc.returncode == 1
+    with pytest.raises(SystemExit) as err:
+        tool.main([str(src), str(dst)])
     assert 'conv1.conv.weight has shape (16, 3, 3, 3), but MobileNetV2DN ' \
-        'stem.conv.weight has (32, 3, 3, 3)' in proc.stderr
+        'stem.conv.weight has (32, 3, 3, 3)' in str(err.value)

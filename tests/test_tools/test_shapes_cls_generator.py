@@ -3,6 +3,7 @@
 import hashlib
 import os
 import os.path as osp
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +16,10 @@ from tool_helpers import load_tool
 
 @pytest.fixture(scope='module')
 def tool():
-    return load_tool('misc/make_shapes_cls_dataset')
+    module = load_tool('misc/make_shapes_cls_dataset')
+    # Registered, so that its functions pickle into the worker processes.
+    sys.modules.setdefault(module.__name__, module)
+    return module
 
 
 def digest(root):

@@ -30,7 +30,7 @@ from typing import Dict, List, Tuple
 import torch
 
 import dn_mmdet  # noqa: F401  (weights_only-safe loading of mmengine files)
-from dn_mmdet.models import MobileNetV2DN
+from dn_mmdet.models.backbones import MobileNetV2DN
 
 #: Parameter and buffer names of a batch norm layer.
 BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var',
