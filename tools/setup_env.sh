@@ -13,7 +13,11 @@ cd "$(dirname "$0")/.."
 VENV=${DN_MMDET_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-stamp_of() { cat requirements/*.txt setup.py | sha1sum | cut -d' ' -f1; echo "$TORCH_SPEC"; }
+# mmpretrain 1.2.0 imports torchvision; 0.28.0 is the release for torch 2.13
+# (PyPI's build targets CUDA torch; dn_mmdet.utils.torchvision_compat lets
+# its Python parts import beside a CPU torch).
+TORCHVISION_SPEC=${TORCHVISION_SPEC:-torchvision==0.28.0}
+stamp_of() { cat requirements/*.txt setup.py | sha1sum | cut -d' ' -f1; echo "$TORCH_SPEC $TORCHVISION_SPEC"; }
 STAMP="$VENV/.dn_mmdet_env"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_of)" ]; then
   exit 0
@@ -23,12 +27,12 @@ echo "[setup_env] creating $VENV (first run compiles mmcv: ~20 min on 2 cores)"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 # setuptools<82: mmcv's build and mmengine 0.10.7 import pkg_resources.
-$PIP install -q -r requirements/build.txt "$TORCH_SPEC"
+$PIP install -q -r requirements/build.txt "$TORCH_SPEC" "$TORCHVISION_SPEC"
 # mmcv must see the torch installed above: no build isolation.
 MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} $PIP install --no-build-isolation \
   -r requirements/mminstall.txt -r requirements/runtime.txt -r requirements/tests.txt
 $PIP install -q --no-build-isolation --no-deps -e .
-"$VENV/bin/python" -c "import mmcv, mmdet, mmengine, torch, dn_mmdet; \
+"$VENV/bin/python" -c "import mmcv, mmdet, mmengine, torch, dn_mmdet, mmpretrain.models; \
 from mmcv.ops import nms; print('[setup_env] torch', torch.__version__, 'mmcv', mmcv.__version__, \
 'mmdet', mmdet.__version__, 'mmengine', mmengine.__version__)"
 stamp_of > "$STAMP"

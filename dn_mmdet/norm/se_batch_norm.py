@@ -22,7 +22,8 @@ class SEBatchNorm2d(NormLayer):
 
     .. math::
 
-        s = \sigma\big(W_2\,\mathrm{ReLU}(W_1\,\mathrm{GAP}(X) + b_1) + b_2\big)
+        s = \sigma\big(W_2\,\mathrm{ReLU}(W_1\,\mathrm{GAP}(X) + b_1)
+            + b_2\big)
         \in \mathbb{R}^{N \times C},\qquad
         Y = \mathrm{BN}(X \cdot s)
 

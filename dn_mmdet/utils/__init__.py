@@ -1,6 +1,7 @@
 """Utilities: checkpoint loading under torch's weights-only unpickler
 (:mod:`.compat`), importing torchvision (and so mmpretrain) beside a CPU torch
-(:mod:`.torchvision_compat`), atomic checkpoint writes (:mod:`.atomic_backend`), seeding
+(:mod:`.torchvision_compat`), atomic checkpoint writes
+(:mod:`.atomic_backend`), seeding
 for exact resumption (:mod:`.seeding`) and the launch helpers of ``tools/``
 (:mod:`.launch`)."""
 from . import compat  # noqa: F401  (first: registers the allow-list)

@@ -1,7 +1,7 @@
 """Build the DN paper's ImageNet-100 split from an ImageNet-1k tree.
 
     python tools/dataset_converters/imagenet100.py data/imagenet \
-        --out data/imagenet100 [--seed 0]                     # 100 random classes
+        --out data/imagenet100 [--seed 0]               # 100 random classes
     python tools/dataset_converters/imagenet100.py data/imagenet \
         --classes tools/dataset_converters/imagenet100_cmc.txt  # CMC's list
     python tools/dataset_converters/imagenet100.py data/imagenet \

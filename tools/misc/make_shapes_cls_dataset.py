@@ -1,6 +1,6 @@
 """Write the embedded shape-classification data set (stage 1 on the CPU).
 
-    python tools/misc/make_shapes_cls_dataset.py              # -> data/shapes_cls
+    python tools/misc/make_shapes_cls_dataset.py    # -> data/shapes_cls
     python tools/misc/make_shapes_cls_dataset.py --num-train 500 --size 48
 
 The paper pre-trains its detector's backbone on ImageNet-100 (stage 1) before

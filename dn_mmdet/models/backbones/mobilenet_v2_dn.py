@@ -107,6 +107,10 @@ class InvertedResidual(nn.Module):
 class MobileNetV2DN(BaseModule):
     """MobileNetV2 (width 1.0) for detection, any norm, FNA feature taps.
 
+    It is also the backbone of the stage-1 (ImageNet-100) classifiers, with
+    ``out_taps=('conv_last',)``, so that their checkpoints' ``backbone.*``
+    keys are exactly the detector backbone's (``configs/mobilenet_v2``).
+
     Layers (torchvision / FNA structure): ``stem`` (3x3 s2 conv, 32 ch),
     ``stage1`` .. ``stage7`` of inverted residual blocks with
     (t, c, n, s) = (1,16,1,1), (6,24,2,2), (6,32,3,2), (6,64,4,2),
