@@ -12,5 +12,5 @@ model = dict(
         init_cfg=dict(
             type='Pretrained',
             checkpoint='work_dirs/mobilenet-v2-bn_1xb32-cpu_shapes-cls/'
-            'epoch_3.pth',
+            'epoch_6.pth',
             prefix='backbone.')))

@@ -9,5 +9,5 @@ model = dict(
         init_cfg=dict(
             type='Pretrained',
             checkpoint='work_dirs/mobilenet-v2-dnb-r16-goup_1xb32-cpu_'
-            'shapes-cls/epoch_3.pth',
+            'shapes-cls/epoch_6.pth',
             prefix='backbone.')))
