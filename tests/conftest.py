@@ -31,6 +31,11 @@ def _load_tool(path: str):
     """
     name = f'tools_{Path(path).stem}'
     if name not in sys.modules:
+        # As when run as a script: its folder is importable (the shapes
+        # tools import the generator beside them).
+        folder = str((REPO / 'tools' / path).parent)
+        if folder not in sys.path:
+            sys.path.append(folder)
         spec = importlib.util.spec_from_file_location(
             name, REPO / 'tools' / f'{path}.py')
         module = importlib.util.module_from_spec(spec)
@@ -177,3 +182,9 @@ def tool_env():
     env.pop('DISPLAY', None)
     env.setdefault('OMP_NUM_THREADS', '1')
     return env
+
+
+@pytest.fixture(scope='session')
+def get_flops():
+    """``tools/analysis/get_flops.py``, the project's size tool."""
+    return _load_tool('analysis/get_flops')

@@ -1,15 +1,19 @@
-"""Evaluate a detector checkpoint (mmdet 3.x's ``tools/test.py`` flags).
+"""Evaluate a detector or classifier checkpoint (mmdet 3.x's flags).
 
 Examples::
 
     python tools/test.py CONFIG CHECKPOINT                 # prints COCO mAP
+    python tools/test.py CLS_CONFIG CHECKPOINT             # prints top-1
     python tools/test.py CONFIG CHECKPOINT --out results.pkl
     python tools/test.py CONFIG CHECKPOINT --show-dir vis  # painted images
     bash tools/dist_test.sh CONFIG CHECKPOINT 2 [args]
 
 The metrics come from the config's ``test_evaluator`` (``CocoMetric``:
-pycocotools' bbox mAP). ``--out`` adds mmdet's ``DumpDetResults``;
-``--show-dir`` turns on ``DetVisualizationHook``, which saves the images under
+pycocotools' bbox mAP; mmpretrain's ``Accuracy`` for classifier configs,
+whose ``default_scope`` is 'mmpretrain'). ``--out`` adds mmdet's
+``DumpDetResults`` (mmengine's ``DumpResults`` for classifiers);
+``--show-dir`` turns on ``DetVisualizationHook`` (mmpretrain's
+``VisualizationHook``), which saves the images under
 ``<work_dir>/<timestamp>/<show_dir>`` (or ``show_dir`` itself if absolute).
 """
 import argparse
@@ -88,9 +92,18 @@ def build_config(args: argparse.Namespace):
             raise RuntimeError(
                 f'--show-dir needs default_hooks.visualization (e.g. '
                 f"dict(type='DetVisualizationHook')) in {args.config}.")
-        hooks.visualization.draw = True
-        hooks.visualization.test_out_dir = args.show_dir
+        if _is_detector(cfg):
+            hooks.visualization.draw = True
+            hooks.visualization.test_out_dir = args.show_dir
+        else:  # mmpretrain's VisualizationHook
+            hooks.visualization.enable = True
+            hooks.visualization.out_dir = args.show_dir
     return cfg
+
+
+def _is_detector(cfg) -> bool:
+    """Whether ``cfg`` is an mmdet config (else an mmpretrain classifier)."""
+    return cfg.get('default_scope', 'mmdet') == 'mmdet'
 
 
 def main(argv=None) -> dict:
@@ -105,6 +118,7 @@ def main(argv=None) -> dict:
         sys.exit(f'tools/test.py: error: {err}')
 
     from mmdet.evaluation import DumpDetResults
+    from mmengine.evaluator import DumpResults
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     if 'runner_type' in cfg:
@@ -112,8 +126,8 @@ def main(argv=None) -> dict:
     else:
         runner = Runner.from_cfg(cfg)
     if args.out is not None:
-        runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=args.out))
+        dump = DumpDetResults if _is_detector(cfg) else DumpResults
+        runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
     metrics = runner.test()
 
     if runner.rank == 0:
@@ -123,6 +137,8 @@ def main(argv=None) -> dict:
             print(f'  {key:<{width}}  {value}')
         if 'coco/bbox_mAP' in metrics:
             print(f"bbox mAP: {metrics['coco/bbox_mAP']:.4f}")
+        elif 'accuracy/top1' in metrics:  # mmpretrain reports percentages
+            print(f"top-1 accuracy: {metrics['accuracy/top1']:.2f}%")
         elif not metrics:
             # mmdet's CocoMetric returns nothing when no box was predicted
             # (pycocotools cannot load an empty result); that is mAP 0.

@@ -1,8 +1,9 @@
-"""Train a detector with dn_mmdet (mmdet 3.x's ``tools/train.py`` flags).
+"""Train a detector or classifier with dn_mmdet (mmdet 3.x's flags).
 
 Examples::
 
     python tools/train.py configs/ssdlite/<config>.py
+    python tools/train.py configs/mobilenet_v2/<config>.py   # mmpretrain
     python tools/train.py CONFIG --work-dir work_dirs/run1 --resume
     python tools/train.py CONFIG --cfg-options train_dataloader.batch_size=8
     bash tools/dist_train.sh CONFIG 2 [args]   # torchrun, --launcher pytorch
@@ -31,7 +32,8 @@ from dn_mmdet.utils.launch import (CfgOptionsAction, check_file,
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse the command line (``sys.argv[1:]`` when ``argv`` is None)."""
-    parser = argparse.ArgumentParser(description='Train a detector')
+    parser = argparse.ArgumentParser(
+        description='Train a detector (mmdet) or classifier (mmpretrain)')
     parser.add_argument('config', help='train config file path')
     parser.add_argument(
         '--work-dir',

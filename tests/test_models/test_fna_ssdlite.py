@@ -247,9 +247,9 @@ def test_dn_config_puts_dn_in_backbone_only():
 def test_paper_sizes():
     """The paper's Table 5: 4.32M / 6.33M params, both 0.81G MAdds @320."""
     get_flops = _load_tool('get_flops')
-    bn_params, bn_madds = get_flops.detector_complexity(
+    bn_params, bn_madds = get_flops.model_complexity(
         Config.fromfile(BN_CFG), (320, 320))
-    dn_params, dn_madds = get_flops.detector_complexity(
+    dn_params, dn_madds = get_flops.model_complexity(
         Config.fromfile(DN_CFG), (320, 320))
     assert round(bn_params / 1e6, 2) == 4.32
     assert round(dn_params / 1e6, 2) == 6.33

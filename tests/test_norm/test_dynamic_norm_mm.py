@@ -1,5 +1,7 @@
 """DN inside OpenMMLab: registration, the _BatchNorm-dependent paths,
-parameter counts, conversion, errors, precision and export."""
+conversion, errors, precision and export. (The paper's parameter counts are
+asserted on the stage-1 configs: tests/test_configs/
+test_classification_configs.py.)"""
 import copy
 
 import pytest
@@ -16,39 +18,8 @@ import dn_mmdet  # noqa: F401  (registers DN)
 from dn_mmdet.norm import DynamicNorm2d, NormLayer, name_norm_layers
 
 
-class MobileNetV2Classifier(nn.Module):
-    """MobileNetV2 1.0 (mmdet's backbone: 52 norm layers) + a classifier,
-    the model of the paper's ImageNet-100 tables."""
-
-    def __init__(self, norm_cfg, num_classes=100):
-        super().__init__()
-        self.backbone = MobileNetV2(out_indices=(7, ), norm_cfg=norm_cfg)
-        self.fc = nn.Linear(1280, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.backbone(x)[0].mean(dim=(2, 3)))
-
-
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
-
-
-@pytest.mark.parametrize('norm_cfg,paper_millions', [
-    (dict(type='BN'), 2.35),
-    (dict(type='DN', r=16, g=1), 3.03),
-    (dict(type='DN', r=16, g='oup'), 4.36),
-    (dict(type='DN', r=8, g=1), 3.72),
-    (dict(type='DN', r=32, g=1), 2.69),
-    (dict(type='DN', r=16, g=2), 3.07),
-    (dict(type='DN', r=16, g=4), 3.14),
-])
-def test_paper_parameter_counts(norm_cfg, paper_millions):
-    """DN Tables 1, 2, 6, 7: MobileNetV2, 100 classes, every BN replaced."""
-    model = MobileNetV2Classifier(norm_cfg)
-    norm_type = DynamicNorm2d if norm_cfg['type'] == 'DN' else nn.BatchNorm2d
-    assert sum(isinstance(m, norm_type) for m in model.modules()) == 52
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
-    assert round(count_params(model) / 1e6, 2) == paper_millions
 
 
 @pytest.mark.parametrize('scope', [None, 'mmdet', 'mmengine', 'mmpretrain',

@@ -1,10 +1,16 @@
-"""Count a detector's parameters and multiply-adds (MAdds).
+"""Count a model's parameters and multiply-adds (MAdds).
 
     python tools/analysis/get_flops.py CONFIG [--shape 320 320]
 
+CONFIG is a detector (mmdet) or a classifier (mmpretrain, e.g. the
+ImageNet-100 rows under ``configs/mobilenet_v2`` and ``configs/resnet``); the
+input shape defaults to 320x320 for detectors and 224x224 for classifiers,
+the sizes the DN paper reports MAdds at.
+
 MAdds are counted the way the DN paper (and FNA, its code base) counts them:
 forward hooks on every ``nn.Conv2d`` and ``nn.Linear`` of the network
-(backbone, neck and head, no post-processing), one image; a conv adds
+(backbone, neck and head, no post-processing), one image, through the
+model's ``forward(inputs, mode='tensor')``; a conv adds
 ``k_h * k_w * C_in / groups * C_out`` per output location, a linear layer
 ``in * out``. DN's SC-Module FCs (``GroupedFC``, deliberately not
 ``nn.Linear``) count as the grouped linear layers they are,
@@ -15,16 +21,18 @@ one also counts norm layers and element-wise ops, which the paper's figures
 leave out, and does not know DN's FCs.
 """
 import argparse
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
+from mmengine.registry import MODELS, init_default_scope
 
-from mmdet.registry import MODELS
-
+import dn_mmdet  # noqa: F401  (registers DN, MobileNetV2DN, ...)
 from dn_mmdet.norm import GroupedFC
+
+#: Input (height, width) by the config's default scope.
+DEFAULT_SHAPES = {'mmdet': (320, 320), 'mmpretrain': (224, 224)}
 
 
 def count_params(model: nn.Module) -> int:
@@ -78,29 +86,48 @@ def count_madds(model: nn.Module, inputs: torch.Tensor,
     return total[0] // inputs.shape[0]
 
 
-def detector_complexity(cfg: Config,
-                        shape: Sequence[int] = (320, 320)
-                        ) -> Tuple[int, int]:
-    """Build ``cfg.model`` and return (params, MAdds at ``shape``)."""
+def default_shape(cfg: Config) -> Tuple[int, int]:
+    """The input (height, width) the paper reports a config's MAdds at."""
+    return DEFAULT_SHAPES.get(
+        cfg.get('default_scope', 'mmdet'), DEFAULT_SHAPES['mmdet'])
+
+
+def model_complexity(cfg: Config,
+                     shape: Optional[Sequence[int]] = None
+                     ) -> Tuple[int, int]:
+    """Build ``cfg.model`` and return (params, MAdds for one image).
+
+    Args:
+        cfg (Config): A detector or classifier config; its
+            ``default_scope`` (mmdet if unset) selects the registries.
+        shape (tuple[int, int], optional): Input (height, width); defaults
+            to :func:`default_shape`.
+
+    Returns:
+        tuple[int, int]: Parameters, and MAdds of one ``shape`` image through
+        ``forward(mode='tensor')`` (a detector's backbone, neck and head, no
+        box decoding or NMS; a classifier's backbone, neck and head).
+    """
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
-    h, w = shape
+    h, w = shape or default_shape(cfg)
     inputs = torch.randn(1, 3, h, w)
-    # _forward: backbone + neck + head, no box decoding or NMS.
-    madds = count_madds(model, inputs, forward=model._forward)
+    madds = count_madds(
+        model, inputs, forward=lambda x: model(x, mode='tensor'))
     return count_params(model), madds
 
 
 def parse_args():
     parser = argparse.ArgumentParser(
-        description='Count params and MAdds of a detector config')
+        description='Count params and MAdds of a detector or classifier '
+        'config')
     parser.add_argument('config', help='config file path')
     parser.add_argument(
         '--shape',
         type=int,
         nargs='+',
-        default=[320, 320],
-        help='input height and width (one value: square)')
+        help='input height and width (one value: square); default 320 for '
+        'detectors, 224 for classifiers')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -111,7 +138,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if len(args.shape) == 1:
+    if args.shape is None:
+        shape = None
+    elif len(args.shape) == 1:
         shape = (args.shape[0], args.shape[0])
     elif len(args.shape) == 2:
         shape = tuple(args.shape)
@@ -120,12 +149,14 @@ def main():
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    params, madds = detector_complexity(cfg, shape)
+    shape = shape or default_shape(cfg)
+    params, madds = model_complexity(cfg, shape)
     split = '=' * 40
     print(f'{split}\nConfig: {args.config}\n'
           f'Input shape: (3, {shape[0]}, {shape[1]})\n'
           f'Params: {params / 1e6:.2f}M ({params:,})\n'
-          f'MAdds: {madds / 1e9:.2f}G ({madds:,})\n{split}')
+          f'MAdds: {madds / 1e9:.2f}G = {madds / 1e6:.2f}M ({madds:,})\n'
+          f'{split}')
 
 
 if __name__ == '__main__':

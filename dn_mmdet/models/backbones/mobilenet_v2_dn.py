@@ -15,11 +15,14 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
+# The root registry, not mmdet's: the backbone is shared by the detector
+# (scope 'mmdet') and the stage-1 classifiers (scope 'mmpretrain'), and both
+# scopes fall back to the root, as they do for the DN layer.
+from mmengine.registry import MODELS
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
 from ...norm import DynamicNorm2d
@@ -104,6 +107,10 @@ class InvertedResidual(nn.Module):
 @MODELS.register_module()
 class MobileNetV2DN(BaseModule):
     """MobileNetV2 (width 1.0) for detection, any norm, FNA feature taps.
+
+    It is also the backbone of the stage-1 (ImageNet-100) classifiers, with
+    ``out_taps=('conv_last',)``, so that their checkpoints' ``backbone.*``
+    keys are exactly the detector backbone's (``configs/mobilenet_v2``).
 
     Layers (torchvision / FNA structure): ``stem`` (3x3 s2 conv, 32 ch),
     ``stage1`` .. ``stage7`` of inverted residual blocks with
