@@ -511,3 +511,35 @@ def test_dry_run_lists_every_command(tmp_path, shapes_root, capsys):
     assert 'train_dataloader.batch_size=4' in dn_high_lr
     assert '--resume' not in dn_high_lr
     assert not (tmp_path / 'out' / 'runs').exists()
+
+
+def test_one_study_directory_one_study(tmp_path, shapes_root):
+    spec = write_spec(tmp_path / 'spec.py', shapes_root)
+    first = norm_study.StudyRunner(norm_study.Study(str(spec)),
+                                   str(tmp_path / 'out'))
+    second = norm_study.StudyRunner(norm_study.Study(str(spec)),
+                                    str(tmp_path / 'out'))
+    lock = first._lock()
+    with pytest.raises(RuntimeError, match='another norm_study .* is running'):
+        second._lock()
+    lock.close()
+    second._lock().close()
+
+
+def test_report_of_a_full_grid():
+    study = dict(_study_summary(), grid='full')
+    records = _records() + [
+        _record('bn', 2, 2.5, s, 'diverged', None, {}) for s in range(3)
+    ]
+    table = report.table_markdown(study, records)
+    header = next(line for line in table.splitlines()
+                  if line.startswith('| normaliser | batch 16'))
+    assert header.count('batch ') == 4
+    assert 'batch 2, lr x2.5' in header
+    bn_row = next(line for line in table.splitlines()
+                  if line.startswith('| BN | 32.0'))
+    assert bn_row.endswith('| NaN †3/3 |')
+    # DN-B has no run at batch 2, lr x2.5: an empty cell.
+    dn_row = next(line for line in table.splitlines()
+                  if line.startswith('| DN-B | 22.0'))
+    assert dn_row.endswith('|  |')

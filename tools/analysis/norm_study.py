@@ -194,13 +194,9 @@ class Study:
             if value is None and key not in ('metric_label', 'collapse_below'):
                 raise SpecError(f'{spec_path}: {key} is required')
         self.spec = spec
+        # The spec's keys as attributes: self.norms, self.grid, ...
+        self.__dict__.update(spec)
         self._check()
-
-    def __getattr__(self, key: str) -> Any:
-        spec = self.__dict__.get('spec', {})
-        if key in spec:
-            return spec[key]
-        raise AttributeError(key)
 
     def _check(self) -> None:
         where = self.spec_path
