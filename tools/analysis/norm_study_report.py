@@ -30,6 +30,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # Runs with a final metric that enters the means.
 SCORED = ('finished', 'collapsed')
@@ -336,6 +337,7 @@ def plot_curves(study: dict, records: Sequence[dict], out_dir: str) -> str:
                             linewidth=0)
         ax.set_title(f'batch {batch:g}, lr x{mult:g}', fontsize=9)
         ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
@@ -345,7 +347,7 @@ def plot_curves(study: dict, records: Sequence[dict], out_dir: str) -> str:
         ax.axis('off')
     fig.suptitle(
         f'{study["name"]}: {study["metric_label"]} per epoch '
-        '(mean ± std over seeds; † diverged runs)',
+        '(mean ± std over seeds; †k: k runs diverged or collapsed)',
         fontsize=9)
     fig.tight_layout()
     path = osp.join(out_dir, 'metric_vs_epoch.png')
