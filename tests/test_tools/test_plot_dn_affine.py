@@ -14,14 +14,18 @@ DN_CONFIG = CONFIG.parent / 'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.p
 
 
 @pytest.fixture(scope='module', autouse=True)
-def plain_dn_ops():
-    """DN in plain torch ops (``DN_MMDET_FUSED=0``) in this process: the
-    recorded layers run in torch anyway (their SC-Module has a hook), and the
-    others then need no compiled CPU kernel, whose build this process would
-    otherwise wait for."""
+def plain_single_threaded_dn():
+    """In this process: DN in plain torch ops (``DN_MMDET_FUSED=0``) and one
+    torch thread, as the tools' test subprocesses run. The recorded layers
+    run in torch anyway (their SC-Module has a hook), the others then need
+    no compiled CPU kernel (whose build this process would wait for), and
+    one thread does not stall on a busy 2-core machine."""
     patch = pytest.MonkeyPatch()
     patch.setenv('DN_MMDET_FUSED', '0')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     patch.undo()
 
 
@@ -55,13 +59,17 @@ def _parse(options):
     }
 
 
-def _model_and_dataset(dn_run):
+@pytest.fixture(scope='module')
+def model_and_dataset(dn_run):
+    """The trained model (eval) and the val dataset, as the tool builds
+    them."""
     return plot_dn_affine.build_model_and_dataset(dn_run['config'],
                                                   dn_run['checkpoint'], 'val',
                                                   _parse(dn_run['options']))
 
 
-def test_records_first_and_last_dn_per_class(dn_run, tmp_path, capsys):
+def test_records_first_and_last_dn_per_class(dn_run, model_and_dataset,
+                                             tmp_path, capsys):
     out, dump = tmp_path / 'fig5.png', tmp_path / 'fig5.json'
     plot_dn_affine.main([
         dn_run['config'], dn_run['checkpoint'], '--out',
@@ -69,7 +77,7 @@ def test_records_first_and_last_dn_per_class(dn_run, tmp_path, capsys):
         str(dump), '--batch-size', '3', '--cfg-options', *dn_run['options']
     ])
     stats = json.loads(dump.read_text())
-    model, dataset = _model_and_dataset(dn_run)
+    model, dataset = model_and_dataset
     from dn_mmdet.norm import DynamicNorm2d
     dn_names = [
         n for n, m in model.named_modules() if isinstance(m, DynamicNorm2d)
@@ -112,8 +120,8 @@ def test_records_first_and_last_dn_per_class(dn_run, tmp_path, capsys):
     assert f'{first} (' in printed and 'between-class std' in printed
 
 
-def test_images_go_to_their_dominant_class(dn_run):
-    _, dataset = _model_and_dataset(dn_run)
+def test_images_go_to_their_dominant_class(model_and_dataset):
+    _, dataset = model_and_dataset
     classes = list(dataset.metainfo['classes'])
     for index in range(len(dataset)):
         info = dataset.get_data_info(index)
@@ -129,15 +137,15 @@ def test_images_go_to_their_dominant_class(dn_run):
     assert all(c in classes for c in assigned)
 
 
-def test_bad_layer_and_class_are_named(dn_run):
-    model, dataset = _model_and_dataset(dn_run)
+def test_bad_layer_and_class_are_named(model_and_dataset):
+    model, dataset = model_and_dataset
     with pytest.raises(ValueError, match="'neck.nope' is not a DN-B layer"):
         plot_dn_affine.select_layers(model, ['first', 'neck.nope'])
     with pytest.raises(ValueError, match="unknown class 'dog'"):
         plot_dn_affine.images_by_class(dataset, ['dog'])
 
 
-def test_model_without_dn_is_refused(dn_run):
+def test_model_without_dn_is_refused():
     config = Config.fromfile(str(CONFIG))
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope('mmdet')
