@@ -58,7 +58,9 @@ Outcome of a run:
 
 Outputs in the study's directory (``work_dirs/norm_study/<spec>[_<preset>]``
 or ``--work-dir``): ``results.json`` (the spec, every run's record with its
-per-epoch curve, command and wall time), ``results.csv`` (one line a run),
+per-epoch curve, command, wall time and CPU time of its processes; a killed
+segment's wall time counts until its last write, its CPU time is not
+known), ``results.csv`` (one line a run),
 ``table.md`` (mean +- std over seeds per normaliser x batch x lr, diverged
 counts) and the plots of ``norm_study_report.py``.
 """
