@@ -2,9 +2,10 @@
 ``tools/dist_train.sh`` is tested in tests/test_tools/test_dist_train.py).
 
 * with ``sync_bn='torch'`` (mmengine's ``convert_sync_batchnorm``), DN
-  (and SN's batch-scope) statistics are all-reduced: after one training forward / backward the
-  running statistics of both ranks are identical and equal those of a
-  single process seeing the whole batch; without it they are not. (On CPU
+  (and SN's batch-scope) statistics are all-reduced: after one training
+  forward / backward the running statistics of both ranks are identical
+  and equal those of a single process seeing the whole batch; without it
+  they are not. (On CPU
   torch's DDP refuses SyncBatchNorm modules, so this runs without the
   Runner: see ``dist_sync_dn.py``.)
 """

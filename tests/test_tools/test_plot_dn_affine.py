@@ -1,0 +1,158 @@
+"""tools/analysis/plot_dn_affine.py (DN Figure 5) on a DN-B checkpoint that a
+real short training run wrote."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config, DictAction
+
+CONFIGS = Path(__file__).resolve().parents[2] / 'configs/ssdlite'
+CONFIG = CONFIGS / 'ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
+DN_CONFIG = CONFIGS / 'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py'
+
+
+@pytest.fixture(scope='module')
+def plot_dn_affine(load_tool):
+    return load_tool('analysis/plot_dn_affine')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def plain_single_threaded_dn():
+    """In this process: DN in plain torch ops (``DN_MMDET_FUSED=0``) and one
+    torch thread, as the tools' test subprocesses run. The recorded layers
+    run in torch anyway (their SC-Module has a hook), the others then need
+    no compiled CPU kernel (whose build this process would wait for), and
+    one thread does not stall on a busy 2-core machine."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv('DN_MMDET_FUSED', '0')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    patch.undo()
+
+
+@pytest.fixture(scope='module')
+def dn_run(shapes_options, shapes_data, tmp_path_factory):
+    """A short real training run of the DN-B shapes detector (mmengine's
+    Runner in this process: two iterations, a checkpoint on disk)."""
+    from mmengine.runner import Runner
+    from dn_mmdet.utils.launch import load_config
+    work_dir = tmp_path_factory.mktemp('dn_affine') / 'run'
+    options = shapes_options(shapes_data, max_epochs=1, seed=0)
+    cfg = load_config(
+        str(DN_CONFIG),
+        {
+            **_parse(options),
+            'train_dataloader.dataset.indices': 4,
+            'train_cfg.val_begin': 2,  # no validation: not needed here
+        })
+    cfg.work_dir = str(work_dir)
+    Runner.from_cfg(cfg).train()
+    return dict(config=str(DN_CONFIG),
+                checkpoint=str(work_dir / 'epoch_1.pth'),
+                options=shapes_options(shapes_data, seed=0))
+
+
+def _parse(options):
+    """``--cfg-options`` items as the dict tools/train.py merges."""
+    return {
+        key: DictAction._parse_iterable(value)
+        for key, value in (item.split('=', 1) for item in options)
+    }
+
+
+@pytest.fixture(scope='module')
+def model_and_dataset(dn_run, plot_dn_affine):
+    """The trained model (eval) and the val dataset, as the tool builds
+    them."""
+    return plot_dn_affine.build_model_and_dataset(dn_run['config'],
+                                                  dn_run['checkpoint'], 'val',
+                                                  _parse(dn_run['options']))
+
+
+def test_records_first_and_last_dn_per_class(dn_run, model_and_dataset,
+                                             tmp_path, capsys, plot_dn_affine):
+    out, dump = tmp_path / 'fig5.png', tmp_path / 'fig5.json'
+    plot_dn_affine.main([
+        dn_run['config'], dn_run['checkpoint'], '--out',
+        str(out), '--dump',
+        str(dump), '--batch-size', '3', '--cfg-options', *dn_run['options']
+    ])
+    stats = json.loads(dump.read_text())
+    model, dataset = model_and_dataset
+    from dn_mmdet.norm import DynamicNorm2d
+    dn_names = [
+        n for n, m in model.named_modules() if isinstance(m, DynamicNorm2d)
+    ]
+    first, last = dn_names[0], dn_names[-1]
+    assert list(stats['layers']) == [first, last]
+    assert first.startswith('backbone.') and last.startswith('backbone.')
+    assert stats['layers'][last]['channels'] == 1280  # DN-end, as the paper
+
+    # Independently: the layer's input through its own SC-Module, per image
+    # of the class, averaged (a pre-hook on the DN layer, not on the SC).
+    classes = plot_dn_affine.images_by_class(dataset)
+    assert list(stats['images']) == list(classes)
+    cls, indices = next(iter(classes.items()))
+    layer = dict(model.named_modules())[first]
+    pooled = []
+    handle = layer.register_forward_pre_hook(
+        lambda m, args: pooled.append(args[0].mean(dim=(2, 3))))
+    from mmengine.dataset import pseudo_collate
+    with torch.no_grad():
+        for i in indices:
+            data = model.data_preprocessor(pseudo_collate([dataset[i]]), False)
+            model(**data, mode='tensor')
+        handle.remove()
+        alpha_delta, lambda_delta = layer.sc(torch.cat(pooled))
+    expected_alpha = (alpha_delta + layer.base_scale).mean(0)
+    expected_lambda = (lambda_delta + layer.base_shift).mean(0)
+    entry = stats['layers'][first]['classes'][cls]
+    assert entry['images'] == len(indices)
+    assert torch.tensor(entry['alpha_mean']) == pytest.approx(expected_alpha,
+                                                              abs=1e-5)
+    assert torch.tensor(entry['lambda_mean']) == pytest.approx(expected_lambda,
+                                                               abs=1e-5)
+    # The short run moved the generated affine away from BN's (1, 0).
+    assert (expected_alpha - 1).abs().max() > 0
+    import matplotlib.image as mpimg
+    image = mpimg.imread(out)
+    assert image.shape[0] > 200 and image.std() > 0
+    printed = capsys.readouterr().out
+    assert f'{first} (' in printed and 'between-class std' in printed
+
+
+def test_images_go_to_their_dominant_class(model_and_dataset, plot_dn_affine):
+    _, dataset = model_and_dataset
+    classes = list(dataset.metainfo['classes'])
+    for index in range(len(dataset)):
+        info = dataset.get_data_info(index)
+        area = {}
+        for inst in info['instances']:
+            x1, y1, x2, y2 = inst['bbox']
+            area[inst['bbox_label']] = area.get(inst['bbox_label'],
+                                                0) + (x2 - x1) * (y2 - y1)
+        label = plot_dn_affine.image_class(info, 'shapes', index)
+        assert label == (max(area, key=area.get) if area else -1)
+    assigned = plot_dn_affine.images_by_class(dataset, max_images=1)
+    assert all(len(v) == 1 for v in assigned.values())
+    assert all(c in classes for c in assigned)
+
+
+def test_bad_layer_and_class_are_named(model_and_dataset, plot_dn_affine):
+    model, dataset = model_and_dataset
+    with pytest.raises(ValueError, match="'neck.nope' is not a DN-B layer"):
+        plot_dn_affine.select_layers(model, ['first', 'neck.nope'])
+    with pytest.raises(ValueError, match="unknown class 'dog'"):
+        plot_dn_affine.images_by_class(dataset, ['dog'])
+
+
+def test_model_without_dn_is_refused(plot_dn_affine):
+    config = Config.fromfile(str(CONFIG))
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    model = MODELS.build(config.model)
+    with pytest.raises(ValueError, match='has no DN-B layer'):
+        plot_dn_affine.select_layers(model, ['first'])
