@@ -17,8 +17,7 @@ metric_label = 'bbox mAP (%)'
 # there too: compare with BN at the reference setting.)
 collapse_below = 0.0
 
-# SN and MABN join by adding 'sn', 'mabn' here once they are registered.
-norms = ['bn', 'gn', 'dnb-r16-g1', 'dnb-r16-goup', 'dnc1-r16']
+norms = ['bn', 'gn', 'sn', 'mabn', 'dnb-r16-g1', 'dnb-r16-goup', 'dnc1-r16']
 batch_sizes = [16, 4, 2]
 lr_mults = [1, 2.5]
 seeds = [0, 1, 2]

@@ -106,14 +106,23 @@ def test_killed_build_never_blocks_later_runs(tmp_path):
 def test_install_time_build_is_loaded_and_guarded(tmp_path):
     """``setup.py`` compiles the kernel as mmcv compiles its ops; the run
     time loads that build (nothing is compiled then), and would not load it
-    under another torch or on a CPU without the build's instruction set."""
+    under another torch or on a CPU without the build's instruction set.
+
+    The build is the one the project's install made in this checkout
+    (``pip install -e .`` runs ``build_ext --inplace``), copied; only a
+    checkout installed without it (``DN_MMDET_WITH_OPS=0``) builds here."""
     checkout = copy_checkout(tmp_path / 'checkout')
-    proc = subprocess.run(
-        [sys.executable, 'setup.py', 'build_ext', '--inplace'],
-        cwd=checkout, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = ExtensionSpec('dn_cpu', SOURCE)
+    installed = list((REPO / 'dn_mmdet' / 'ops').glob(f'{spec.name}.*.so'))
+    if installed:
+        shutil.copy(installed[0], checkout / 'dn_mmdet' / 'ops')
+    else:
+        proc = subprocess.run(
+            [sys.executable, 'setup.py', 'build_ext', '--inplace'],
+            cwd=checkout, capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     built = list((checkout / 'dn_mmdet' / 'ops').glob('_dn_cpu_*.so'))
-    assert len(built) == 1
+    assert len(built) == 1 and built[0].name.startswith(spec.name + '.')
     extensions = tmp_path / 'torch_extensions'
     code = LOAD + '''
 import importlib.util, torch

@@ -1,4 +1,4 @@
-# FNA's SSDLite on MobileNetV2 (the detector of the DN paper), see SPEC §2.
+# FNA's SSDLite on MobileNetV2: the DN paper's detector (Sec. 4.3, Table 5).
 # Variants change ``model.backbone.norm_cfg`` only.
 # FNA uses eps=1e-3 in every norm layer (and torch's default momentum 0.1).
 norm_cfg = dict(type='BN', eps=1e-3)

@@ -1,4 +1,4 @@
-# The DN paper's SSDLite schedule (SPEC §2): FNA's RMSprop, 30 epochs
+# The DN paper's SSDLite schedule (Sec. 4.3; FNA's code): RMSprop, 30 epochs
 # (each = 5 passes over COCO train via RepeatDataset), linear warm-up over
 # 500 iterations from lr/3, lr x0.1 at epochs 18, 25 and 28.
 max_epochs = 30
