@@ -119,6 +119,35 @@ class NormLayer(nn.Module):
                 '(`norm_eval=True` in the backbone).')
 
 
+
+class BatchNormChildLayer(NormLayer):
+    """A :class:`NormLayer` whose statistics live on a child ``bn``
+    (``nn.BatchNorm2d``), so that mmengine and mmcv treat them as BN's
+    (``norm_eval``, ``sync_bn``, ``norm_decay_mult``). BN's hyper-parameters
+    are read from that child."""
+
+    @property
+    def eps(self) -> float:
+        return self.bn.eps
+
+    @property
+    def momentum(self) -> Optional[float]:
+        return self.bn.momentum
+
+
+class BatchNormAffineChildLayer(BatchNormChildLayer):
+    """A :class:`BatchNormChildLayer` whose affine (gamma, beta) is the
+    child's too: ``weight`` and ``bias`` refer to it, as mmcv's
+    ``constant_init`` expects of a norm layer."""
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.bn.weight
+
+    @property
+    def bias(self) -> nn.Parameter:
+        return self.bn.bias
+
 def name_norm_layers(model: nn.Module) -> int:
     """Set ``layer_name`` of every :class:`NormLayer` in ``model`` to its
     qualified name (used in messages). Returns how many were named."""

@@ -8,7 +8,7 @@ from mmengine.registry import MODELS
 from torch import Tensor
 
 from ..ops import dn_cpu
-from .base import NormLayer
+from .base import BatchNormChildLayer
 from .functional import (activation_bounds, affine_per_sample, batch_moments,
                          dn_b_inference_cpu, dn_b_kernel_applies, dn_b_train,
                          fold_affine, fused_enabled, inverse_std,
@@ -21,7 +21,7 @@ MODES = ('B', 'C1', 'C2')
 
 @MODELS.register_module('DN')
 @MODELS.register_module('DynamicNorm2d')
-class DynamicNorm2d(NormLayer):
+class DynamicNorm2d(BatchNormChildLayer):
     r"""Dynamic Normalization over a 4-D input (N, C, H, W) (DN Sec. 3.3).
 
     .. math::
@@ -116,15 +116,6 @@ class DynamicNorm2d(NormLayer):
         self.register_buffer('base_shift', torch.zeros(num_features))
         # A clamp applied to the output, set by fuse_activation.
         self.activation: Optional[nn.Module] = None
-
-    # BN's hyper-parameters live on the statistics module.
-    @property
-    def eps(self) -> float:
-        return self.bn.eps
-
-    @property
-    def momentum(self) -> Optional[float]:
-        return self.bn.momentum
 
     @property
     def track_running_stats(self) -> bool:

@@ -12,7 +12,7 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .base import NormLayer
+from .base import BatchNormAffineChildLayer
 from .functional import _centered_sums, affine_per_sample
 
 
@@ -99,7 +99,7 @@ class _MABNTrain(torch.autograd.Function):
 
 @MODELS.register_module('MABN')
 @MODELS.register_module('MABN2d')
-class MABN2d(NormLayer):
+class MABN2d(BatchNormAffineChildLayer):
     r"""Moving Average Batch Normalization over a 4-D input (N, C, H, W).
 
     BN's statistics from one small batch are noisy in the forward pass (the
@@ -247,23 +247,6 @@ class MABN2d(NormLayer):
         self.register_buffer('buffer_gz',
                              torch.zeros(self.window, num_features))
         self._batch_size_checked = False
-
-    # gamma, beta and the hyper-parameters live on the child BN.
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.bn.weight
-
-    @property
-    def bias(self) -> nn.Parameter:
-        return self.bn.bias
-
-    @property
-    def eps(self) -> float:
-        return self.bn.eps
-
-    @property
-    def momentum(self) -> Optional[float]:
-        return self.bn.momentum
 
     @property
     def uses_batch_statistics(self) -> bool:

@@ -10,7 +10,7 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .base import NormLayer
+from .base import BatchNormAffineChildLayer
 from .functional import (_LOW_PRECISION, _centered_sums, affine_per_sample,
                          fused_enabled)
 
@@ -100,7 +100,7 @@ class _SwitchNormTrain(torch.autograd.Function):
 
 @MODELS.register_module('SN')
 @MODELS.register_module('SwitchNorm2d')
-class SwitchNorm2d(NormLayer):
+class SwitchNorm2d(BatchNormAffineChildLayer):
     r"""Switchable Normalization over a 4-D input (N, C, H, W).
 
     Statistics of three scopes, all derived from the instance moments of
@@ -246,23 +246,6 @@ class SwitchNorm2d(NormLayer):
             self.bn.running_mean.zero_()
             self.bn.running_var.zero_()
             self.bn.num_batches_tracked.zero_()
-
-    # gamma, beta and the hyper-parameters live on the child BN.
-    @property
-    def weight(self) -> nn.Parameter:
-        return self.bn.weight
-
-    @property
-    def bias(self) -> nn.Parameter:
-        return self.bn.bias
-
-    @property
-    def eps(self) -> float:
-        return self.bn.eps
-
-    @property
-    def momentum(self) -> Optional[float]:
-        return self.bn.momentum
 
     @property
     def using_moving_average(self) -> bool:
