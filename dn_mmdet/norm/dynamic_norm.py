@@ -11,7 +11,7 @@ from ..ops import dn_cpu
 from .base import BatchNormChildLayer
 from .functional import (activation_bounds, affine_per_sample, batch_moments,
                          dn_b_inference_cpu, dn_b_kernel_applies, dn_b_train,
-                         fold_affine, fused_enabled, inverse_std,
+                         dn_b_train_cpu, fold_affine, fused_enabled, inverse_std,
                          kernel_accepts, normalize_act_cpu,
                          per_sample_moments)
 from .sc_module import SCModule
@@ -168,6 +168,12 @@ class DynamicNorm2d(BatchNormChildLayer):
                                       self.base_shift, self.bn.running_mean,
                                       self.bn.running_var, self.eps,
                                       self._activation_bounds())
+        if path == 'train_kernel':
+            return dn_b_train_cpu(x, self.sc, self.base_scale,
+                                  self.base_shift, self.eps,
+                                  self.bn.running_mean, self.bn.running_var,
+                                  self._count_batch(),
+                                  self._activation_bounds())
         if path == 'train_node':
             params = tuple(p for p in self.sc.parameters() if p.requires_grad)
             y, mean, var = dn_b_train(x, self.eps, self._affine_from_pooled,
@@ -208,8 +214,13 @@ class DynamicNorm2d(BatchNormChildLayer):
           batch statistics, an SC-Module the kernel does not implement or
           that forward hooks watch): statistics and SC-Module in torch, then
           the normalise-affine-clamp pass in C++.
-        * ``'train_node'``: DN-B with batch statistics under autograd: the
-          fused autograd node (one statistics pass, one output pass).
+        * ``'train_kernel'``: DN-B with batch statistics under autograd on
+          the CPU: one autograd node whose forward and backward are each
+          one call of the C++ kernel, the fused clamp included.
+        * ``'train_node'``: DN-B with batch statistics under autograd
+          elsewhere (CUDA, half precision, channels-last, an SC-Module the
+          kernel does not implement or that hooks watch): the fused autograd
+          node (one statistics pass, one output pass) in ATen.
         * ``'torch'``: plain, differentiable torch ops, for everything else:
           synchronised statistics, DN-C training, eval with autograd,
           ``DN_MMDET_FUSED=0``, and what exporters and compilers see
@@ -240,6 +251,12 @@ class DynamicNorm2d(BatchNormChildLayer):
                 return 'dn_b_kernel'
             return 'kernel'
         if self.mode == 'B' and batch_stats:
+            running = (() if self.bn.running_mean is None else
+                       (self.bn.running_mean, self.bn.running_var))
+            if (kernel_accepts(x) and dn_cpu.load()
+                    and dn_b_kernel_applies(x, self.sc, self.base_scale,
+                                            self.base_shift, *running)):
+                return 'train_kernel'
             return 'train_node'
         return 'torch'
 
@@ -297,18 +314,26 @@ class DynamicNorm2d(BatchNormChildLayer):
         mean, var, samples = _all_reduce_moments(mean_nc, var_nc, group)
         return mean, var, samples * (x.shape[2] * x.shape[3])
 
+    def _count_batch(self) -> float:
+        """As BatchNorm in training: count the batch and return how far the
+        running statistics move towards its statistics (the momentum, or
+        ``1 / batches`` for a cumulative average); 0 when they do not."""
+        bn = self.bn
+        if not (bn.training and bn.track_running_stats):
+            return 0.0
+        bn.num_batches_tracked.add_(1)
+        return (1.0 / float(bn.num_batches_tracked)
+                if bn.momentum is None else bn.momentum)
+
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor,
                               count) -> None:
-        """As BatchNorm in training: count the batch, then move the running
-        statistics towards its mean and unbiased variance (``count`` values
-        per channel)."""
-        bn = self.bn
-        if not (bn.training and bn.track_running_stats):
+        """Count the batch, then move the running statistics towards its
+        mean and unbiased variance (``count`` values per channel)."""
+        factor = self._count_batch()
+        if not factor:
             return
-        bn.num_batches_tracked.add_(1)
-        factor = (1.0 / float(bn.num_batches_tracked)
-                  if bn.momentum is None else bn.momentum)
+        bn = self.bn
         if torch.is_tensor(count):
             unbiased = var * (count / (count - 1).clamp_min(1)).to(var.dtype)
         else:

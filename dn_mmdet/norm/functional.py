@@ -306,8 +306,8 @@ def normalize_act_cpu(x: Tensor, alpha: Tensor, lam: Tensor, mean: Tensor,
 
 
 def dn_b_kernel_applies(x: Tensor, sc: nn.Module, *buffers: Tensor) -> bool:
-    """Whether :func:`dn_b_inference_cpu` can compute DN-B with this
-    SC-Module: its activation is the sigmoid the kernel implements, no
+    """Whether :func:`dn_b_inference_cpu` and :func:`dn_b_train_cpu` can
+    compute DN-B with this SC-Module: its activation is the sigmoid the kernel implements, no
     forward hook watches it, and its weights and ``buffers`` (base affine,
     statistics) have ``x``'s dtype."""
     params = (sc.fc1.weight, sc.fc1.bias, sc.fc2.weight) + buffers
@@ -330,3 +330,71 @@ def dn_b_inference_cpu(x: Tensor, sc: nn.Module, base_scale: Tensor,
     return dn_cpu.module.dn_b_inference(
         x, sc.fc1.weight, sc.fc1.bias, sc.fc2.weight, sc.fc2.groups,
         base_scale, base_shift, mean, var, eps, *_clamp_range(bounds))
+
+
+# --------------------------------------------------------------------- #
+# Training on the CPU: the whole node in the C++ kernel
+# --------------------------------------------------------------------- #
+class _DNBTrainCPU(torch.autograd.Function):
+    """DN-B with batch statistics and its clamp, both halves in the C++
+    kernel; see :func:`dn_b_train_cpu`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float, lo: float, hi: float,
+                fc2_groups: int, base_scale: Tensor, base_shift: Tensor,
+                running_mean: Tensor, running_var: Tensor, factor: float,
+                fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor):
+        (y, mean, invstd, pooled, hidden, alpha, scale,
+         shift) = dn_cpu.module.dn_b_train_forward(
+             x, fc1_weight, fc1_bias, fc2_weight, fc2_groups, base_scale,
+             base_shift, eps, lo, hi, running_mean, running_var, factor)
+        ctx.save_for_backward(x, mean, invstd, pooled, hidden, alpha, scale,
+                              shift, fc1_weight, fc2_weight)
+        ctx.constants = (fc2_groups, lo, hi)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        fc2_groups, lo, hi = ctx.constants
+        (x, mean, invstd, pooled, hidden, alpha, scale, shift, fc1_weight,
+         fc2_weight) = ctx.saved_tensors
+        grad_x, grad_w1, grad_b1, grad_w2 = dn_cpu.module.dn_b_train_backward(
+            grad_y.contiguous(), x, mean, invstd, pooled, hidden, alpha,
+            scale, shift, fc1_weight, fc2_weight, fc2_groups, lo, hi)
+        needs = ctx.needs_input_grad
+        return ((grad_x if needs[0] else None), ) + (None, ) * 9 + (
+            grad_w1 if needs[10] else None, grad_b1 if needs[11] else None,
+            grad_w2 if needs[12] else None)
+
+
+def dn_b_train_cpu(x: Tensor, sc: nn.Module, base_scale: Tensor,
+                   base_shift: Tensor, eps: float,
+                   running_mean: Optional[Tensor],
+                   running_var: Optional[Tensor], factor: float,
+                   bounds: Optional[Bounds] = None) -> Tensor:
+    """DN-B's training forward with batch statistics, and the clamp that
+    follows it, as one autograd node whose forward and backward are each one
+    call of the C++ kernel (see :func:`dn_b_kernel_applies` for when it
+    applies). The same arithmetic as :func:`dn_b_train` (one statistics
+    pass, one output pass; two passes backward; only ``x`` kept alive), with
+    the SC-Module's forward and backward, the clamp's mask and the update of
+    the running statistics inside the kernel, so that a layer costs a few
+    calls instead of a few dozen small ops (at 7x7 maps those, not the
+    passes, were DN's extra cost).
+
+    Args:
+        running_mean, running_var (Tensor | None): (C,) statistics moved
+            towards the batch's mean and unbiased variance by ``factor``
+            (BatchNorm's momentum; 0 leaves them as they are).
+
+    Returns:
+        Tensor: The output (N, C, H, W), clamped to ``bounds``.
+    """
+    if running_mean is None or not factor:
+        running_mean = running_var = x.new_empty(0)
+        factor = 0.0
+    return _DNBTrainCPU.apply(x, eps, *_clamp_range(bounds), sc.fc2.groups,
+                              base_scale, base_shift, running_mean,
+                              running_var, float(factor), sc.fc1.weight,
+                              sc.fc1.bias, sc.fc2.weight)

@@ -1,5 +1,6 @@
 """Helpers of the norm tests: layers with non-trivial values, the reference
 output, a counting proxy of the C++ kernel."""
+import contextlib
 import copy
 import os
 
@@ -8,6 +9,7 @@ import torch.nn as nn
 
 from dn_mmdet.norm import DynamicNorm2d
 from dn_mmdet.norm.reference import dynamic_norm_reference
+from dn_mmdet.ops import dn_cpu
 
 SHAPES = [(1, 8, 5, 7), (2, 16, 1, 3), (4, 24, 9, 9), (3, 32, 13, 11),
           (8, 96, 4, 4)]
@@ -65,38 +67,55 @@ class CountingKernel:
         return self.module.dn_b_inference(*args)
 
 
-#: How a forward is run: (training, autograd, DN_MMDET_FUSED on), then the
-#: path DynamicNorm2d._select_path must choose for DN-B and for DN-C.
+#: How a forward is run: (training, autograd, DN_MMDET_FUSED on, the C++
+#: kernel available), then the path DynamicNorm2d._select_path must choose
+#: for DN-B and for DN-C.
 SETTINGS = {
-    'train': (True, True, True, 'train_node', 'torch'),
-    'train-no-grad': (True, False, True, 'kernel', 'kernel'),
-    'train-plain': (True, True, False, 'torch', 'torch'),
-    'eval-no-grad': (False, False, True, 'dn_b_kernel', 'kernel'),
-    'eval-autograd': (False, True, True, 'torch', 'torch'),
-    'eval-plain': (False, False, False, 'torch', 'torch'),
+    'train': (True, True, True, True, 'train_kernel', 'torch'),
+    'train-aten': (True, True, True, False, 'train_node', 'torch'),
+    'train-no-grad': (True, False, True, True, 'kernel', 'kernel'),
+    'train-plain': (True, True, False, True, 'torch', 'torch'),
+    'eval-no-grad': (False, False, True, True, 'dn_b_kernel', 'kernel'),
+    'eval-autograd': (False, True, True, True, 'torch', 'torch'),
+    'eval-plain': (False, False, False, True, 'torch', 'torch'),
 }
 
 
 def expected_path(setting: str, mode: str) -> str:
-    return SETTINGS[setting][3 if mode == 'B' else 4]
+    return SETTINGS[setting][4 if mode == 'B' else 5]
 
 
 def forward_in(dn: DynamicNorm2d, x: torch.Tensor,
                setting: str) -> torch.Tensor:
     """``dn(x)`` run as ``SETTINGS[setting]`` says (``x`` requires grad
-    under autograd)."""
-    training, autograd, fused = SETTINGS[setting][:3]
+    under autograd; without the kernel, DN runs as where it cannot be
+    built)."""
+    training, autograd, fused, kernel = SETTINGS[setting][:4]
     dn.train(training)
     previous = os.environ.get('DN_MMDET_FUSED')
     os.environ['DN_MMDET_FUSED'] = '1' if fused else '0'
     try:
-        with torch.set_grad_enabled(autograd):
+        with torch.set_grad_enabled(autograd), without_kernel(not kernel):
             return dn(x.requires_grad_(True) if autograd else x)
     finally:
         if previous is None:
             del os.environ['DN_MMDET_FUSED']
         else:
             os.environ['DN_MMDET_FUSED'] = previous
+
+
+@contextlib.contextmanager
+def without_kernel(hide: bool = True):
+    """DN as on a machine where the C++ kernel could not be built."""
+    if not hide:
+        yield
+        return
+    load = dn_cpu.load
+    dn_cpu.load = lambda: False
+    try:
+        yield
+    finally:
+        dn_cpu.load = load
 
 
 #: The empty-batch cases empty_batch_worker.py runs: (name, layer options,

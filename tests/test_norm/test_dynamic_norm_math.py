@@ -3,10 +3,22 @@ import copy
 
 import pytest
 import torch
-from dn_helpers import SHAPES, randomize
+from dn_helpers import SHAPES, randomize, with_activation, without_kernel
 
 from dn_mmdet.norm import DynamicNorm2d, GroupedFC, SCModule, fc2_groups
 from dn_mmdet.norm.reference import dynamic_norm_reference
+from dn_mmdet.ops import dn_cpu
+
+#: How DN runs: the C++ kernel on the CPU, ATen's fused node (as where the
+#: kernel cannot be built: CUDA, no compiler), or plain ops (fast paths off).
+IMPLS = ['kernel', 'aten', 'plain']
+
+
+def use_impl(impl, monkeypatch):
+    if impl == 'aten':
+        monkeypatch.setattr(dn_cpu, 'load', lambda: False)
+    elif impl == 'plain':
+        monkeypatch.setenv('DN_MMDET_FUSED', '0')
 
 
 def sc_formula(dn, z):
@@ -139,11 +151,10 @@ def fast_and_reference_grads(dn_fast, dn_ref, x, channels_last=False):
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('g', [1, 'oup'])
 @pytest.mark.parametrize('channels_last', [False, True])
-@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('impl', IMPLS)
 def test_fast_path_equals_reference(shape, dtype, training, g,
-                                    channels_last, fused, monkeypatch):
-    if not fused:
-        monkeypatch.setenv('DN_MMDET_FUSED', '0')
+                                    channels_last, impl, monkeypatch):
+    use_impl(impl, monkeypatch)
     torch.manual_seed(1)
     dn_fast = randomize(DynamicNorm2d(shape[1], g=g)).to(dtype)
     dn_ref = copy.deepcopy(dn_fast)
@@ -163,26 +174,33 @@ def test_fast_path_equals_reference(shape, dtype, training, g,
 
 
 def test_fused_path_is_taken_and_can_be_disabled(monkeypatch):
-    """The fused node is one autograd node; DN_MMDET_FUSED=0 falls back to
-    plain ops (same values)."""
+    """Training is one autograd node: the C++ kernel's on the CPU, ATen's
+    where the kernel is missing; DN_MMDET_FUSED=0 falls back to plain ops
+    (same values)."""
     torch.manual_seed(0)
     x = torch.randn(2, 16, 5, 5, requires_grad=True)
     dn = DynamicNorm2d(16)
     y = dn(x)
-    assert type(y.grad_fn).__name__ == '_DNBTrainBackward'
+    assert type(y.grad_fn).__name__ == '_DNBTrainCPUBackward'
+    with without_kernel():
+        y_aten = dn(x)
+    assert type(y_aten.grad_fn).__name__ == '_DNBTrainBackward'
     monkeypatch.setenv('DN_MMDET_FUSED', '0')
     y_plain = dn(x)
-    assert type(y_plain.grad_fn).__name__ != '_DNBTrainBackward'
+    assert type(y_plain.grad_fn).__name__ not in ('_DNBTrainBackward',
+                                                  '_DNBTrainCPUBackward')
+    torch.testing.assert_close(y_aten, y)
     torch.testing.assert_close(y_plain, y)
 
 
 @pytest.mark.parametrize('mode', ['B', 'C1', 'C2'])
-@pytest.mark.parametrize('fused', [True, False])
-def test_gradcheck(mode, fused, monkeypatch):
-    if not fused:
-        monkeypatch.setenv('DN_MMDET_FUSED', '0')
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('act', ['none', 'relu6'])
+def test_gradcheck(mode, impl, act, monkeypatch):
+    use_impl(impl, monkeypatch)
     torch.manual_seed(0)
     dn = randomize(DynamicNorm2d(6, r=2, g=1, mode=mode)).double()
+    with_activation(dn, act)
     x = torch.randn(3, 6, 3, 4, dtype=torch.float64, requires_grad=True)
     params = list(dn.sc.parameters())
 
@@ -260,12 +278,11 @@ def test_grouped_fc_equals_grouped_conv():
                                                                       0])
 
 
-@pytest.mark.parametrize('fused', [True, False])
-def test_statistics_stay_accurate_for_large_means(fused, monkeypatch):
+@pytest.mark.parametrize('impl', IMPLS)
+def test_statistics_stay_accurate_for_large_means(impl, monkeypatch):
     """float32 activations with |mean| = 10 std: the one-pass statistics of
-    the fused path keep the variance to 1e-4 (see functional.py)."""
-    if not fused:
-        monkeypatch.setenv('DN_MMDET_FUSED', '0')
+    the fused paths keep the variance to 1e-4 (see functional.py)."""
+    use_impl(impl, monkeypatch)
     torch.manual_seed(0)
     x = torch.randn(4, 8, 16, 16) * 0.5 + 5.0
     dn = DynamicNorm2d(8, momentum=1.0)

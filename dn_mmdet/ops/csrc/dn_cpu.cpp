@@ -1,10 +1,15 @@
-// DN's inference on the CPU.
+// DN on the CPU.
 //
 // normalize_act: normalisation, per-(sample, channel) affine and the
 // following clamp activation, one read and one write of x.
 // dn_b_inference: all of DN-B in one call: the pooling pass, the SC-Module
-// (FC1, sigmoid, grouped FC2) and normalize_act. Small ops launched from
-// Python cost ~10 us each, a dozen a layer; here they cost next to nothing.
+// (FC1, sigmoid, grouped FC2) and normalize_act.
+// dn_b_train_forward / dn_b_train_backward: DN-B with batch statistics and
+// the clamp that follows it, the two halves of one autograd node: two passes
+// over x forward (moments, output), two backward (sums of the gradient,
+// input gradient), the SC-Module and its gradients in between.
+// Small ops launched from Python cost ~10 us each, a few dozen a layer in
+// training; here they cost next to nothing.
 //
 // Compiled by setup.py at install time, else on first use
 // (dn_mmdet/ops/ext_loader.py); DynamicNorm2d computes the same with ATen
@@ -17,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace {
 
@@ -109,6 +115,161 @@ void grouped_fc_kernel(const torch::Tensor& h, const torch::Tensor& w,
   }
 }
 
+
+// Per-(sample, channel) mean and E[x^2] of x, accumulated in double.
+template <typename scalar_t>
+void plane_moments_kernel(const torch::Tensor& x, double* mean_out,
+                          double* sq_out) {
+  const int64_t planes = x.size(0) * x.size(1);
+  const int64_t hw = x.size(2) * x.size(3);
+  const scalar_t* x_ptr = x.data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* xp = x_ptr + p * hw;
+      double acc = 0, acc2 = 0;
+#pragma omp simd reduction(+ : acc, acc2)
+      for (int64_t i = 0; i < hw; ++i) {
+        const double v = xp[i];
+        acc += v;
+        acc2 += v * v;
+      }
+      mean_out[p] = acc / static_cast<double>(hw);
+      sq_out[p] = acc2 / static_cast<double>(hw);
+    }
+  });
+}
+
+// out = clamp(x * scale[n, c] + shift[n, c], lo, hi); scale and shift are
+// contiguous (N, C).
+template <typename scalar_t>
+void affine_clamp_kernel(const torch::Tensor& x, const scalar_t* scale,
+                         const scalar_t* shift, scalar_t lo, scalar_t hi,
+                         torch::Tensor& out) {
+  const int64_t planes = x.size(0) * x.size(1);
+  const int64_t hw = x.size(2) * x.size(3);
+  const scalar_t* x_ptr = x.data_ptr<scalar_t>();
+  scalar_t* o_ptr = out.data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* xp = x_ptr + p * hw;
+      scalar_t* op = o_ptr + p * hw;
+      const scalar_t s = scale[p], t = shift[p];
+#pragma omp simd
+      for (int64_t i = 0; i < hw; ++i) {
+        scalar_t v = xp[i] * s + t;
+        v = v < lo ? lo : v;
+        v = v > hi ? hi : v;
+        op[i] = v;
+      }
+    }
+  });
+}
+
+// Whether the clamp [lo, hi] passes the gradient at pre-activation v: inside
+// the open interval, as torch's hardtanh_backward (and threshold_backward
+// on ReLU's output, which is > 0 exactly where v > 0).
+template <typename scalar_t>
+inline bool clamp_passes(scalar_t v, scalar_t lo, scalar_t hi) {
+  return v > lo && v < hi;
+}
+
+// Per-(sample, channel) sums of the gradient that reaches the affine
+// (g where the clamp passes it) and of that gradient times x, in double.
+template <typename scalar_t, bool kClamp>
+void grad_sums_kernel(const torch::Tensor& g, const torch::Tensor& x,
+                      const scalar_t* scale, const scalar_t* shift,
+                      scalar_t lo, scalar_t hi, double* sum_g,
+                      double* sum_gx) {
+  const int64_t planes = x.size(0) * x.size(1);
+  const int64_t hw = x.size(2) * x.size(3);
+  const scalar_t* g_ptr = g.data_ptr<scalar_t>();
+  const scalar_t* x_ptr = x.data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* gp = g_ptr + p * hw;
+      const scalar_t* xp = x_ptr + p * hw;
+      const scalar_t s = scale[p], t = shift[p];
+      double acc = 0, accx = 0;
+#pragma omp simd reduction(+ : acc, accx)
+      for (int64_t i = 0; i < hw; ++i) {
+        scalar_t gi = gp[i];
+        if (kClamp) {
+          gi = clamp_passes<scalar_t>(xp[i] * s + t, lo, hi) ? gi : scalar_t(0);
+        }
+        acc += gi;
+        accx += static_cast<double>(gi) * xp[i];
+      }
+      sum_g[p] = acc;
+      sum_gx[p] = accx;
+    }
+  });
+}
+
+// dx = g' * scale[n, c] + x * coef_x[c] + shift_dx[n, c], g' the gradient
+// the clamp passes.
+template <typename scalar_t, bool kClamp>
+void input_grad_kernel(const torch::Tensor& g, const torch::Tensor& x,
+                       const scalar_t* scale, const scalar_t* shift,
+                       scalar_t lo, scalar_t hi, const scalar_t* coef_x,
+                       const scalar_t* shift_dx, torch::Tensor& dx) {
+  const int64_t channels = x.size(1);
+  const int64_t planes = x.size(0) * channels;
+  const int64_t hw = x.size(2) * x.size(3);
+  const scalar_t* g_ptr = g.data_ptr<scalar_t>();
+  const scalar_t* x_ptr = x.data_ptr<scalar_t>();
+  scalar_t* d_ptr = dx.data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* gp = g_ptr + p * hw;
+      const scalar_t* xp = x_ptr + p * hw;
+      scalar_t* dp = d_ptr + p * hw;
+      const scalar_t s = scale[p], t = shift[p];
+      const scalar_t cx = coef_x[p % channels], c0 = shift_dx[p];
+#pragma omp simd
+      for (int64_t i = 0; i < hw; ++i) {
+        scalar_t gi = gp[i];
+        if (kClamp) {
+          gi = clamp_passes<scalar_t>(xp[i] * s + t, lo, hi) ? gi : scalar_t(0);
+        }
+        dp[i] = gi * s + xp[i] * cx + c0;
+      }
+    }
+  });
+}
+
+// Gradients of the grouped FC out = grouped_fc(h, w): d_h (N, in) and
+// d_w (out, in_g) from d_out (N, out).
+template <typename scalar_t>
+void grouped_fc_backward_kernel(const torch::Tensor& d_out,
+                                const torch::Tensor& h, const torch::Tensor& w,
+                                int64_t groups, torch::Tensor& d_h,
+                                torch::Tensor& d_w) {
+  const int64_t n = h.size(0), in_features = h.size(1);
+  const int64_t out_features = w.size(0), in_g = w.size(1);
+  const int64_t out_g = out_features / groups;
+  const scalar_t* do_ptr = d_out.data_ptr<scalar_t>();
+  const scalar_t* h_ptr = h.data_ptr<scalar_t>();
+  const scalar_t* w_ptr = w.data_ptr<scalar_t>();
+  scalar_t* dh_ptr = d_h.data_ptr<scalar_t>();
+  scalar_t* dw_ptr = d_w.data_ptr<scalar_t>();
+  std::fill(dh_ptr, dh_ptr + n * in_features, scalar_t(0));
+  std::fill(dw_ptr, dw_ptr + out_features * in_g, scalar_t(0));
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t o = 0; o < out_features; ++o) {
+      const int64_t offset = s * in_features + (o / out_g) * in_g;
+      const scalar_t d = do_ptr[s * out_features + o];
+      for (int64_t i = 0; i < in_g; ++i) {
+        dh_ptr[offset + i] += d * w_ptr[o * in_g + i];
+        dw_ptr[o * in_g + i] += d * h_ptr[offset + i];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // y = clamp((x - mean) / sqrt(var + eps) * alpha + lam, lo, hi)
@@ -184,9 +345,262 @@ torch::Tensor dn_b_inference(const torch::Tensor& x, const torch::Tensor& fc1_we
   return normalize_act(x, alpha, lam, mean, var, eps, lo, hi);
 }
 
+namespace {
+
+void check_sc_module(const char* op, const torch::Tensor& x,
+                     const torch::Tensor& fc1_weight,
+                     const torch::Tensor& fc1_bias,
+                     const torch::Tensor& fc2_weight, int64_t fc2_groups,
+                     const torch::Tensor& base_scale,
+                     const torch::Tensor& base_shift) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(), op,
+              ": x must be a contiguous 4-D CPU tensor");
+  const int64_t channels = x.size(1);
+  TORCH_CHECK(fc1_weight.dim() == 2 && fc1_weight.size(1) == channels &&
+                  fc1_bias.numel() == fc1_weight.size(0) &&
+                  fc2_weight.dim() == 2 && fc2_weight.size(0) == 2 * channels &&
+                  fc2_groups >= 1 &&
+                  fc2_weight.size(1) * fc2_groups == fc1_weight.size(0) &&
+                  base_scale.numel() == channels &&
+                  base_shift.numel() == channels,
+              op, ": SC-Module weights do not fit ", channels, " channels");
+  for (const auto* t : {&fc1_weight, &fc1_bias, &fc2_weight, &base_scale,
+                        &base_shift}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type(),
+                op, ": parameters must be CPU tensors of x's dtype");
+  }
+}
+
+// FC2 of the SC-Module: (N, h) -> (N, 2C).
+torch::Tensor sc_fc2(const torch::Tensor& hidden, const torch::Tensor& fc2_weight,
+                     int64_t fc2_groups) {
+  if (fc2_groups == 1) return torch::mm(hidden, fc2_weight.t());
+  auto delta = torch::empty({hidden.size(0), fc2_weight.size(0)}, hidden.options());
+  const auto w = fc2_weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "dn_b_fc2", [&] {
+    grouped_fc_kernel<scalar_t>(hidden, w, fc2_groups, delta);
+  });
+  return delta;
+}
+
+}  // namespace
+
+// DN-B's forward with batch statistics, clamp [lo, hi] included:
+// moments per (sample, channel) -> batch mean and variance (law of total
+// variance) -> SC-Module on the per-sample means -> y = clamp(x * scale +
+// shift), scale = alpha * invstd, shift = lam - mean * scale.
+// The running statistics, if factor != 0, move towards the batch's mean and
+// unbiased variance by factor (BatchNorm's momentum).
+// Returns y and what the backward needs: the batch mean and invstd (C,),
+// pooled (N, C), hidden (N, h), alpha, scale and shift (N, C).
+// The (N, C)-sized arithmetic runs as plain loops: as ATen ops it cost more
+// than the passes over x at small maps.
+std::vector<torch::Tensor> dn_b_train_forward(
+    const torch::Tensor& x, const torch::Tensor& fc1_weight,
+    const torch::Tensor& fc1_bias, const torch::Tensor& fc2_weight,
+    int64_t fc2_groups, const torch::Tensor& base_scale,
+    const torch::Tensor& base_shift, double eps, double lo, double hi,
+    torch::Tensor running_mean, torch::Tensor running_var, double factor) {
+  check_sc_module("dn_b_train_forward", x, fc1_weight, fc1_bias, fc2_weight,
+                  fc2_groups, base_scale, base_shift);
+  const int64_t n = x.size(0), channels = x.size(1);
+  const auto opts = x.options();
+  std::vector<double> mean_nc(n * channels), sq_nc(n * channels);
+  const bool update = factor != 0;
+  TORCH_CHECK(!update || (running_mean.is_contiguous() &&
+                          running_var.is_contiguous() &&
+                          running_mean.numel() == channels &&
+                          running_var.numel() == channels &&
+                          running_mean.scalar_type() == x.scalar_type() &&
+                          running_var.scalar_type() == x.scalar_type()),
+              "dn_b_train_forward: running statistics must be contiguous (C,) "
+              "tensors of x's dtype");
+  auto mean = torch::empty({channels}, opts);
+  auto invstd = torch::empty({channels}, opts);
+  auto pooled = torch::empty({n, channels}, opts);
+  auto alpha = torch::empty({n, channels}, opts);
+  auto scale = torch::empty({n, channels}, opts);
+  auto shift = torch::empty({n, channels}, opts);
+  auto y = torch::empty_like(x);
+  torch::Tensor hidden;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_train_forward", [&] {
+    plane_moments_kernel<scalar_t>(x, mean_nc.data(), sq_nc.data());
+    scalar_t* mean_p = mean.data_ptr<scalar_t>();
+    scalar_t* run_mean_p = update ? running_mean.data_ptr<scalar_t>() : nullptr;
+    scalar_t* run_var_p = update ? running_var.data_ptr<scalar_t>() : nullptr;
+    // The running variance is unbiased, over N * H * W values per channel.
+    const double count = static_cast<double>(x.numel() / channels);
+    const double unbias = count / std::max(count - 1.0, 1.0);
+    scalar_t* invstd_p = invstd.data_ptr<scalar_t>();
+    std::vector<double> mean64(channels), invstd64(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      // E over the batch of the per-sample E[x] and E[x^2]: equal counts.
+      double m = 0, sq = 0;
+      for (int64_t s = 0; s < n; ++s) {
+        m += mean_nc[s * channels + c];
+        sq += sq_nc[s * channels + c];
+      }
+      m /= static_cast<double>(n);
+      const double v = std::max(sq / static_cast<double>(n) - m * m, 0.0);
+      mean64[c] = m;
+      invstd64[c] = 1.0 / std::sqrt(v + eps);
+      mean_p[c] = static_cast<scalar_t>(m);
+      if (update) {
+        run_mean_p[c] += static_cast<scalar_t>(factor * (m - run_mean_p[c]));
+        run_var_p[c] += static_cast<scalar_t>(factor * (v * unbias - run_var_p[c]));
+      }
+      invstd_p[c] = static_cast<scalar_t>(invstd64[c]);
+    }
+    scalar_t* pooled_p = pooled.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n * channels; ++i) {
+      pooled_p[i] = static_cast<scalar_t>(mean_nc[i]);
+    }
+    hidden = torch::addmm(fc1_bias, pooled, fc1_weight.t());
+    hidden.sigmoid_();
+    const auto delta = sc_fc2(hidden, fc2_weight, fc2_groups).contiguous();
+    const scalar_t* delta_p = delta.data_ptr<scalar_t>();
+    const auto base_scale_c = base_scale.contiguous();
+    const auto base_shift_c = base_shift.contiguous();
+    const scalar_t* bs_p = base_scale_c.data_ptr<scalar_t>();
+    const scalar_t* bb_p = base_shift_c.data_ptr<scalar_t>();
+    scalar_t* alpha_p = alpha.data_ptr<scalar_t>();
+    scalar_t* scale_p = scale.data_ptr<scalar_t>();
+    scalar_t* shift_p = shift.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t i = s * channels + c;
+        const scalar_t a = delta_p[s * 2 * channels + c] + bs_p[c];
+        const scalar_t l = delta_p[s * 2 * channels + channels + c] + bb_p[c];
+        const double sc = static_cast<double>(a) * invstd64[c];
+        alpha_p[i] = a;
+        scale_p[i] = static_cast<scalar_t>(sc);
+        shift_p[i] = static_cast<scalar_t>(l - mean64[c] * sc);
+      }
+    }
+    affine_clamp_kernel<scalar_t>(x, scale_p, shift_p, static_cast<scalar_t>(lo),
+                                  static_cast<scalar_t>(hi), y);
+  });
+  return {y, mean, invstd, pooled, hidden, alpha, scale, shift};
+}
+
+// The backward of dn_b_train_forward. grad_y: the gradient of y. Returns
+// the gradients of x, FC1's weight and bias and FC2's weight.
+std::vector<torch::Tensor> dn_b_train_backward(
+    const torch::Tensor& grad_y, const torch::Tensor& x,
+    const torch::Tensor& mean, const torch::Tensor& invstd,
+    const torch::Tensor& pooled, const torch::Tensor& hidden,
+    const torch::Tensor& alpha, const torch::Tensor& scale,
+    const torch::Tensor& shift, const torch::Tensor& fc1_weight,
+    const torch::Tensor& fc2_weight, int64_t fc2_groups, double lo,
+    double hi) {
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.is_contiguous() &&
+                  grad_y.scalar_type() == x.scalar_type(),
+              "dn_b_train_backward: grad_y must be contiguous, of x's shape "
+              "and dtype");
+  const int64_t n = x.size(0), channels = x.size(1);
+  const int64_t hw = x.size(2) * x.size(3);
+  const bool clamp = std::isfinite(lo) || std::isfinite(hi);
+  const auto opts = x.options();
+  auto d_delta = torch::empty({n, 2 * channels}, opts);
+  auto grad_x = torch::empty_like(x);
+  torch::Tensor d_fc1, d_fc1_bias, d_fc2;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_train_backward", [&] {
+    const scalar_t low = static_cast<scalar_t>(lo);
+    const scalar_t high = static_cast<scalar_t>(hi);
+    const scalar_t* scale_p = scale.data_ptr<scalar_t>();
+    const scalar_t* shift_p = shift.data_ptr<scalar_t>();
+    const scalar_t* mean_p = mean.data_ptr<scalar_t>();
+    const scalar_t* invstd_p = invstd.data_ptr<scalar_t>();
+    const scalar_t* alpha_p = alpha.data_ptr<scalar_t>();
+    std::vector<double> sum_g(n * channels), sum_gx(n * channels);
+    if (clamp) {
+      grad_sums_kernel<scalar_t, true>(grad_y, x, scale_p, shift_p, low, high,
+                                       sum_g.data(), sum_gx.data());
+    } else {
+      grad_sums_kernel<scalar_t, false>(grad_y, x, scale_p, shift_p, low, high,
+                                        sum_g.data(), sum_gx.data());
+    }
+    // d alpha = sum g' x^ and d lambda = sum g', with x^ = (x - mean) *
+    // invstd; and the batch means of alpha g' and alpha g' x^ per channel.
+    scalar_t* d_delta_p = d_delta.data_ptr<scalar_t>();
+    std::vector<double> mean_dxhat(channels, 0.0), mean_dxhat_xhat(channels, 0.0);
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t i = s * channels + c;
+        const double gxhat = (sum_gx[i] - sum_g[i] * mean_p[c]) * invstd_p[c];
+        d_delta_p[s * 2 * channels + c] = static_cast<scalar_t>(gxhat);
+        d_delta_p[s * 2 * channels + channels + c] = static_cast<scalar_t>(sum_g[i]);
+        mean_dxhat[c] += alpha_p[i] * sum_g[i];
+        mean_dxhat_xhat[c] += alpha_p[i] * gxhat;
+      }
+    }
+    torch::Tensor d_hidden;
+    if (fc2_groups == 1) {
+      d_hidden = torch::mm(d_delta, fc2_weight);
+      d_fc2 = torch::mm(d_delta.t(), hidden);
+    } else {
+      d_hidden = torch::empty_like(hidden);
+      d_fc2 = torch::empty({fc2_weight.size(0), fc2_weight.size(1)}, opts);
+      grouped_fc_backward_kernel<scalar_t>(d_delta, hidden,
+                                           fc2_weight.contiguous(), fc2_groups,
+                                           d_hidden, d_fc2);
+    }
+    // Through the sigmoid: d_pre = d_hidden * h * (1 - h), in place.
+    d_hidden = d_hidden.contiguous();
+    scalar_t* d_pre_p = d_hidden.data_ptr<scalar_t>();
+    const auto hidden_c = hidden.contiguous();
+    const scalar_t* h_p = hidden_c.data_ptr<scalar_t>();
+    const int64_t h_features = hidden.size(1);
+    d_fc1_bias = torch::zeros({h_features}, opts);
+    scalar_t* db_p = d_fc1_bias.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t j = 0; j < h_features; ++j) {
+        const int64_t i = s * h_features + j;
+        d_pre_p[i] *= h_p[i] * (scalar_t(1) - h_p[i]);
+        db_p[j] += d_pre_p[i];
+      }
+    }
+    d_fc1 = torch::mm(d_hidden.t(), pooled);
+    const auto d_pooled = torch::mm(d_hidden, fc1_weight).contiguous();
+    const scalar_t* d_pooled_p = d_pooled.data_ptr<scalar_t>();
+    // BN's backward with a per-sample gamma alpha, plus the pooling's:
+    // dx = invstd (alpha g' - E[alpha g'] - x^ E[alpha g' x^]) + d_pooled / HW
+    //    = g' scale + x coef_x + shift_dx
+    const double count = static_cast<double>(n * hw);
+    std::vector<scalar_t> coef_x(channels), shift_dx(n * channels);
+    std::vector<double> coef_x64(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      const double is = invstd_p[c];
+      coef_x64[c] = -is * is * mean_dxhat_xhat[c] / count;
+      coef_x[c] = static_cast<scalar_t>(coef_x64[c]);
+    }
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t i = s * channels + c;
+        shift_dx[i] = static_cast<scalar_t>(
+            static_cast<double>(d_pooled_p[i]) / static_cast<double>(hw) -
+            static_cast<double>(invstd_p[c]) * mean_dxhat[c] / count -
+            coef_x64[c] * mean_p[c]);
+      }
+    }
+    if (clamp) {
+      input_grad_kernel<scalar_t, true>(grad_y, x, scale_p, shift_p, low, high,
+                                        coef_x.data(), shift_dx.data(), grad_x);
+    } else {
+      input_grad_kernel<scalar_t, false>(grad_y, x, scale_p, shift_p, low, high,
+                                         coef_x.data(), shift_dx.data(), grad_x);
+    }
+  });
+  return {grad_x, d_fc1, d_fc1_bias, d_fc2};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("normalize_act", &normalize_act,
         "DN inference: normalisation, affine and clamp in one pass");
   m.def("dn_b_inference", &dn_b_inference,
         "DN-B inference: pooling, SC-Module and normalize_act in one call");
+  m.def("dn_b_train_forward", &dn_b_train_forward,
+        "DN-B training forward with batch statistics and clamp");
+  m.def("dn_b_train_backward", &dn_b_train_backward,
+        "the backward of dn_b_train_forward");
 }
