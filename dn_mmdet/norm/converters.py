@@ -1,4 +1,4 @@
-"""Model surgery for DN: BN -> DN (modules and state dicts), activation fusion.
+"""Model surgery for DN: BN -> DN, for modules and for state dicts.
 
 Each function is also a classmethod of :class:`DynamicNorm2d`
 (``DynamicNorm2d.convert_batchnorm(model)``), as detectron2's
@@ -12,15 +12,13 @@ from typing import List, Tuple
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import ConvModule
 
 from .base import NormLayer
 from .dynamic_norm import DynamicNorm2d
-from .functional import activation_bounds
 
 __all__ = [
     'from_batchnorm', 'convert_batchnorm', 'convert_batchnorm_state_dict',
-    'find_norm_layers', 'fuse_activations'
+    'find_norm_layers'
 ]
 
 
@@ -174,32 +172,3 @@ def convert_batchnorm_state_dict(state_dict: dict,
     result = {k: v for k, v in state_dict.items() if k not in removed}
     result.update(added)
     return result
-
-
-def fuse_activations(module: nn.Module,
-                     layer_type: type = DynamicNorm2d) -> int:
-    """Fuse each ConvModule's activation into its DN layer.
-
-    Only where the activation directly follows DN (``order`` conv, norm,
-    act or norm, act, conv) and is a clamp (ReLU, ReLU6, Hardtanh): the
-    ConvModule's ``activate`` becomes ``nn.Identity`` and DN applies the
-    clamp in its affine pass (see :meth:`DynamicNorm2d.fuse_activation`).
-    Outputs and state dicts stay the same. Afterwards
-    ``ConvModule.forward(x, activate=False)`` no longer skips the
-    activation.
-
-    Returns:
-        int: How many activations were fused.
-    """
-    fused = 0
-    for m in module.modules():
-        if not (isinstance(m, ConvModule) and m.with_norm
-                and m.with_activation and isinstance(m.norm, layer_type)
-                and m.norm.activation is None
-                and m.order.index('act') == m.order.index('norm') + 1
-                and activation_bounds(m.activate) is not None):
-            continue
-        m.norm.fuse_activation(m.activate)
-        m.activate = nn.Identity()
-        fused += 1
-    return fused

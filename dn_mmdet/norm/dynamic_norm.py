@@ -8,6 +8,7 @@ from mmengine.registry import MODELS
 from torch import Tensor
 
 from ..ops import dn_cpu
+from .activation_fusion import fuse_on_first_forward, mark_clamped
 from .base import BatchNormChildLayer
 from .functional import (activation_bounds, affine_per_sample, batch_moments,
                          dn_b_inference_cpu, dn_b_kernel_applies, dn_b_train,
@@ -116,6 +117,7 @@ class DynamicNorm2d(BatchNormChildLayer):
         self.register_buffer('base_shift', torch.zeros(num_features))
         # A clamp applied to the output, set by fuse_activation.
         self.activation: Optional[nn.Module] = None
+        fuse_on_first_forward(self)
 
     @property
     def track_running_stats(self) -> bool:
@@ -159,6 +161,13 @@ class DynamicNorm2d(BatchNormChildLayer):
     # Forward
     # ------------------------------------------------------------------ #
     def forward(self, x: Tensor) -> Tensor:
+        y = self._forward(x)
+        if self.activation is not None:
+            # The clamp this layer took over then passes y through as it is.
+            mark_clamped(y, self._activation_bounds())
+        return y
+
+    def _forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         path = self._select_path(x)
         if path == 'empty':
@@ -372,10 +381,11 @@ class DynamicNorm2d(BatchNormChildLayer):
 
     @classmethod
     def fuse_activations(cls, module: nn.Module) -> int:
-        """Move each clamp activation that directly follows a DN layer in a
-        ConvModule into the DN layer; see
-        :func:`~dn_mmdet.norm.converters.fuse_activations`."""
-        from .converters import fuse_activations
+        """Move each clamp activation that takes a DN layer's output (and
+        only it) into the DN layer; see
+        :func:`~dn_mmdet.norm.activation_fusion.fuse_activations`. (Models
+        get this on their first forward.)"""
+        from .activation_fusion import fuse_activations
         return fuse_activations(module, layer_type=cls)
 
 

@@ -272,8 +272,11 @@ def has_forward_hooks(module: nn.Module) -> bool:
     must run in torch: the C++ op would skip the hooks, e.g. a MAdds
     counter's on the SC-Module's FCs)."""
     from torch.nn.modules import module as torch_module
+
+    from .activation_fusion import is_fusion_hook
     if (torch_module._global_forward_hooks
-            or torch_module._global_forward_pre_hooks):
+            or any(not is_fusion_hook(hook) for hook in
+                   torch_module._global_forward_pre_hooks.values())):
         return True
     return any(m._forward_hooks or m._forward_pre_hooks
                for m in module.modules())

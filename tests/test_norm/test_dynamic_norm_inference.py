@@ -216,13 +216,20 @@ def conv_stack(norm_cfg, act_cfg=dict(type='ReLU6'), order=None):
 
 
 @pytest.mark.parametrize('training', [True, False])
-def test_fuse_activations_keeps_outputs_grads_and_keys(training):
+def test_fuse_activations_keeps_outputs_grads_and_keys(training,
+                                                       monkeypatch):
     torch.manual_seed(8)
     model = conv_stack(dict(type='DN', g='oup'))
     for m in model.modules():
         if isinstance(m, DynamicNorm2d):
             randomize(m)
     fused = copy.deepcopy(model)
+    # model stays unfused: its first forward runs with fusion off (in eval,
+    # so that its statistics stay as they are)
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setenv('DN_MMDET_FUSED', '0')
+        model.eval()(torch.randn(2, 3, 4, 4))
+    assert isinstance(model[0].activate, nn.ReLU6)
     assert DynamicNorm2d.fuse_activations(fused) == 2
     assert isinstance(fused[0].activate, nn.Identity)
     assert isinstance(fused[0].norm.activation, nn.ReLU6)
