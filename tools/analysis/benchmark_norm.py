@@ -144,6 +144,10 @@ def parse_args(argv=None):
     parser.add_argument('--sizes', '--size', dest='sizes', nargs='+',
                         type=int, default=[320],
                         help=f'input sides of the sweep (>= {MIN_SIZE})')
+    parser.add_argument(
+        '--cases', nargs='+', metavar='BATCHxSIZE',
+        help='explicit (batch, size) cases, e.g. 2x128 4x224 8x320, in '
+        'place of the product of --batch-sizes and --sizes')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch default)')
     parser.add_argument('--device', default='auto',
@@ -179,6 +183,19 @@ def parse_args(argv=None):
         parser.error('--runs and --repeat must be >= 1')
     if args.warmup < 0:
         parser.error('--warmup must be >= 0')
+    if args.cases:
+        try:
+            cases = [tuple(int(v) for v in case.lower().split('x'))
+                     for case in args.cases]
+        except ValueError:
+            cases = [()]
+        if any(len(case) != 2 for case in cases):
+            parser.error(f'--cases must look like 4x224 (batch x size), got '
+                         f'{" ".join(args.cases)}')
+        args.batch_sizes = [b for b, _ in cases]
+        args.sizes = [s for _, s in cases]
+    else:
+        cases = [(b, s) for b in args.batch_sizes for s in args.sizes]
     small = [b for b in args.batch_sizes if b < 2]
     if small:
         parser.error(f'--batch-sizes must be >= 2 (got {small[0]}): BN and '
@@ -190,6 +207,7 @@ def parse_args(argv=None):
     wanted = (args.models or []) + [PARTS[p] for p in args.parts or []]
     args.models = [m for m in MODELS if m in (wanted or DEFAULT_MODELS)]
     # Each value once, in the given order.
+    args.cases = list(dict.fromkeys(cases))
     args.batch_sizes = list(dict.fromkeys(args.batch_sizes))
     args.sizes = list(dict.fromkeys(args.sizes))
     args.variants = list(dict.fromkeys(args.variants))
@@ -410,8 +428,7 @@ def plan_jobs(args):
     the other, so that BN and DN alternate and share the machine's state."""
     return [(run, model, batch, size, variant)
             for run in range(args.runs) for model in args.models
-            for batch in args.batch_sizes for size in args.sizes
-            for variant in args.variants]
+            for batch, size in args.cases for variant in args.variants]
 
 
 def worker_command(args, model, variant, batch, size):
@@ -531,8 +548,8 @@ def format_summary_line(entry):
 
 def format_header(args, kernel_status):
     return (
-        f'batch {" ".join(map(str, args.batch_sizes))}, size '
-        f'{" ".join(map(str, args.sizes))} px, device {args.device}, '
+        f'batch x size {" ".join(f"{b}x{s}" for b, s in args.cases)} px, '
+        f'device {args.device}, '
         f'threads {args.threads or "default"}, median {args.timer} time '
         f'of {args.repeat}'
         f'{f" (median of {args.runs} runs)" if args.runs > 1 else ""}'
@@ -622,8 +639,8 @@ def main():
     kernel_status = dn_kernel_status(args)
     jobs = plan_jobs(args)
     print(f'{len(jobs)} workers: {len(args.models)} model(s) x '
-          f'{len(args.batch_sizes)} batch size(s) x {len(args.sizes)} '
-          f'size(s) x {len(args.variants)} variant(s) x {args.runs} run(s)',
+          f'{len(args.cases)} batch x size case(s) x {len(args.variants)} '
+          f'variant(s) x {args.runs} run(s)',
           flush=True)
     runs, done, start = [], [], time.perf_counter()
     for i, job in enumerate(jobs, 1):
