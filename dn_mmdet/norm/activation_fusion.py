@@ -36,7 +36,8 @@ import torch.nn as nn
 from mmcv.cnn import ConvModule
 from torch import Tensor
 
-from .functional import Bounds, activation_bounds, fused_enabled
+from .functional import (OWN_GLOBAL_HOOKS, Bounds, activation_bounds,
+                         fused_enabled)
 
 __all__ = [
     'fuse_activations', 'fuse_on_first_forward', 'mark_clamped',
@@ -212,8 +213,9 @@ def is_fusion_hook(hook) -> bool:
 
 def _before_first_forward(module: nn.Module, args) -> None:
     global _hook_handle
-    if module in _looked_at:
-        return
+    if module in _looked_at or torch.jit.is_tracing(
+    ) or torch.compiler.is_compiling():
+        return  # tracers see the model as built; a later eager call fuses
     subtree = list(module.modules())
     if any(m in _pending for m in subtree) and fused_enabled():
         fuse_activations(module)
@@ -223,3 +225,6 @@ def _before_first_forward(module: nn.Module, args) -> None:
     if not _pending and _hook_handle is not None:
         _hook_handle.remove()
         _hook_handle = None
+
+
+OWN_GLOBAL_HOOKS.add(_before_first_forward)

@@ -28,9 +28,17 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from torch.nn.modules.module import (_global_forward_hooks,
+                                     _global_forward_pre_hooks)
+
 from ..ops import dn_cpu
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+#: dn_mmdet's own process-wide module hooks (activation_fusion's), which
+#: :func:`has_forward_hooks` does not count: they need not see the kernel's
+#: insides.
+OWN_GLOBAL_HOOKS = set()
 
 
 def fused_enabled() -> bool:
@@ -262,8 +270,7 @@ def kernel_accepts(x: Tensor) -> bool:
     """Whether the C++ kernel (:mod:`dn_mmdet.ops`) takes ``x``: a
     contiguous float32/float64 CPU tensor. (float16/bfloat16 keep ATen's
     float32 arithmetic; channels-last inputs take ATen too.)"""
-    return (x.device.type == 'cpu' and x.dtype in (torch.float32,
-                                                   torch.float64)
+    return (x.is_cpu and x.dtype in (torch.float32, torch.float64)
             and x.is_contiguous())
 
 
@@ -271,12 +278,9 @@ def has_forward_hooks(module: nn.Module) -> bool:
     """Whether a forward hook would see ``module`` or a child run (then it
     must run in torch: the C++ op would skip the hooks, e.g. a MAdds
     counter's on the SC-Module's FCs)."""
-    from torch.nn.modules import module as torch_module
-
-    from .activation_fusion import is_fusion_hook
-    if (torch_module._global_forward_hooks
-            or any(not is_fusion_hook(hook) for hook in
-                   torch_module._global_forward_pre_hooks.values())):
+    if (_global_forward_hooks
+            or any(hook not in OWN_GLOBAL_HOOKS
+                   for hook in _global_forward_pre_hooks.values())):
         return True
     return any(m._forward_hooks or m._forward_pre_hooks
                for m in module.modules())
@@ -313,9 +317,14 @@ def dn_b_kernel_applies(x: Tensor, sc: nn.Module, *buffers: Tensor) -> bool:
     compute DN-B with this SC-Module: its activation is the sigmoid the kernel implements, no
     forward hook watches it, and its weights and ``buffers`` (base affine,
     statistics) have ``x``'s dtype."""
-    params = (sc.fc1.weight, sc.fc1.bias, sc.fc2.weight) + buffers
-    return (isinstance(sc.act, nn.Sigmoid)
-            and all(p is not None and p.dtype == x.dtype for p in params)
+    if not isinstance(sc.act, nn.Sigmoid):
+        return False
+    dtype = x.dtype
+    fc1 = sc.fc1
+    bias = fc1.bias
+    return (bias is not None and bias.dtype == dtype
+            and fc1.weight.dtype == dtype and sc.fc2.weight.dtype == dtype
+            and all(b.dtype == dtype for b in buffers)
             and not has_forward_hooks(sc))
 
 

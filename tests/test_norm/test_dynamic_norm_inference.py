@@ -177,6 +177,26 @@ def test_kernel_rejects_mismatched_parameters():
     with pytest.raises(RuntimeError, match="x's dtype"):
         ops.dn_b_inference(x, torch.ones(1, 3).double(), torch.ones(1),
                            torch.ones(6, 1), 1, c, c, c, c, 1e-5, 0.0, 6.0)
+    with pytest.raises(RuntimeError, match="mean and var must be"):
+        ops.dn_b_inference(x, torch.ones(1, 3), torch.ones(1),
+                           torch.ones(6, 1), 1, c, c, c.double(), c, 1e-5,
+                           0.0, 6.0)
+    # the training halves
+    inf = float('inf')
+    with pytest.raises(RuntimeError, match='do not fit 3 channels'):
+        ops.dn_b_train_forward(x, torch.ones(1, 4), torch.ones(1),
+                               torch.ones(6, 1), 1, c, c, 1e-5, -inf, inf,
+                               c, c, 0.1)
+    with pytest.raises(RuntimeError, match='running statistics must be'):
+        ops.dn_b_train_forward(x, torch.ones(1, 3), torch.ones(1),
+                               torch.ones(6, 1), 1, c, c, 1e-5, -inf, inf,
+                               c.double(), c, 0.1)
+    saved = ops.dn_b_train_forward(x, torch.ones(1, 3), torch.ones(1),
+                                   torch.ones(6, 1), 1, c, c, 1e-5, -inf,
+                                   inf, c, c, 0.0)
+    with pytest.raises(RuntimeError, match="grad_y must be"):
+        ops.dn_b_train_backward(x[:1], x, *saved[1:], torch.ones(1, 3),
+                                torch.ones(6, 1), 1, -inf, inf)
 
 
 def test_build_failure_warns_once_and_falls_back(monkeypatch):

@@ -109,6 +109,7 @@ void grouped_fc_kernel(const torch::Tensor& h, const torch::Tensor& w,
       const scalar_t* hp = h_ptr + s * in_features + (o / out_g) * in_g;
       const scalar_t* wp = w_ptr + o * in_g;
       scalar_t acc = 0;
+#pragma omp simd reduction(+ : acc)
       for (int64_t i = 0; i < in_g; ++i) acc += hp[i] * wp[i];
       o_ptr[s * out_features + o] = acc;
     }
@@ -301,50 +302,6 @@ torch::Tensor normalize_act(const torch::Tensor& x, const torch::Tensor& alpha,
   return out;
 }
 
-// DN-B with statistics mean/var (C,): pooled = mean_hw(x) (N, C),
-// delta = FC2(sigmoid(FC1(pooled))) (N, 2C), alpha = base_scale + delta[:, :C],
-// lam = base_shift + delta[:, C:], then normalize_act.
-torch::Tensor dn_b_inference(const torch::Tensor& x, const torch::Tensor& fc1_weight,
-                             const torch::Tensor& fc1_bias,
-                             const torch::Tensor& fc2_weight, int64_t fc2_groups,
-                             const torch::Tensor& base_scale,
-                             const torch::Tensor& base_shift,
-                             const torch::Tensor& mean, const torch::Tensor& var,
-                             double eps, double lo, double hi) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(),
-              "dn_b_inference: x must be a contiguous 4-D CPU tensor");
-  const int64_t n = x.size(0), channels = x.size(1);
-  TORCH_CHECK(fc1_weight.dim() == 2 && fc1_weight.size(1) == channels &&
-                  fc2_weight.dim() == 2 && fc2_weight.size(0) == 2 * channels &&
-                  fc2_groups >= 1 &&
-                  fc2_weight.size(1) * fc2_groups == fc1_weight.size(0),
-              "dn_b_inference: SC-Module weights do not fit ", channels,
-              " channels");
-  for (const auto* t : {&fc1_weight, &fc1_bias, &fc2_weight, &base_scale,
-                        &base_shift}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type(),
-                "dn_b_inference: parameters must be CPU tensors of x's dtype");
-  }
-  auto pooled = torch::empty({n, channels}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_pool", [&] {
-    plane_means_kernel<scalar_t>(x, pooled);
-  });
-  const auto hidden = torch::sigmoid(torch::addmm(fc1_bias, pooled, fc1_weight.t()));
-  torch::Tensor delta;
-  if (fc2_groups == 1) {
-    delta = torch::mm(hidden, fc2_weight.t());
-  } else {
-    delta = torch::empty({n, 2 * channels}, x.options());
-    const auto w = fc2_weight.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_fc2", [&] {
-      grouped_fc_kernel<scalar_t>(hidden, w, fc2_groups, delta);
-    });
-  }
-  const auto alpha = delta.narrow(1, 0, channels) + base_scale;
-  const auto lam = delta.narrow(1, channels, channels) + base_shift;
-  return normalize_act(x, alpha, lam, mean, var, eps, lo, hi);
-}
-
 namespace {
 
 void check_sc_module(const char* op, const torch::Tensor& x,
@@ -371,10 +328,56 @@ void check_sc_module(const char* op, const torch::Tensor& x,
   }
 }
 
+// Below this many multiply-adds an FC runs as a loop: a BLAS call's fixed
+// cost (~5-10 us) is more than the whole product.
+constexpr int64_t kSmallFC = 1 << 18;
+
+template <typename scalar_t>
+void fc1_sigmoid_kernel(const torch::Tensor& z, const torch::Tensor& w,
+                        const torch::Tensor& b, torch::Tensor& hidden) {
+  const int64_t n = z.size(0), in_features = z.size(1);
+  const int64_t out_features = w.size(0);
+  const scalar_t* z_p = z.data_ptr<scalar_t>();
+  const scalar_t* w_p = w.data_ptr<scalar_t>();
+  const scalar_t* b_p = b.data_ptr<scalar_t>();
+  scalar_t* h_p = hidden.data_ptr<scalar_t>();
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t j = 0; j < out_features; ++j) {
+      const scalar_t* zs = z_p + s * in_features;
+      const scalar_t* wj = w_p + j * in_features;
+      scalar_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = 0; i < in_features; ++i) acc += zs[i] * wj[i];
+      h_p[s * out_features + j] =
+          scalar_t(1) / (scalar_t(1) + std::exp(-(acc + b_p[j])));
+    }
+  }
+}
+
+// FC1 and its sigmoid: (N, C) -> (N, h).
+torch::Tensor sc_fc1_sigmoid(const torch::Tensor& pooled,
+                             const torch::Tensor& fc1_weight,
+                             const torch::Tensor& fc1_bias) {
+  const int64_t n = pooled.size(0), in_features = pooled.size(1);
+  const int64_t out_features = fc1_weight.size(0);
+  if (n * in_features * out_features > kSmallFC) {
+    auto hidden = torch::addmm(fc1_bias, pooled, fc1_weight.t());
+    return hidden.sigmoid_();
+  }
+  auto hidden = torch::empty({n, out_features}, pooled.options());
+  const auto w = fc1_weight.contiguous(), b = fc1_bias.contiguous();
+  const auto z = pooled.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(pooled.scalar_type(), "dn_sc_fc1", [&] {
+    fc1_sigmoid_kernel<scalar_t>(z, w, b, hidden);
+  });
+  return hidden;
+}
+
 // FC2 of the SC-Module: (N, h) -> (N, 2C).
 torch::Tensor sc_fc2(const torch::Tensor& hidden, const torch::Tensor& fc2_weight,
                      int64_t fc2_groups) {
-  if (fc2_groups == 1) return torch::mm(hidden, fc2_weight.t());
+  const int64_t macs = hidden.size(0) * fc2_weight.size(0) * fc2_weight.size(1);
+  if (fc2_groups == 1 && macs > kSmallFC) return torch::mm(hidden, fc2_weight.t());
   auto delta = torch::empty({hidden.size(0), fc2_weight.size(0)}, hidden.options());
   const auto w = fc2_weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "dn_b_fc2", [&] {
@@ -384,6 +387,59 @@ torch::Tensor sc_fc2(const torch::Tensor& hidden, const torch::Tensor& fc2_weigh
 }
 
 }  // namespace
+
+// DN-B with statistics mean/var (C,): pooled = mean_hw(x) (N, C),
+// delta = FC2(sigmoid(FC1(pooled))) (N, 2C), alpha = base_scale + delta[:, :C],
+// lam = base_shift + delta[:, C:], then y = clamp((x - mean) / sqrt(var + eps)
+// * alpha + lam, lo, hi) in one pass. Two matrix products are the only ATen
+// calls: the (N, C)-sized rest runs as loops.
+torch::Tensor dn_b_inference(const torch::Tensor& x, const torch::Tensor& fc1_weight,
+                             const torch::Tensor& fc1_bias,
+                             const torch::Tensor& fc2_weight, int64_t fc2_groups,
+                             const torch::Tensor& base_scale,
+                             const torch::Tensor& base_shift,
+                             const torch::Tensor& mean, const torch::Tensor& var,
+                             double eps, double lo, double hi) {
+  check_sc_module("dn_b_inference", x, fc1_weight, fc1_bias, fc2_weight,
+                  fc2_groups, base_scale, base_shift);
+  const int64_t n = x.size(0), channels = x.size(1);
+  TORCH_CHECK(mean.numel() == channels && var.numel() == channels &&
+                  mean.scalar_type() == x.scalar_type() &&
+                  var.scalar_type() == x.scalar_type(),
+              "dn_b_inference: mean and var must be (C,) tensors of x's dtype");
+  auto pooled = torch::empty({n, channels}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_pool", [&] {
+    plane_means_kernel<scalar_t>(x, pooled);
+  });
+  const auto hidden = sc_fc1_sigmoid(pooled, fc1_weight, fc1_bias);
+  const auto delta = sc_fc2(hidden, fc2_weight, fc2_groups).contiguous();
+  auto scale = torch::empty({n, channels}, x.options());
+  auto shift = torch::empty({n, channels}, x.options());
+  auto y = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_inference", [&] {
+    const auto mean_c = mean.contiguous(), var_c = var.contiguous();
+    const auto bs = base_scale.contiguous(), bb = base_shift.contiguous();
+    const scalar_t* m_p = mean_c.data_ptr<scalar_t>();
+    const scalar_t* v_p = var_c.data_ptr<scalar_t>();
+    const scalar_t* bs_p = bs.data_ptr<scalar_t>();
+    const scalar_t* bb_p = bb.data_ptr<scalar_t>();
+    const scalar_t* d_p = delta.data_ptr<scalar_t>();
+    scalar_t* scale_p = scale.data_ptr<scalar_t>();
+    scalar_t* shift_p = shift.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t a = d_p[s * 2 * channels + c] + bs_p[c];
+        const scalar_t l = d_p[s * 2 * channels + channels + c] + bb_p[c];
+        const scalar_t sc = a / std::sqrt(v_p[c] + static_cast<scalar_t>(eps));
+        scale_p[s * channels + c] = sc;
+        shift_p[s * channels + c] = l - m_p[c] * sc;
+      }
+    }
+    affine_clamp_kernel<scalar_t>(x, scale_p, shift_p, static_cast<scalar_t>(lo),
+                                  static_cast<scalar_t>(hi), y);
+  });
+  return y;
+}
 
 // DN-B's forward with batch statistics, clamp [lo, hi] included:
 // moments per (sample, channel) -> batch mean and variance (law of total
@@ -455,8 +511,7 @@ std::vector<torch::Tensor> dn_b_train_forward(
     for (int64_t i = 0; i < n * channels; ++i) {
       pooled_p[i] = static_cast<scalar_t>(mean_nc[i]);
     }
-    hidden = torch::addmm(fc1_bias, pooled, fc1_weight.t());
-    hidden.sigmoid_();
+    hidden = sc_fc1_sigmoid(pooled, fc1_weight, fc1_bias);
     const auto delta = sc_fc2(hidden, fc2_weight, fc2_groups).contiguous();
     const scalar_t* delta_p = delta.data_ptr<scalar_t>();
     const auto base_scale_c = base_scale.contiguous();
