@@ -1,18 +1,46 @@
-"""Benchmark BN against DN-B: a norm layer, the backbone, the whole SSDLite.
+"""Benchmark BN against DN-B in the models users run, over a sweep of sizes.
 
-Measures side by side, each in a fresh process (so peak memory is its own):
+Measures side by side, each (model, batch, size, variant) in a fresh process
+(so that peak memory is its own), ``--runs`` times, interleaved:
 
-1. ``layer``: one norm layer's forward + backward, on the input shapes of
-   all 52 norm layers of MobileNetV2 at the given size (summed);
-2. ``backbone``: the MobileNetV2 backbone, a training step (forward,
-   backward, SGD step) and inference (``torch.no_grad``, eval mode);
-3. ``detector``: the whole SSDLite of ``--config``, one training iteration
-   (losses with target assignment and hard negative mining, backward, step)
-   and inference of the network (backbone, neck, head; no NMS).
+* ``layer``: one norm layer's forward + backward, on the input shapes of
+  all 52 norm layers of MobileNetV2 at the given size (summed);
+* backbones, a training step (forward, backward, SGD step) and inference
+  (``torch.no_grad``, eval mode), with the variant as their ``norm_cfg``
+  (``dict(type='DN', r=16, g='oup')`` etc., built through mmengine's
+  registry as in a user's config):
 
-and prints median times, the ratio to BN and the peak memory of the timed
-steps (CPU: peak RSS above the RSS before them; CUDA: max allocated). Example::
+  - ``mobilenetv2dn``: the project's ``MobileNetV2DN``, the backbone of
+    ``--config`` (FNA's taps);
+  - ``mmdet-mobilenetv2``: mmdet's ``MobileNetV2`` (``out_indices=(4, 7)``);
+  - ``resnet18``, ``resnet50``: mmdet's ``ResNet`` (all four stages out,
+    ``norm_eval=False``, nothing frozen);
 
+* detectors, one training iteration (losses with target assignment and hard
+  negative mining, backward, step) and inference of the network (backbone,
+  neck, head; no NMS), with the variant in the backbone:
+
+  - ``ssdlite``: the SSDLite of ``--config`` (default: the paper's);
+  - ``ssdlite-shapes``: the shapes detector of the main job
+    (``configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py``,
+    5 classes, anchors for 128 px).
+
+For every model it prints a table (rows: batch x size x variant) of median
+times, the ratio to BN and the peak memory of the timed steps (CPU: peak RSS
+above the RSS before them; CUDA: ``max_memory_allocated`` above the memory in
+use before them, timed with ``torch.cuda.synchronize``), then a summary line
+per model: the worst (largest) DN/BN ratio of training time, inference time
+and training peak memory over the sweep, with the case where it occurs.
+Examples::
+
+    # the sweep (CPU time of one thread: steady on a shared machine)
+    python tools/analysis/benchmark_norm.py --models mmdet-mobilenetv2 \
+        resnet18 resnet50 mobilenetv2dn ssdlite --batch-sizes 2 4 8 16 \
+        --sizes 128 224 320 640 --variants bn dnb-r16-goup \
+        --timer cpu --threads 1 --runs 3 --repeat 5 --keep-freed-memory
+    # the same in wall time with all threads (torch's default)
+    python tools/analysis/benchmark_norm.py ... --timer wall
+    # the former single-size run (--parts and --batch-size/--size still work)
     python tools/analysis/benchmark_norm.py --batch-size 8 --threads 2 --runs 3
 
 CPU timings are at the mercy of page faults (glibc returns large freed
@@ -28,7 +56,9 @@ through autograd) show what the fast path saves. ``sn`` (Switchable
 Normalization, its fast path) and ``sn-plain`` (the straightforward one),
 ``mabn`` (MABN; ``mabn-cenconv`` also centres the backbone's conv weights,
 the MABN paper's pairing) and ``gn`` (Group Normalization, 8 groups) put the
-other normalisers beside them.
+other normalisers beside them. The summary's first line per model is the
+worst over the DN variants (``dnb-*``, not the references); every other
+non-BN variant gets a line of its own.
 """
 import argparse
 import json
@@ -41,6 +71,9 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'ssdlite_mbv2_bn_coco.py')
+SHAPES_CONFIG = osp.join(
+    ROOT, 'configs', 'ssdlite',
+    'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py')
 
 VARIANTS = {
     'bn': dict(type='BN'),
@@ -60,16 +93,57 @@ VARIANTS = {
 CONV_CFGS = {'mabn-cenconv': dict(type='CenConv')}
 DEFAULT_VARIANTS = ['bn', 'dnb-r16-g1', 'dnb-r16-goup',
                     'dnb-r16-goup-reference']
-PARTS = ('layer', 'backbone', 'detector')
+# The fast DN variants: the summary's first line per model.
+DN_VARIANTS = ('dnb-r16-g1', 'dnb-r16-goup')
+
+# What --models measures, in the order of the tables.
+MODELS = {
+    'layer': 'lone norm layers at the input shapes of MobileNetV2\'s 52',
+    'mobilenetv2dn': 'MobileNetV2DN, the backbone of --config',
+    'mmdet-mobilenetv2': "mmdet's MobileNetV2 backbone, out_indices (4, 7)",
+    'resnet18': "mmdet's ResNet-18 backbone, 4 stages out",
+    'resnet50': "mmdet's ResNet-50 backbone, 4 stages out",
+    'ssdlite': 'the SSDLite of --config, norm in the backbone',
+    'ssdlite-shapes': 'the shapes SSDLite (the main job), norm in the '
+    'backbone',
+}
+# mmdet backbones as a user's config gives them (norm_cfg added).
+BACKBONES = {
+    'mmdet-mobilenetv2': dict(type='mmdet.MobileNetV2', out_indices=(4, 7)),
+    'resnet18': dict(type='mmdet.ResNet', depth=18, out_indices=(0, 1, 2, 3),
+                     norm_eval=False, frozen_stages=-1),
+    'resnet50': dict(type='mmdet.ResNet', depth=50, out_indices=(0, 1, 2, 3),
+                     norm_eval=False, frozen_stages=-1),
+}
+DETECTORS = ('ssdlite', 'ssdlite-shapes')
+# The former --parts, kept as aliases of models.
+PARTS = {'layer': 'layer', 'backbone': 'mobilenetv2dn', 'detector': 'ssdlite'}
+DEFAULT_MODELS = ['layer', 'mobilenetv2dn', 'ssdlite']
+MIN_SIZE = 32  # the backbones' output stride
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Benchmark BN vs DN-B (layer, backbone, SSDLite)')
+        description='Benchmark BN vs DN-B (norm layers, mmdet and project '
+        'backbones, SSDLite) over batch sizes and input sizes')
+    parser.add_argument(
+        '--models', nargs='+', choices=list(MODELS),
+        help='what to measure: ' + '; '.join(
+            f'{k}: {v}' for k, v in MODELS.items()) +
+        f' (default: {" ".join(DEFAULT_MODELS)})')
+    parser.add_argument(
+        '--parts', nargs='+', choices=list(PARTS),
+        help='the former names, added to --models: layer, backbone '
+        '(= mobilenetv2dn), detector (= ssdlite)')
     parser.add_argument('--config', default=DEFAULT_CONFIG,
-                        help='detector config (its backbone norm is replaced)')
-    parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--size', type=int, default=320, help='input side')
+                        help='detector config of mobilenetv2dn and ssdlite '
+                        '(its backbone norm is replaced)')
+    parser.add_argument('--batch-sizes', '--batch-size', dest='batch_sizes',
+                        nargs='+', type=int, default=[8],
+                        help='batch sizes of the sweep (>= 2)')
+    parser.add_argument('--sizes', '--size', dest='sizes', nargs='+',
+                        type=int, default=[320],
+                        help=f'input sides of the sweep (>= {MIN_SIZE})')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch default)')
     parser.add_argument('--device', default='auto',
@@ -78,14 +152,12 @@ def parse_args(argv=None):
                         help='timed iterations (the median is reported)')
     parser.add_argument(
         '--runs', type=int, default=1,
-        help='fresh worker processes per (part, variant), interleaved; the '
-        'table shows the median over runs (steadier on a shared or '
-        'virtual machine)')
+        help='fresh worker processes per case (model, batch, size, '
+        'variant), interleaved; the tables show the median over runs '
+        '(steadier on a shared or virtual machine)')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--variants', nargs='+', default=DEFAULT_VARIANTS,
                         choices=sorted(VARIANTS))
-    parser.add_argument('--parts', nargs='+', default=list(PARTS),
-                        choices=PARTS)
     parser.add_argument(
         '--timer', default='wall', choices=['wall', 'cpu'],
         help="'wall': elapsed time; 'cpu': this process's CPU time, steady "
@@ -97,21 +169,35 @@ def parse_args(argv=None):
         '(MALLOC_MMAP_MAX_=0, no trimming): no page faults for fresh '
         'activations, which otherwise dominate CPU inference')
     parser.add_argument('--out', help='also write the results as JSON here')
-    parser.add_argument('--worker', nargs=2, metavar=('PART', 'VARIANT'),
+    parser.add_argument('--worker', nargs=4,
+                        metavar=('MODEL', 'VARIANT', 'BATCH', 'SIZE'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.timer == 'cpu' and args.device == 'cuda':
         parser.error('--timer cpu measures CPU work; use wall on CUDA')
     if args.runs < 1 or args.repeat < 1:
         parser.error('--runs and --repeat must be >= 1')
-    if args.batch_size < 2:
-        parser.error('--batch-size must be >= 2: BN and DN train on batch '
-                     'statistics')
+    if args.warmup < 0:
+        parser.error('--warmup must be >= 0')
+    small = [b for b in args.batch_sizes if b < 2]
+    if small:
+        parser.error(f'--batch-sizes must be >= 2 (got {small[0]}): BN and '
+                     'DN train on batch statistics')
+    small = [s for s in args.sizes if s < MIN_SIZE]
+    if small:
+        parser.error(f'--sizes must be >= {MIN_SIZE} (got {small[0]}): the '
+                     f'backbones downsample {MIN_SIZE} times')
+    wanted = (args.models or []) + [PARTS[p] for p in args.parts or []]
+    args.models = [m for m in MODELS if m in (wanted or DEFAULT_MODELS)]
+    # Each value once, in the given order.
+    args.batch_sizes = list(dict.fromkeys(args.batch_sizes))
+    args.sizes = list(dict.fromkeys(args.sizes))
+    args.variants = list(dict.fromkeys(args.variants))
     return args
 
 
 # --------------------------------------------------------------------- #
-# Worker side: one (part, variant) in this process.
+# Worker side: one (model, variant, batch, size) in this process.
 # --------------------------------------------------------------------- #
 class PeakMemory:
     """Peak memory of a block above what was in use when it started."""
@@ -167,23 +253,48 @@ def time_median(fn, repeat, warmup, device, timer='wall'):
     return statistics.median(times) * 1e3
 
 
-def build_detector(args, norm_cfg, conv_cfg=None):
+def build_detector(config, norm_cfg, conv_cfg=None):
+    """The detector of ``config`` (loaded as tools/train.py loads it, its
+    ``custom_imports`` included) with ``norm_cfg`` in the backbone."""
     from mmengine.config import Config
 
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(config)
     cfg.model.backbone.norm_cfg = norm_cfg
     if conv_cfg is not None:
         cfg.model.backbone.conv_cfg = conv_cfg
     return MODELS.build(cfg.model)
 
 
-def norm_input_shapes(args):
-    """(C, H, W) of each norm layer's input in MobileNetV2 at args.size."""
+def build_model(model, norm_cfg, conv_cfg=None, config=DEFAULT_CONFIG):
+    """``model`` (a key of MODELS but ``layer``) with ``norm_cfg``, built
+    through the registry as a user's config builds it."""
+    if model == 'mobilenetv2dn':
+        return build_detector(config, norm_cfg, conv_cfg).backbone
+    if model == 'ssdlite':
+        return build_detector(config, norm_cfg, conv_cfg)
+    if model == 'ssdlite-shapes':
+        return build_detector(SHAPES_CONFIG, norm_cfg, conv_cfg)
+    from mmengine.utils import import_modules_from_strings
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    # As a config with custom_imports = dict(imports=['dn_mmdet']).
+    import_modules_from_strings(['dn_mmdet'])
+    register_all_modules()
+    cfg = dict(BACKBONES[model], norm_cfg=norm_cfg)
+    if conv_cfg is not None:
+        cfg['conv_cfg'] = conv_cfg
+    return MODELS.build(cfg)
+
+
+def norm_input_shapes(config, size):
+    """(C, H, W) of each norm layer's input in MobileNetV2 at ``size``."""
     import torch
-    backbone = build_detector(args, dict(type='BN')).backbone.eval()
+    backbone = build_model('mobilenetv2dn', dict(type='BN'),
+                           config=config).eval()
     shapes = []
     hooks = [
         m.register_forward_pre_hook(
@@ -191,7 +302,7 @@ def norm_input_shapes(args):
         for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)
     ]
     with torch.no_grad():
-        backbone(torch.zeros(1, 3, args.size, args.size))
+        backbone(torch.zeros(1, 3, size, size))
     for h in hooks:
         h.remove()
     return shapes
@@ -207,7 +318,7 @@ def norm_cfg_of(variant):
     return norm_cfg
 
 
-def run_worker(args, part, variant):
+def run_worker(args, model_name, variant, batch, size):
     import torch
 
     import dn_mmdet  # noqa: F401
@@ -219,13 +330,13 @@ def run_worker(args, part, variant):
     norm_cfg = norm_cfg_of(variant)
     fmt = (torch.channels_last if args.channels_last else
            torch.contiguous_format)
-    result = dict(part=part, variant=variant)
+    result = dict(model=model_name, variant=variant, batch=batch, size=size)
 
-    if part == 'layer':
+    if model_name == 'layer':
         layers = []
-        for c, h, w in norm_input_shapes(args):
+        for c, h, w in norm_input_shapes(args.config, size):
             norm = build_norm_layer(norm_cfg, c)[1].to(device).train()
-            x = torch.randn(args.batch_size, c, h, w, device=device)
+            x = torch.randn(batch, c, h, w, device=device)
             x = x.to(memory_format=fmt).requires_grad_(True)
             layers.append((norm, x, torch.randn_like(x)))
 
@@ -239,12 +350,13 @@ def run_worker(args, part, variant):
         result['train_peak_mib'] = mem.peak_mib
         return result
 
-    model = build_detector(args, norm_cfg, CONV_CFGS.get(variant)).to(device)
+    model = build_model(model_name, norm_cfg, CONV_CFGS.get(variant),
+                        args.config).to(device)
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    if part == 'backbone':
-        net = model.backbone
-        images = torch.randn(args.batch_size, 3, args.size, args.size,
+    if model_name not in DETECTORS:  # a backbone: a tuple of feature maps
+        net = model
+        images = torch.randn(batch, 3, size, size,
                              device=device).to(memory_format=fmt)
 
         def train_step():
@@ -258,15 +370,15 @@ def run_worker(args, part, variant):
         from mmdet.testing import demo_mm_inputs
         num_classes = model.bbox_head.num_classes
         data = demo_mm_inputs(
-            args.batch_size, [[3, args.size, args.size]] * args.batch_size,
-            num_items=[3] * args.batch_size, num_classes=num_classes)
+            batch, [[3, size, size]] * batch,
+            num_items=[3] * batch, num_classes=num_classes)
         net = model
-        batch = model.data_preprocessor(data, True)
+        train_batch = model.data_preprocessor(data, True)
         eval_batch = model.data_preprocessor(data, False)
 
         def train_step():
             optimizer.zero_grad()
-            losses = model(**batch, mode='loss')
+            losses = model(**train_batch, mode='loss')
             loss, _ = model.parse_losses(losses)
             loss.backward()
             optimizer.step()
@@ -290,14 +402,23 @@ def run_worker(args, part, variant):
 
 
 # --------------------------------------------------------------------- #
-# Parent side: spawn the workers, print the table.
+# Parent side: spawn the workers, print the tables and the summary.
 # --------------------------------------------------------------------- #
-def worker_command(args, part, variant):
-    cmd = [sys.executable, osp.abspath(__file__), '--worker', part, variant,
-           '--config', args.config, '--batch-size', str(args.batch_size),
-           '--size', str(args.size), '--device', args.device, '--repeat',
-           str(args.repeat), '--warmup', str(args.warmup), '--timer',
-           args.timer]
+def plan_jobs(args):
+    """(run, model, batch, size, variant) of every worker, in the order they
+    run: each run goes over every case, the variants of a case one after
+    the other, so that BN and DN alternate and share the machine's state."""
+    return [(run, model, batch, size, variant)
+            for run in range(args.runs) for model in args.models
+            for batch in args.batch_sizes for size in args.sizes
+            for variant in args.variants]
+
+
+def worker_command(args, model, variant, batch, size):
+    cmd = [sys.executable, osp.abspath(__file__), '--worker', model, variant,
+           str(batch), str(size), '--config', args.config, '--device',
+           args.device, '--repeat', str(args.repeat), '--warmup',
+           str(args.warmup), '--timer', args.timer]
     if args.threads:
         cmd += ['--threads', str(args.threads)]
     if args.channels_last:
@@ -305,18 +426,24 @@ def worker_command(args, part, variant):
     return cmd
 
 
-def median_over_runs(runs, args):
-    """One result per (part, variant): the median of each figure."""
+def case_of(result):
+    return (result['model'], result['batch'], result['size'],
+            result['variant'])
+
+
+def median_over_runs(runs):
+    """One result per case (model, batch, size, variant), in the order the
+    cases first appear: the median of each figure over the runs."""
+    cases = {}
+    for r in runs:
+        cases.setdefault(case_of(r), []).append(r)
     results = []
-    for part in args.parts:
-        for variant in args.variants:
-            mine = [r for r in runs
-                    if r['part'] == part and r['variant'] == variant]
-            merged = dict(part=part, variant=variant)
-            for key in mine[0]:
-                if key not in merged:
-                    merged[key] = statistics.median(r[key] for r in mine)
-            results.append(merged)
+    for (model, batch, size, variant), mine in cases.items():
+        merged = dict(model=model, variant=variant, batch=batch, size=size)
+        for key in mine[0]:
+            if key not in merged:
+                merged[key] = statistics.median(r[key] for r in mine)
+        results.append(merged)
     return results
 
 
@@ -342,38 +469,144 @@ def dn_kernel_status(args):
     return f'unavailable ({dn_cpu.error.splitlines()[0]})'
 
 
-def format_table(results, args, kernel_status):
-    lines = [
-        f'batch {args.batch_size}, {args.size}x{args.size}, device '
-        f'{args.device}, threads {args.threads or "default"}, median '
-        f'{args.timer} time of {args.repeat}'
+def ratio_of(result, base, key):
+    """``result[key] / base[key]``; None where either is missing or the
+    base is not positive (e.g. a peak RSS that did not grow)."""
+    value, ref = result.get(key), (base or {}).get(key)
+    if value is None or ref is None or ref <= 0:
+        return None
+    return value / ref
+
+
+def bn_base(results, result):
+    """BN's result of the same model, batch and size."""
+    return next((r for r in results if r['variant'] == 'bn' and
+                 case_of(r)[:3] == case_of(result)[:3]), None)
+
+
+SUMMARY_KEYS = (('train_ms', 'train'), ('infer_ms', 'infer'),
+                ('train_peak_mib', 'train peak mem'))
+
+
+def summarise(results, args):
+    """The worst (largest) ratio to BN per model and figure: over the fast
+    DN variants together (``group`` 'DN'), then over each other non-BN
+    variant alone. A list of dicts: model, group, and per figure of
+    SUMMARY_KEYS ``dict(ratio, batch, size, variant)`` or None."""
+    groups = [('DN', [v for v in args.variants if v in DN_VARIANTS])]
+    groups += [(v, [v]) for v in args.variants
+               if v != 'bn' and v not in DN_VARIANTS]
+    summary = []
+    for model in args.models:
+        rows = [r for r in results if r['model'] == model]
+        for group, variants in groups:
+            mine = [r for r in rows if r['variant'] in variants]
+            if not mine:
+                continue
+            entry = dict(model=model, group=group)
+            for key, _ in SUMMARY_KEYS:
+                worst = None
+                for r in mine:
+                    ratio = ratio_of(r, bn_base(rows, r), key)
+                    if ratio is not None and (worst is None
+                                              or ratio > worst['ratio']):
+                        worst = dict(ratio=ratio, batch=r['batch'],
+                                     size=r['size'], variant=r['variant'])
+                entry[key] = worst
+            summary.append(entry)
+    return summary
+
+
+def format_summary_line(entry):
+    name = entry['model'] + ('' if entry['group'] == 'DN' else
+                             f" [{entry['group']}]")
+    parts = []
+    for key, label in SUMMARY_KEYS:
+        worst = entry[key]
+        parts.append(f'{label} -' if worst is None else
+                     f"{label} {worst['ratio']:.2f}x (b{worst['batch']} "
+                     f"{worst['size']} {worst['variant']})")
+    return f'{name}: worst ' + ', '.join(parts)
+
+
+def format_header(args, kernel_status):
+    return (
+        f'batch {" ".join(map(str, args.batch_sizes))}, size '
+        f'{" ".join(map(str, args.sizes))} px, device {args.device}, '
+        f'threads {args.threads or "default"}, median {args.timer} time '
+        f'of {args.repeat}'
         f'{f" (median of {args.runs} runs)" if args.runs > 1 else ""}'
         f'{", glibc keeps freed memory" if args.keep_freed_memory else ""}'
-        f'; DN CPU inference kernel: {kernel_status}', '',
-        '| part | variant | train ms | x BN | train peak MiB | x BN | '
-        'infer ms | x BN | infer peak MiB |',
-        '|---|---|---|---|---|---|---|---|---|'
-    ]
+        f'; DN CPU inference kernel: {kernel_status}')
 
-    def ratio(value, base):
-        return f'{value / base:.2f}' if value is not None and base else '-'
+
+def format_table(results, args, kernel_status):
+    """The header line, then a table per model (rows batch x size x
+    variant) and the summary lines."""
+    lines = [format_header(args, kernel_status)]
+
+    def ratio(r, key):
+        value = ratio_of(r, bn_base(results, r), key)
+        return '-' if value is None else f'{value:.2f}'
 
     def fmt(value, digits=1):
         return '-' if value is None else f'{value:.{digits}f}'
 
-    for part in args.parts:
-        rows = [r for r in results if r['part'] == part]
-        base = next((r for r in rows if r['variant'] == 'bn'), None) or {}
-        for r in rows:
+    for model in args.models:
+        lines += [
+            '', f'{model}: {MODELS[model]}', '',
+            '| batch | size | variant | train ms | x BN | train peak MiB | '
+            'x BN | infer ms | x BN | infer peak MiB |',
+            '|---|---|---|---|---|---|---|---|---|---|'
+        ]
+        for r in results:
+            if r['model'] != model:
+                continue
             lines.append(
-                f"| {part} | {r['variant']} | {fmt(r.get('train_ms'))} | "
-                f"{ratio(r.get('train_ms'), base.get('train_ms'))} | "
+                f"| {r['batch']} | {r['size']} | {r['variant']} | "
+                f"{fmt(r.get('train_ms'))} | {ratio(r, 'train_ms')} | "
                 f"{fmt(r.get('train_peak_mib'))} | "
-                f"{ratio(r.get('train_peak_mib'), base.get('train_peak_mib'))}"
-                f" | {fmt(r.get('infer_ms'))} | "
-                f"{ratio(r.get('infer_ms'), base.get('infer_ms'))} | "
-                f"{fmt(r.get('infer_peak_mib'))} |")
+                f"{ratio(r, 'train_peak_mib')} | {fmt(r.get('infer_ms'))} | "
+                f"{ratio(r, 'infer_ms')} | {fmt(r.get('infer_peak_mib'))} |")
+    summary = summarise(results, args)
+    if summary:
+        dn = [v for v in args.variants if v in DN_VARIANTS]
+        lines += ['', 'Worst ratio to BN per model (the first line of a '
+                  f'model: over {" and ".join(dn) or "no DN variant"}):']
+        lines += [format_summary_line(entry) for entry in summary]
     return '\n'.join(lines)
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f'{seconds} s'
+    if seconds < 3600:
+        return f'{seconds // 60} min {seconds % 60:02d} s'
+    return f'{seconds // 3600} h {seconds % 3600 // 60:02d} min'
+
+
+def estimate_left(jobs, done):
+    """Seconds the jobs not yet run will take, from the ``done`` ones
+    (a list of (job, seconds)): a case already measured in an earlier run
+    takes as long again; any other the start-up (the fastest worker so
+    far) plus the model's time per input pixel so far."""
+    if not done:
+        return None
+    seen = {job[1:]: sec for job, sec in done}
+    startup = min(sec for _, sec in done)
+
+    def pixels(job):
+        return job[2] * job[3] * job[3]
+
+    def rate(model):
+        mine = [(sec - startup) / pixels(job) for job, sec in done
+                if job[1] == model] or [(sec - startup) / pixels(job)
+                                        for job, sec in done]
+        return statistics.median(mine)
+
+    return sum(seen.get(job[1:], startup + rate(job[1]) * pixels(job))
+               for job in jobs[len(done):])
 
 
 def main():
@@ -382,29 +615,44 @@ def main():
         import torch
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.worker:
-        print(json.dumps(run_worker(args, *args.worker)))
+        model, variant, batch, size = args.worker
+        print(json.dumps(run_worker(args, model, variant, int(batch),
+                                    int(size))))
         return
     kernel_status = dn_kernel_status(args)
-    runs = []
-    jobs = [(r, p, v) for r in range(args.runs) for p in args.parts
-            for v in args.variants]
-    for i, (run, part, variant) in enumerate(jobs, 1):
-        print(f'[{i}/{len(jobs)}] run {run + 1}: {part} {variant} ...',
-              flush=True)
-        proc = subprocess.run(worker_command(args, part, variant),
-                              capture_output=True, text=True,
-                              env=worker_env(args))
+    jobs = plan_jobs(args)
+    print(f'{len(jobs)} workers: {len(args.models)} model(s) x '
+          f'{len(args.batch_sizes)} batch size(s) x {len(args.sizes)} '
+          f'size(s) x {len(args.variants)} variant(s) x {args.runs} run(s)',
+          flush=True)
+    runs, done, start = [], [], time.perf_counter()
+    for i, job in enumerate(jobs, 1):
+        run, model, batch, size, variant = job
+        left = estimate_left(jobs, done)
+        eta = ('' if left is None else
+               f' (elapsed {_duration(time.perf_counter() - start)}, about '
+               f'{_duration(left)} left)')
+        print(f'[{i}/{len(jobs)}] run {run + 1}: {model} b{batch} {size} '
+              f'{variant} ...{eta}', flush=True)
+        job_start = time.perf_counter()
+        proc = subprocess.run(
+            worker_command(args, model, variant, batch, size),
+            capture_output=True, text=True, env=worker_env(args))
         if proc.returncode != 0:
-            sys.exit(f'benchmark worker {part}/{variant} failed:\n'
-                     f'{proc.stderr[-3000:]}')
+            sys.exit(f'benchmark worker {model} b{batch} {size} {variant} '
+                     f'failed:\n{proc.stderr[-3000:]}')
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    results = median_over_runs(runs, args)
+        done.append((job, time.perf_counter() - job_start))
+    print(f'all {len(jobs)} workers in '
+          f'{_duration(time.perf_counter() - start)}', flush=True)
+    results = median_over_runs(runs)
     table = format_table(results, args, kernel_status)
     print(table)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(args=vars(args), results=results, runs=runs,
-                           table=table), f, indent=2)
+                           summary=summarise(results, args), table=table),
+                      f, indent=2)
 
 
 if __name__ == '__main__':
