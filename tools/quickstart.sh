@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py}
 WORK_DIR=${WORK_DIR:-work_dirs/quickstart/$(basename "$CONFIG" .py)}
 VENV=${DN_MMDET_VENV:-.venv}
+# torch's OpenMP threads (one a core) spin while they wait for each other: on
+# a 2-vCPU machine shared with other work a training iteration then took
+# 9-13 s instead of 1.4-1.8 s (README, "Quick start"). Threads that sleep
+# while they wait avoid that (their cost on an idle machine is unmeasured).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 bash tools/setup_env.sh
 PY="$VENV/bin/python"

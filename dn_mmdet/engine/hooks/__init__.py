@@ -1,10 +1,12 @@
 """Training hooks of dn_mmdet (registered in mmdet's ``HOOKS``)."""
 from .checkpoint_match_hook import CheckpointMatchHook, CheckpointMismatchError
 from .epoch_seed_hook import EpochSeedHook
+from .expected_duration_hook import ExpectedDurationHook
 from .nonfinite_check_hook import NonFiniteCheckHook, NonFiniteError
 from .norm_input_check_hook import NormInputCheckHook
 
 __all__ = [
     'CheckpointMatchHook', 'CheckpointMismatchError', 'EpochSeedHook',
-    'NonFiniteCheckHook', 'NonFiniteError', 'NormInputCheckHook'
+    'ExpectedDurationHook', 'NonFiniteCheckHook', 'NonFiniteError',
+    'NormInputCheckHook'
 ]
