@@ -29,49 +29,62 @@ namespace {
 // Elements per parallel task: small maps are not worth a thread hand-off.
 constexpr int64_t kGrainElements = 32768;
 
+// out = clamp(x * scale[n, c] + shift[n, c], lo, hi); scale and shift are
+// contiguous (N, C).
+template <typename scalar_t>
+void affine_clamp_kernel(const torch::Tensor& x, const scalar_t* scale,
+                         const scalar_t* shift, scalar_t lo, scalar_t hi,
+                         torch::Tensor& out) {
+  const int64_t planes = x.size(0) * x.size(1);
+  const int64_t hw = x.size(2) * x.size(3);
+  const scalar_t* x_ptr = x.data_ptr<scalar_t>();
+  scalar_t* o_ptr = out.data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* xp = x_ptr + p * hw;
+      scalar_t* op = o_ptr + p * hw;
+      const scalar_t s = scale[p], t = shift[p];
+#pragma omp simd
+      for (int64_t i = 0; i < hw; ++i) {
+        scalar_t v = xp[i] * s + t;
+        // NaN passes through both comparisons, as in torch.clamp.
+        v = v < lo ? lo : v;
+        v = v > hi ? hi : v;
+        op[i] = v;
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void normalize_act_kernel(const torch::Tensor& x, const torch::Tensor& alpha,
                           const torch::Tensor& lam, const torch::Tensor& mean,
                           const torch::Tensor& var, double eps, double lo,
                           double hi, torch::Tensor& out) {
-  const int64_t channels = x.size(1);
-  const int64_t planes = x.size(0) * channels;
-  const int64_t hw = x.size(2) * x.size(3);
+  const int64_t n = x.size(0), channels = x.size(1);
   // alpha and lam are (N, C) or (1, C) with any strides: stride 0 over N
   // broadcasts DN-C's batch-shared affine.
   const int64_t a_sn = alpha.size(0) == 1 ? 0 : alpha.stride(0);
   const int64_t a_sc = alpha.stride(1);
   const int64_t l_sn = lam.size(0) == 1 ? 0 : lam.stride(0);
   const int64_t l_sc = lam.stride(1);
-  const scalar_t* x_ptr = x.data_ptr<scalar_t>();
   const scalar_t* a_ptr = alpha.data_ptr<scalar_t>();
   const scalar_t* l_ptr = lam.data_ptr<scalar_t>();
   const scalar_t* m_ptr = mean.data_ptr<scalar_t>();
   const scalar_t* v_ptr = var.data_ptr<scalar_t>();
-  scalar_t* o_ptr = out.data_ptr<scalar_t>();
-  const scalar_t low = static_cast<scalar_t>(lo);
-  const scalar_t high = static_cast<scalar_t>(hi);
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
-
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / channels;
-      const int64_t c = p % channels;
-      const scalar_t scale = a_ptr[n * a_sn + c * a_sc] /
-                             std::sqrt(v_ptr[c] + static_cast<scalar_t>(eps));
-      const scalar_t shift = l_ptr[n * l_sn + c * l_sc] - m_ptr[c] * scale;
-      const scalar_t* xp = x_ptr + p * hw;
-      scalar_t* op = o_ptr + p * hw;
-#pragma omp simd
-      for (int64_t i = 0; i < hw; ++i) {
-        scalar_t v = xp[i] * scale + shift;
-        // NaN passes through both comparisons, as in torch.clamp.
-        v = v < low ? low : v;
-        v = v > high ? high : v;
-        op[i] = v;
-      }
+  std::vector<scalar_t> scale(n * channels), shift(n * channels);
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const scalar_t sc = a_ptr[s * a_sn + c * a_sc] /
+                          std::sqrt(v_ptr[c] + static_cast<scalar_t>(eps));
+      scale[s * channels + c] = sc;
+      shift[s * channels + c] = l_ptr[s * l_sn + c * l_sc] - m_ptr[c] * sc;
     }
-  });
+  }
+  affine_clamp_kernel<scalar_t>(x, scale.data(), shift.data(),
+                                static_cast<scalar_t>(lo),
+                                static_cast<scalar_t>(hi), out);
 }
 
 template <typename scalar_t>
@@ -137,33 +150,6 @@ void plane_moments_kernel(const torch::Tensor& x, double* mean_out,
       }
       mean_out[p] = acc / static_cast<double>(hw);
       sq_out[p] = acc2 / static_cast<double>(hw);
-    }
-  });
-}
-
-// out = clamp(x * scale[n, c] + shift[n, c], lo, hi); scale and shift are
-// contiguous (N, C).
-template <typename scalar_t>
-void affine_clamp_kernel(const torch::Tensor& x, const scalar_t* scale,
-                         const scalar_t* shift, scalar_t lo, scalar_t hi,
-                         torch::Tensor& out) {
-  const int64_t planes = x.size(0) * x.size(1);
-  const int64_t hw = x.size(2) * x.size(3);
-  const scalar_t* x_ptr = x.data_ptr<scalar_t>();
-  scalar_t* o_ptr = out.data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* xp = x_ptr + p * hw;
-      scalar_t* op = o_ptr + p * hw;
-      const scalar_t s = scale[p], t = shift[p];
-#pragma omp simd
-      for (int64_t i = 0; i < hw; ++i) {
-        scalar_t v = xp[i] * s + t;
-        v = v < lo ? lo : v;
-        v = v > hi ? hi : v;
-        op[i] = v;
-      }
     }
   });
 }
