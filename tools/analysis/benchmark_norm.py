@@ -473,7 +473,7 @@ def worker_env(args):
 
 
 def dn_kernel_status(args):
-    """Whether DN's CPU inference kernel is in use (built here, once, so
+    """Whether DN's CPU kernel is in use (built here, once, so
     that no worker pays for the build)."""
     from dn_mmdet.norm.functional import fused_enabled
     from dn_mmdet.ops import dn_cpu
@@ -554,7 +554,7 @@ def format_header(args, kernel_status):
         f'of {args.repeat}'
         f'{f" (median of {args.runs} runs)" if args.runs > 1 else ""}'
         f'{", glibc keeps freed memory" if args.keep_freed_memory else ""}'
-        f'; DN CPU inference kernel: {kernel_status}')
+        f'; DN CPU kernel: {kernel_status}')
 
 
 def format_table(results, args, kernel_status):
