@@ -34,10 +34,10 @@ def bench(tmp_path_factory, tool_env):
 
 def test_benchmark_prints_a_finite_row_for_every_case(bench):
     stdout, result = bench
-    assert ('batch 2, size 32 px, device cpu, threads 1, median wall time '
+    assert ('batch x size 2x32 px, device cpu, threads 1, median wall time '
             'of 1, glibc keeps freed memory; DN CPU kernel: in use'
             ) in stdout
-    assert '6 workers: 3 model(s) x 1 batch size(s)' in stdout
+    assert '6 workers: 3 model(s) x 1 batch x size case(s)' in stdout
     assert '[6/6] run 1: resnet18 b2 32 dnb-r16-goup ...' in stdout
     lines = stdout.splitlines()
     for model in E2E_MODELS:
