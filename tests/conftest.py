@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES_CONFIGS = {
@@ -42,6 +43,20 @@ def _load_tool(path: str):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+@pytest.fixture(scope='session', autouse=True)
+def torch_threads():
+    """One torch thread in this process, as in the tools' subprocesses
+    (``tool_env``): the tests' tensors are small, and torch's default of a
+    thread a core makes the in-process training runs several times slower
+    on a busy 2-core machine. Yields torch's default, for the tests that
+    run the compiled DN kernel's parallel split
+    (tests/test_norm/test_dynamic_norm_inference.py)."""
+    default = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield default
+    torch.set_num_threads(default)
 
 
 @pytest.fixture(scope='session')

@@ -10,7 +10,7 @@ values (as ``CocoMetric``), so checkpoints hold the numpy types
 ``dn_mmdet.utils.compat`` allows.
 
 Tests get this module through the ``toy`` fixture (tests/conftest.py);
-subprocesses import it by path.
+a subprocess imports it by name, with the fixture's folder on its path.
 """
 import random
 import uuid

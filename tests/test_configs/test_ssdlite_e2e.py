@@ -26,7 +26,10 @@ CONFIGS = {
 @pytest.fixture(scope='module')
 def coco_root(tmp_path_factory, shapes_generator):
     root = str(tmp_path_factory.mktemp('coco'))
-    shapes_generator.generate_shapes_dataset(root, num_train=4, num_val=3, coco_layout=True)
+    # One batch (of 2) an epoch and one a validation: the configs' whole
+    # pipeline, at their input size (320), for the least time.
+    shapes_generator.generate_shapes_dataset(
+        root, num_train=2, num_val=2, coco_layout=True)
     return root + '/'
 
 

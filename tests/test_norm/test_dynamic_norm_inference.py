@@ -22,6 +22,15 @@ from dn_mmdet.norm.reference import dynamic_norm_reference
 from dn_mmdet.ops import dn_cpu
 
 
+@pytest.fixture(scope='module', autouse=True)
+def default_threads(torch_threads):
+    """torch's default thread count here (the suite runs one): the kernel
+    splits its work over threads (at::parallel_for) as it does in use."""
+    torch.set_num_threads(torch_threads)
+    yield
+    torch.set_num_threads(1)
+
+
 def test_cpu_kernel_builds_and_loads():
     """This machine has a C++ compiler (mmcv is built from source), so the
     fast inference path must be the one in use."""

@@ -18,18 +18,14 @@ def plot_dn_affine(load_tool):
 
 
 @pytest.fixture(scope='module', autouse=True)
-def plain_single_threaded_dn():
-    """In this process: DN in plain torch ops (``DN_MMDET_FUSED=0``) and one
-    torch thread, as the tools' test subprocesses run. The recorded layers
-    run in torch anyway (their SC-Module has a hook), the others then need
-    no compiled CPU kernel (whose build this process would wait for), and
-    one thread does not stall on a busy 2-core machine."""
+def plain_dn():
+    """In this process: DN in plain torch ops (``DN_MMDET_FUSED=0``). The
+    recorded layers run in torch anyway (their SC-Module has a hook), the
+    others then need no compiled CPU kernel (whose build this process would
+    wait for)."""
     patch = pytest.MonkeyPatch()
     patch.setenv('DN_MMDET_FUSED', '0')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
     patch.undo()
 
 

@@ -47,17 +47,10 @@ def stage1(train_tool, load_tool, tmp_path_factory):
     load_tool('misc/make_shapes_cls_dataset').generate_shapes_cls_dataset(
         str(root), num_train=16, num_val=8, seed=0, size=32)
     work_dir = tmp / 'work_dir'
-    # One thread, as the other tools tests run their subprocesses: torch's
-    # default of a thread a core is many times slower on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_tool.main([
-            str(CLS_DNB), '--work-dir',
-            str(work_dir), '--cfg-options', *cls_options(root)
-        ])
-    finally:
-        torch.set_num_threads(threads)
+    train_tool.main([
+        str(CLS_DNB), '--work-dir',
+        str(work_dir), '--cfg-options', *cls_options(root)
+    ])
     log = ''.join(
         open(p).read() for p in glob.glob(str(work_dir / '*' / '*.log')))
     return dict(tmp=tmp, root=root, work_dir=work_dir, log=log)

@@ -12,8 +12,6 @@ from mmengine.fileio import get_file_backend
 
 from dn_mmdet.utils.atomic_backend import AtomicLocalBackend, atomic_write
 
-TESTS = Path(__file__).resolve().parents[1]  # holds toy_runner.py
-
 
 def _temps(directory):
     return [p.name for p in Path(directory).iterdir() if p.suffix == '.tmp']
@@ -76,8 +74,7 @@ def test_killed_writer_leaves_previous_file(tmp_path):
 
 
 _CRASHING_TRAIN = """
-import os, signal, sys
-sys.path.insert(0, {tests!r})
+import os, signal
 from toy_runner import build_runner
 
 real_replace = os.replace
@@ -94,14 +91,20 @@ build_runner({work_dir!r}, max_epochs=3).train()
 """
 
 
-def test_crash_during_checkpoint_save_is_resumable(tmp_path, toy):
+def test_crash_during_checkpoint_save_is_resumable(tmp_path, toy,
+                                                   tool_env):
     work_dir = tmp_path / 'crashed'
+    # The toy runner imported as the ``toy`` fixture imports it: from the
+    # folder it was found in, here put on the subprocess's path.
+    env = dict(tool_env, PYTHONPATH=os.pathsep.join(
+        [str(Path(toy.__file__).parent), tool_env['PYTHONPATH']]))
     proc = subprocess.run([
         sys.executable, '-c',
-        _CRASHING_TRAIN.format(tests=str(TESTS), work_dir=str(work_dir))
+        _CRASHING_TRAIN.format(work_dir=str(work_dir))
     ],
                           capture_output=True,
-                          text=True)
+                          text=True,
+                          env=env)
     assert proc.returncode == -9, proc.stderr[-2000:]
     # The previous checkpoint and the record of it are intact ...
     assert not (work_dir / 'epoch_2.pth').exists()
