@@ -398,31 +398,26 @@ torch::Tensor dn_b_inference(const torch::Tensor& x, const torch::Tensor& fc1_we
     plane_means_kernel<scalar_t>(x, pooled);
   });
   const auto hidden = sc_fc1_sigmoid(pooled, fc1_weight, fc1_bias);
-  const auto delta = sc_fc2(hidden, fc2_weight, fc2_groups).contiguous();
-  auto scale = torch::empty({n, channels}, x.options());
-  auto shift = torch::empty({n, channels}, x.options());
-  auto y = torch::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_inference", [&] {
-    const auto mean_c = mean.contiguous(), var_c = var.contiguous();
+  // delta becomes (alpha, lam) in place: it is this call's own tensor.
+  auto delta = sc_fc2(hidden, fc2_weight, fc2_groups).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_affine", [&] {
     const auto bs = base_scale.contiguous(), bb = base_shift.contiguous();
-    const scalar_t* m_p = mean_c.data_ptr<scalar_t>();
-    const scalar_t* v_p = var_c.data_ptr<scalar_t>();
     const scalar_t* bs_p = bs.data_ptr<scalar_t>();
     const scalar_t* bb_p = bb.data_ptr<scalar_t>();
-    const scalar_t* d_p = delta.data_ptr<scalar_t>();
-    scalar_t* scale_p = scale.data_ptr<scalar_t>();
-    scalar_t* shift_p = shift.data_ptr<scalar_t>();
+    scalar_t* d_p = delta.data_ptr<scalar_t>();
     for (int64_t s = 0; s < n; ++s) {
       for (int64_t c = 0; c < channels; ++c) {
-        const scalar_t a = d_p[s * 2 * channels + c] + bs_p[c];
-        const scalar_t l = d_p[s * 2 * channels + channels + c] + bb_p[c];
-        const scalar_t sc = a / std::sqrt(v_p[c] + static_cast<scalar_t>(eps));
-        scale_p[s * channels + c] = sc;
-        shift_p[s * channels + c] = l - m_p[c] * sc;
+        d_p[s * 2 * channels + c] += bs_p[c];
+        d_p[s * 2 * channels + channels + c] += bb_p[c];
       }
     }
-    affine_clamp_kernel<scalar_t>(x, scale_p, shift_p, static_cast<scalar_t>(lo),
-                                  static_cast<scalar_t>(hi), y);
+  });
+  auto y = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_inference", [&] {
+    normalize_act_kernel<scalar_t>(x, delta.narrow(1, 0, channels),
+                                   delta.narrow(1, channels, channels),
+                                   mean.contiguous(), var.contiguous(), eps, lo,
+                                   hi, y);
   });
   return y;
 }
