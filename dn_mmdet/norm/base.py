@@ -126,13 +126,19 @@ class BatchNormChildLayer(NormLayer):
     (``norm_eval``, ``sync_bn``, ``norm_decay_mult``). BN's hyper-parameters
     are read from that child."""
 
+    def _stats(self) -> nn.Module:
+        """The child ``bn``, read from ``_modules``: ``self.bn`` goes
+        through ``nn.Module.__getattr__`` (1-2 us on a slow vCPU), and a
+        forward asks several times."""
+        return self._modules['bn']
+
     @property
     def eps(self) -> float:
-        return self.bn.eps
+        return self._stats().eps
 
     @property
     def momentum(self) -> Optional[float]:
-        return self.bn.momentum
+        return self._stats().momentum
 
 
 class BatchNormAffineChildLayer(BatchNormChildLayer):

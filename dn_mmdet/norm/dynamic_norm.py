@@ -10,8 +10,9 @@ from torch import Tensor
 from ..ops import dn_cpu
 from .activation_fusion import fuse_on_first_forward, mark_clamped
 from .base import BatchNormChildLayer
-from .functional import (activation_bounds, affine_per_sample, batch_moments,
-                         dn_b_inference_cpu, dn_b_kernel_applies, dn_b_train,
+from .functional import (Bounds, DNBTensors, activation_bounds, affine_per_sample,
+                         batch_moments, dn_b_inference_cpu,
+                         dn_b_kernel_applies, dn_b_train,
                          dn_b_train_cpu, fold_affine, fused_enabled, inverse_std,
                          kernel_accepts, normalize_act_cpu,
                          per_sample_moments)
@@ -127,7 +128,8 @@ class DynamicNorm2d(BatchNormChildLayer):
     def uses_batch_statistics(self) -> bool:
         """True while the statistics child is in training mode (a backbone's
         ``norm_eval`` puts it in eval), or without running statistics."""
-        return self.bn.training or self.bn.running_mean is None
+        bn = self._stats()
+        return bn.training or bn._buffers['running_mean'] is None
 
     def synced_processes(self) -> int:
         """Processes that pool batch statistics: the world of the
@@ -161,28 +163,24 @@ class DynamicNorm2d(BatchNormChildLayer):
     # Forward
     # ------------------------------------------------------------------ #
     def forward(self, x: Tensor) -> Tensor:
-        y = self._forward(x)
-        if self.activation is not None:
+        bounds = self._activation_bounds()
+        y = self._forward(x, bounds)
+        if bounds is not None:
             # The clamp this layer took over then passes y through as it is.
-            mark_clamped(y, self._activation_bounds())
+            mark_clamped(y, bounds)
         return y
 
-    def _forward(self, x: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, bounds) -> Tensor:
         self.check_input(x)
         path = self._select_path(x)
+        if path == 'dn_b_kernel':
+            return dn_b_inference_cpu(x, self._dn_b_tensors(), self.eps,
+                                      bounds)
+        if path == 'train_kernel':
+            return dn_b_train_cpu(x, self._dn_b_tensors(), self.eps,
+                                  self._count_batch(), bounds)
         if path == 'empty':
             return self._forward_empty(x)
-        if path == 'dn_b_kernel':
-            return dn_b_inference_cpu(x, self.sc, self.base_scale,
-                                      self.base_shift, self.bn.running_mean,
-                                      self.bn.running_var, self.eps,
-                                      self._activation_bounds())
-        if path == 'train_kernel':
-            return dn_b_train_cpu(x, self.sc, self.base_scale,
-                                  self.base_shift, self.eps,
-                                  self.bn.running_mean, self.bn.running_var,
-                                  self._count_batch(),
-                                  self._activation_bounds())
         if path == 'train_node':
             params = tuple(p for p in self.sc.parameters() if p.requires_grad)
             y, mean, var = dn_b_train(x, self.eps, self._affine_from_pooled,
@@ -249,25 +247,31 @@ class DynamicNorm2d(BatchNormChildLayer):
         needs_autograd = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad
                                    for p in self.sc.parameters()))
+        kernel = kernel_accepts(x) and dn_cpu.load()
+        whole_layer = (self.mode == 'B' and kernel and dn_b_kernel_applies(
+            x, self._dn_b_tensors()))
         if not needs_autograd:
-            if not (kernel_accepts(x) and dn_cpu.load()):
+            if not kernel:
                 return 'torch'
-            if (self.mode == 'B' and not batch_stats
-                    and dn_b_kernel_applies(x, self.sc, self.base_scale,
-                                            self.base_shift,
-                                            self.bn.running_mean,
-                                            self.bn.running_var)):
-                return 'dn_b_kernel'
-            return 'kernel'
+            return ('dn_b_kernel' if whole_layer and not batch_stats else
+                    'kernel')
         if self.mode == 'B' and batch_stats:
-            running = (() if self.bn.running_mean is None else
-                       (self.bn.running_mean, self.bn.running_var))
-            if (kernel_accepts(x) and dn_cpu.load()
-                    and dn_b_kernel_applies(x, self.sc, self.base_scale,
-                                            self.base_shift, *running)):
-                return 'train_kernel'
-            return 'train_node'
+            return 'train_kernel' if whole_layer else 'train_node'
         return 'torch'
+
+    def _dn_b_tensors(self) -> Optional[DNBTensors]:
+        """What the C++ kernel reads of this layer besides the input, or
+        None where it does not implement the SC-Module (see
+        :meth:`SCModule.kernel_weights`). Read from the modules' dicts, not
+        as attributes: on a slow vCPU each ``nn.Module.__getattr__`` costs
+        1-2 us, and at small maps a dozen of them per layer were a third of
+        DN's extra time."""
+        weights = self._modules['sc'].kernel_weights()
+        if weights is None:
+            return None
+        own, stats = self._buffers, self._stats()._buffers
+        return DNBTensors(*weights, own['base_scale'], own['base_shift'],
+                          stats['running_mean'], stats['running_var'])
 
     def _forward_empty(self, x: Tensor) -> Tensor:
         """An empty output for an input without values. The statistics stay
@@ -296,9 +300,11 @@ class DynamicNorm2d(BatchNormChildLayer):
             mean, (var + self.eps).sqrt(), self.mode)
         return alpha_delta + self.base_scale, lambda_delta + self.base_shift
 
-    def _activation_bounds(self):
-        return (None if self.activation is None else
-                activation_bounds(self.activation))
+    def _activation_bounds(self) -> Optional[Bounds]:
+        # _modules: once fused, ``activation`` is a child module, which an
+        # attribute lookup finds only through nn.Module.__getattr__ (slow).
+        act = self._modules.get('activation')
+        return None if act is None else activation_bounds(act)
 
     def _activate(self, y: Tensor) -> Tensor:
         return y if self.activation is None else self.activation(y)
@@ -307,10 +313,11 @@ class DynamicNorm2d(BatchNormChildLayer):
         """The process group to all-reduce batch statistics over: that of a
         SyncBatchNorm child (``sync_bn``) in training, in a distributed run
         of more than one process; else None."""
-        if not (self.bn.training and isinstance(self.bn, nn.SyncBatchNorm)
+        bn = self._stats()
+        if not (bn.training and isinstance(bn, nn.SyncBatchNorm)
                 and dist.is_available() and dist.is_initialized()):
             return None
-        group = self.bn.process_group or dist.group.WORLD
+        group = bn.process_group or dist.group.WORLD
         return group if dist.get_world_size(group) > 1 else None
 
     def _batch_moments(self, mean_nc: Tensor, var_nc: Tensor, x: Tensor):
@@ -327,7 +334,7 @@ class DynamicNorm2d(BatchNormChildLayer):
         """As BatchNorm in training: count the batch and return how far the
         running statistics move towards its statistics (the momentum, or
         ``1 / batches`` for a cumulative average); 0 when they do not."""
-        bn = self.bn
+        bn = self._stats()
         if not (bn.training and bn.track_running_stats):
             return 0.0
         bn.num_batches_tracked.add_(1)

@@ -22,7 +22,7 @@ C++ kernel of :mod:`dn_mmdet.ops` computes all of DN-B in one call
 """
 import math
 import os
-from typing import Callable, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -282,8 +282,30 @@ def has_forward_hooks(module: nn.Module) -> bool:
             or any(hook not in OWN_GLOBAL_HOOKS
                    for hook in _global_forward_pre_hooks.values())):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks
-               for m in module.modules())
+    return _has_module_hooks(module)
+
+
+def _has_module_hooks(module: nn.Module) -> bool:
+    # Walks ``_modules`` itself: ``module.modules()`` costs ~5 us for three
+    # children on a slow vCPU, and every forward of a DN layer asks.
+    return bool(module._forward_hooks or module._forward_pre_hooks) or any(
+        _has_module_hooks(child) for child in module._modules.values()
+        if child is not None)
+
+
+class DNBTensors(NamedTuple):
+    """What the C++ kernel reads of a DN-B layer besides its input: the
+    SC-Module's weights (see :meth:`SCModule.kernel_weights
+    <dn_mmdet.norm.sc_module.SCModule.kernel_weights>`), the base affine
+    and the running statistics (None without them)."""
+    fc1_weight: Tensor
+    fc1_bias: Tensor
+    fc2_weight: Tensor
+    fc2_groups: int
+    base_scale: Tensor
+    base_shift: Tensor
+    running_mean: Optional[Tensor]
+    running_var: Optional[Tensor]
 
 
 def normalize_act_cpu(x: Tensor, alpha: Tensor, lam: Tensor, mean: Tensor,
@@ -312,36 +334,35 @@ def normalize_act_cpu(x: Tensor, alpha: Tensor, lam: Tensor, mean: Tensor,
                                        *_clamp_range(bounds))
 
 
-def dn_b_kernel_applies(x: Tensor, sc: nn.Module, *buffers: Tensor) -> bool:
+def dn_b_kernel_applies(x: Tensor, tensors: Optional[DNBTensors]) -> bool:
     """Whether :func:`dn_b_inference_cpu` and :func:`dn_b_train_cpu` can
-    compute DN-B with this SC-Module: its activation is the sigmoid the kernel implements, no
-    forward hook watches it, and its weights and ``buffers`` (base affine,
-    statistics) have ``x``'s dtype."""
-    if not isinstance(sc.act, nn.Sigmoid):
+    compute DN-B with these ``tensors`` (None: an SC-Module the kernel does
+    not implement): every one has ``x``'s dtype."""
+    if tensors is None:
         return False
     dtype = x.dtype
-    fc1 = sc.fc1
-    bias = fc1.bias
-    return (bias is not None and bias.dtype == dtype
-            and fc1.weight.dtype == dtype and sc.fc2.weight.dtype == dtype
-            and all(b.dtype == dtype for b in buffers)
-            and not has_forward_hooks(sc))
+    return all(t.dtype == dtype for t in tensors
+               if t is not None and not isinstance(t, int))
 
 
-def dn_b_inference_cpu(x: Tensor, sc: nn.Module, base_scale: Tensor,
-                       base_shift: Tensor, mean: Tensor, var: Tensor,
-                       eps: float, bounds: Optional[Bounds] = None) -> Tensor:
+def dn_b_inference_cpu(x: Tensor, tensors: DNBTensors, eps: float,
+                       bounds: Optional[Bounds] = None) -> Tensor:
     """All of DN-B's inference in one call of the C++ kernel: the pooling
     pass, the SC-Module, normalisation, affine and clamp (the dozen small
     ops a layer that these take from Python cost ~10 us each).
 
-    Same arguments as :func:`normalize_act_cpu`, with the SC-Module ``sc``
-    and the base affine ``base_scale``/``base_shift`` (C,) in place of
-    ``alpha`` and ``lam``; see :func:`dn_b_kernel_applies`. No autograd.
+    Args:
+        x (Tensor): (N, C, H, W), accepted by :func:`kernel_accepts`.
+        tensors (DNBTensors): The layer's weights and running statistics;
+            see :func:`dn_b_kernel_applies`.
+        eps (float): Added to the variance.
+        bounds (tuple, optional): The clamp, as in :func:`normalize_act_cpu`.
+
+    Returns:
+        Tensor: A new tensor of ``x``'s shape and dtype. No autograd.
     """
-    return dn_cpu.module.dn_b_inference(
-        x, sc.fc1.weight, sc.fc1.bias, sc.fc2.weight, sc.fc2.groups,
-        base_scale, base_shift, mean, var, eps, *_clamp_range(bounds))
+    return dn_cpu.module.dn_b_inference(x, *tensors, eps,
+                                        *_clamp_range(bounds))
 
 
 # --------------------------------------------------------------------- #
@@ -380,11 +401,8 @@ class _DNBTrainCPU(torch.autograd.Function):
             grad_w2 if needs[12] else None)
 
 
-def dn_b_train_cpu(x: Tensor, sc: nn.Module, base_scale: Tensor,
-                   base_shift: Tensor, eps: float,
-                   running_mean: Optional[Tensor],
-                   running_var: Optional[Tensor], factor: float,
-                   bounds: Optional[Bounds] = None) -> Tensor:
+def dn_b_train_cpu(x: Tensor, tensors: DNBTensors, eps: float,
+                   factor: float, bounds: Optional[Bounds] = None) -> Tensor:
     """DN-B's training forward with batch statistics, and the clamp that
     follows it, as one autograd node whose forward and backward are each one
     call of the C++ kernel (see :func:`dn_b_kernel_applies` for when it
@@ -396,17 +414,23 @@ def dn_b_train_cpu(x: Tensor, sc: nn.Module, base_scale: Tensor,
     passes, were DN's extra cost).
 
     Args:
-        running_mean, running_var (Tensor | None): (C,) statistics moved
-            towards the batch's mean and unbiased variance by ``factor``
-            (BatchNorm's momentum; 0 leaves them as they are).
+        x (Tensor): (N, C, H, W), accepted by :func:`kernel_accepts`.
+        tensors (DNBTensors): The layer's weights and running statistics,
+            which move towards the batch's mean and unbiased variance by
+            ``factor`` (BatchNorm's momentum; 0 leaves them as they are).
+        eps (float): Added to the variance.
+        factor (float): See ``tensors``.
+        bounds (tuple, optional): The clamp, as in :func:`normalize_act_cpu`.
 
     Returns:
         Tensor: The output (N, C, H, W), clamped to ``bounds``.
     """
+    running_mean, running_var = tensors.running_mean, tensors.running_var
     if running_mean is None or not factor:
         running_mean = running_var = x.new_empty(0)
         factor = 0.0
-    return _DNBTrainCPU.apply(x, eps, *_clamp_range(bounds), sc.fc2.groups,
-                              base_scale, base_shift, running_mean,
-                              running_var, float(factor), sc.fc1.weight,
-                              sc.fc1.bias, sc.fc2.weight)
+    return _DNBTrainCPU.apply(x, eps, *_clamp_range(bounds),
+                              tensors.fc2_groups, tensors.base_scale,
+                              tensors.base_shift, running_mean, running_var,
+                              float(factor), tensors.fc1_weight,
+                              tensors.fc1_bias, tensors.fc2_weight)

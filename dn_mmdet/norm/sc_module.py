@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer
 
+from .functional import has_forward_hooks
+
 
 def fc2_groups(hidden: int, num_features: int, g: Union[int, str]) -> int:
     """Number of groups of FC2 for ``g`` input channels per group.
@@ -126,6 +128,28 @@ class SCModule(nn.Module):
             hidden, 2 * num_features,
             groups=fc2_groups(hidden, num_features, g), bias=False)
         nn.init.zeros_(self.fc2.weight)
+
+    def kernel_weights(
+            self) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                    int]]:
+        """``(fc1.weight, fc1.bias, fc2.weight, fc2.groups)`` for DN's C++
+        kernel, which implements this module as built (FC1 with bias, the
+        sigmoid, FC2); None when it is not (another activation) or must run
+        in torch (forward hooks watch it or a child).
+
+        Read from the modules' own dicts: ``self.fc1.weight`` goes through
+        ``nn.Module.__getattr__`` twice, 1-2 us a lookup on a slow vCPU, and
+        every forward of a DN layer asks."""
+        modules = self._modules
+        fc1, act, fc2 = modules['fc1'], modules['act'], modules['fc2']
+        if not (isinstance(act, nn.Sigmoid) and type(fc1) is GroupedFC
+                and type(fc2) is GroupedFC):
+            return None
+        bias = fc1._parameters['bias']
+        if bias is None or has_forward_hooks(self):
+            return None
+        return (fc1._parameters['weight'], bias, fc2._parameters['weight'],
+                fc2.groups)
 
     def hidden(self, z: torch.Tensor) -> torch.Tensor:
         """FC1 + activation: (N, C) -> (N, h)."""

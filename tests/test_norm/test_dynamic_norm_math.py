@@ -212,6 +212,73 @@ def test_gradcheck(mode, impl, act, monkeypatch):
     assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize('channels,r,g', [
+    (7, 1, 'oup'),  # 14 FC2 rows: three blocks of four and two left over
+    (9, 3, 1),  # groups of 6 rows: the blocks stop at the first group edge
+    (12, 2, 2),  # groups of 8 rows: blocks within each group
+    (33, 4, 2),  # odd C, 8 hidden units in 4 groups
+    (40, 4, 'oup')])
+def test_kernel_sc_module_matches_reference(channels, r, g, chosen_paths):
+    """The C++ op's SC-Module (its FCs run four rows at a time where the
+    rows share their inputs) equals the paper's formula, in training
+    (gradients included) and in eval, for FC shapes that leave rows over."""
+    torch.manual_seed(0)
+    dn = randomize(DynamicNorm2d(channels, r=r, g=g))
+    ref = copy.deepcopy(dn)
+    x = torch.randn(3, channels, 5, 6)
+    (y, gx, gp), (y_ref, gx_ref, gp_ref) = fast_and_reference_grads(
+        dn, ref, x)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, y_ref, **tol)
+    torch.testing.assert_close(gx, gx_ref, **tol)
+    for a, b in zip(gp, gp_ref):
+        torch.testing.assert_close(a, b, **tol)
+    dn.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dn(x), dynamic_norm_reference(ref, x),
+                                   **tol)
+    assert chosen_paths == ['train_kernel', 'dn_b_kernel']
+
+
+@pytest.mark.parametrize('act', [
+    torch.nn.ReLU(), torch.nn.ReLU6(), torch.nn.Hardtanh(-0.5, 0.5)])
+def test_kernel_backward_through_fused_clamp_matches_torch(act,
+                                                           chosen_paths):
+    """The C++ op's backward through its fused clamp (a vectorised bit mask)
+    gives what DN and then the clamp give in torch: the gradient passes
+    strictly inside the clamp's range, and NaN or inf gradients where the
+    clamp cuts are zeroed, as torch's clamp backward zeroes them. 63 values
+    a plane: the loops' vector body and their tail both run."""
+    torch.manual_seed(0)
+    dn = randomize(DynamicNorm2d(24, g='oup'))
+    ref = copy.deepcopy(dn)
+    dn.fuse_activation(copy.deepcopy(act))
+    x = torch.randn(3, 24, 7, 9) * 1.5 + 0.3
+    x_kernel = x.clone().requires_grad_(True)
+    x_torch = x.clone().requires_grad_(True)
+    y_kernel = dn(x_kernel)
+    y_torch = act(dynamic_norm_reference(ref, x_torch))
+    torch.testing.assert_close(y_kernel, y_torch, rtol=1e-5, atol=1e-5)
+    cut = (y_torch.detach() <= act.min_val if isinstance(
+        act, torch.nn.Hardtanh) else y_torch.detach() <= 0)
+    if isinstance(act, torch.nn.Hardtanh):
+        cut |= y_torch.detach() >= act.max_val
+    assert 0 < cut.float().mean() < 1
+    grad = torch.randn_like(x)
+    bad = cut & (torch.rand_like(x) < 0.3)
+    grad[bad] = torch.tensor([float('nan'), float('inf')]).repeat(
+        int(bad.sum()))[:int(bad.sum())]
+    y_kernel.backward(grad)
+    y_torch.backward(grad)
+    assert chosen_paths == ['train_kernel']
+    assert torch.isfinite(x_kernel.grad).all()
+    torch.testing.assert_close(x_kernel.grad, x_torch.grad, rtol=1e-4,
+                               atol=1e-4)
+    for p_kernel, p_torch in zip(dn.sc.parameters(), ref.sc.parameters()):
+        torch.testing.assert_close(p_kernel.grad, p_torch.grad, rtol=1e-4,
+                                   atol=1e-4)
+
+
 def test_eval_is_per_sample_and_batch_size_one_works():
     torch.manual_seed(0)
     dn = randomize(DynamicNorm2d(32, g='oup')).eval()
