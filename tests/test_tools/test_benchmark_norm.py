@@ -220,3 +220,34 @@ def test_reference_variants_build_the_reference_layer(load_tool):
                                    32)
     assert name == 'dn' and type(layer) is DynamicNorm2dReference
     assert layer.g == 'oup' and layer.r == 16
+
+
+def test_interleave_times_all_variants_in_one_worker(load_tool):
+    """--interleave: one worker a case, timing every variant in turns in
+    its own process (training and inference; no peak memory, which needs a
+    process per variant)."""
+    tool = load_tool('analysis/benchmark_norm')
+    args = tool.parse_args(['--models', 'resnet18', 'layer', '--cases',
+                            '2x32', '4x32', '--variants', *VARIANTS,
+                            '--runs', '2', '--interleave', '--repeat', '2',
+                            '--warmup', '0', '--threads', '1',
+                            '--device', 'cpu'])
+    jobs = tool.plan_jobs(args)
+    assert [job[1:] for job in jobs[:4]] == [
+        ('layer', 2, 32, 'bn,dnb-r16-goup'),
+        ('layer', 4, 32, 'bn,dnb-r16-goup'),
+        ('resnet18', 2, 32, 'bn,dnb-r16-goup'),
+        ('resnet18', 4, 32, 'bn,dnb-r16-goup')]
+    assert len(jobs) == 8 and [job[0] for job in jobs] == [0] * 4 + [1] * 4
+    assert '--interleave' in tool.worker_command(args, *jobs[0][1:])
+    results = tool.run_worker(args, 'resnet18', VARIANTS, 2, 32)
+    assert [(r['model'], r['variant']) for r in results] == [
+        ('resnet18', v) for v in VARIANTS]
+    for r in results:
+        assert r['train_ms'] > 0 and r['infer_ms'] > 0
+        assert 'train_peak_mib' not in r and 'infer_peak_mib' not in r
+    table = tool.format_table(tool.median_over_runs(results), args, 'in use')
+    assert 'variants interleaved in one process' in table.splitlines()[0]
+    row = next(line for line in table.splitlines()
+               if line.startswith('| 2 | 32 | dnb-r16-goup'))
+    assert row.split(' | ')[5] == '-'  # no peak memory, no ratio

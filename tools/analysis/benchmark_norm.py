@@ -1,7 +1,9 @@
 """Benchmark BN against DN-B in the models users run, over a sweep of sizes.
 
 Measures side by side, each (model, batch, size, variant) in a fresh process
-(so that peak memory is its own), ``--runs`` times, interleaved:
+(so that peak memory is its own), ``--runs`` times, interleaved; or, with
+``--interleave``, all variants of a case in one process, their timed steps
+alternating (steadier ratios; no peak memory):
 
 * ``layer``: one norm layer's forward + backward, on the input shapes of
   all 52 norm layers of MobileNetV2 at the given size (summed);
@@ -172,6 +174,12 @@ def parse_args(argv=None):
         help='run the workers with glibc keeping freed memory '
         '(MALLOC_MMAP_MAX_=0, no trimming): no page faults for fresh '
         'activations, which otherwise dominate CPU inference')
+    parser.add_argument(
+        '--interleave', action='store_true',
+        help='time all variants of a case in one worker process, their '
+        'steps alternating (ratios to BN free of the 10-30%% that fresh '
+        'processes differ by on a shared machine); peak memory is then not '
+        'measured (it needs a process per variant)')
     parser.add_argument('--out', help='also write the results as JSON here')
     parser.add_argument('--worker', nargs=4,
                         metavar=('MODEL', 'VARIANT', 'BATCH', 'SIZE'),
@@ -271,6 +279,27 @@ def time_median(fn, repeat, warmup, device, timer='wall'):
     return statistics.median(times) * 1e3
 
 
+def time_interleaved(fns, repeat, warmup, device, timer='wall'):
+    """``{name: median ms}`` of the functions, timed in turns (one call of
+    each per round), so that all of them see the same machine state."""
+    import torch
+    clock = time.process_time if timer == 'cpu' else time.perf_counter
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            if device == 'cuda':
+                torch.cuda.synchronize()
+            start = clock()
+            fn()
+            if device == 'cuda':
+                torch.cuda.synchronize()
+            times[name].append(clock() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
 def build_detector(config, norm_cfg, conv_cfg=None):
     """The detector of ``config`` (loaded as tools/train.py loads it, its
     ``custom_imports`` included) with ``norm_cfg`` in the backbone."""
@@ -336,19 +365,18 @@ def norm_cfg_of(variant):
     return norm_cfg
 
 
-def run_worker(args, model_name, variant, batch, size):
+def build_steps(args, model_name, variant, batch, size):
+    """``(set_mode, train_step, infer_step)`` of one variant of a case;
+    ``infer_step`` is None for the lone layers (they are timed in
+    training only)."""
     import torch
 
-    import dn_mmdet  # noqa: F401
     from mmcv.cnn import build_norm_layer
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = args.device
     torch.manual_seed(0)
     norm_cfg = norm_cfg_of(variant)
     fmt = (torch.channels_last if args.channels_last else
            torch.contiguous_format)
-    result = dict(model=model_name, variant=variant, batch=batch, size=size)
 
     if model_name == 'layer':
         layers = []
@@ -358,39 +386,33 @@ def run_worker(args, model_name, variant, batch, size):
             x = x.to(memory_format=fmt).requires_grad_(True)
             layers.append((norm, x, torch.randn_like(x)))
 
-        def step():
+        def layer_step():
             for norm, x, grad in layers:
                 norm(x).backward(grad)
 
-        with PeakMemory(device) as mem:
-            result['train_ms'] = time_median(step, args.repeat, args.warmup,
-                                             device, args.timer)
-        result['train_peak_mib'] = mem.peak_mib
-        return result
+        return (lambda training: None), layer_step, None
 
     model = build_model(model_name, norm_cfg, CONV_CFGS.get(variant),
                         args.config).to(device)
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     if model_name not in DETECTORS:  # a backbone: a tuple of feature maps
-        net = model
         images = torch.randn(batch, 3, size, size,
                              device=device).to(memory_format=fmt)
 
         def train_step():
             optimizer.zero_grad()
-            sum(o.float().mean() for o in net(images)).backward()
+            sum(o.float().mean() for o in model(images)).backward()
             optimizer.step()
 
         def infer_step():
-            net(images)
+            model(images)
     else:
         from mmdet.testing import demo_mm_inputs
         num_classes = model.bbox_head.num_classes
         data = demo_mm_inputs(
             batch, [[3, size, size]] * batch,
             num_items=[3] * batch, num_classes=num_classes)
-        net = model
         train_batch = model.data_preprocessor(data, True)
         eval_batch = model.data_preprocessor(data, False)
 
@@ -406,36 +428,69 @@ def run_worker(args, model_name, variant, batch, size):
             # boxes the (untrained) weights score above the threshold.
             model(eval_batch['inputs'], mode='tensor')
 
-    net.train()
-    with PeakMemory(device) as mem:
-        result['train_ms'] = time_median(train_step, args.repeat,
-                                         args.warmup, device, args.timer)
-    result['train_peak_mib'] = mem.peak_mib
-    net.eval()
-    with torch.no_grad(), PeakMemory(device) as mem:
-        result['infer_ms'] = time_median(infer_step, args.repeat,
-                                         args.warmup, device, args.timer)
-    result['infer_peak_mib'] = mem.peak_mib
-    return result
+    return model.train, train_step, infer_step
+
+
+def run_worker(args, model_name, variants, batch, size):
+    """The results (one dict per variant) of one case: each variant alone
+    with its peak memory, or with ``--interleave`` all of them in this
+    process, their timed steps alternating."""
+    import torch
+
+    import dn_mmdet  # noqa: F401
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = {v: build_steps(args, model_name, v, batch, size)
+             for v in variants}
+    results = {v: dict(model=model_name, variant=v, batch=batch, size=size)
+               for v in variants}
+    phases = [('train', torch.enable_grad, True)]
+    if model_name != 'layer':
+        phases.append(('infer', torch.no_grad, False))
+    for phase, grad_mode, training in phases:
+        fns = {}
+        for v, (set_mode, train_step, infer_step) in steps.items():
+            set_mode(training)
+            fns[v] = train_step if training else infer_step
+        with grad_mode():
+            if args.interleave:
+                times = time_interleaved(fns, args.repeat, args.warmup,
+                                         args.device, args.timer)
+                for v in variants:
+                    results[v][f'{phase}_ms'] = times[v]
+                continue
+            for v in variants:
+                with PeakMemory(args.device) as mem:
+                    results[v][f'{phase}_ms'] = time_median(
+                        fns[v], args.repeat, args.warmup, args.device,
+                        args.timer)
+                results[v][f'{phase}_peak_mib'] = mem.peak_mib
+    return [results[v] for v in variants]
 
 
 # --------------------------------------------------------------------- #
 # Parent side: spawn the workers, print the tables and the summary.
 # --------------------------------------------------------------------- #
 def plan_jobs(args):
-    """(run, model, batch, size, variant) of every worker, in the order they
-    run: each run goes over every case, the variants of a case one after
-    the other, so that BN and DN alternate and share the machine's state."""
-    return [(run, model, batch, size, variant)
+    """(run, model, batch, size, variants) of every worker, in the order
+    they run: each run goes over every case, the variants of a case one
+    after the other, so that BN and DN alternate and share the machine's
+    state (``variants`` is one name; with ``--interleave``, all of them
+    joined by commas, for one worker)."""
+    groups = ([','.join(args.variants)] if args.interleave else
+              args.variants)
+    return [(run, model, batch, size, variants)
             for run in range(args.runs) for model in args.models
-            for batch, size in args.cases for variant in args.variants]
+            for batch, size in args.cases for variants in groups]
 
 
-def worker_command(args, model, variant, batch, size):
-    cmd = [sys.executable, osp.abspath(__file__), '--worker', model, variant,
-           str(batch), str(size), '--config', args.config, '--device',
-           args.device, '--repeat', str(args.repeat), '--warmup',
-           str(args.warmup), '--timer', args.timer]
+def worker_command(args, model, variants, batch, size):
+    cmd = [sys.executable, osp.abspath(__file__), '--worker', model,
+           variants, str(batch), str(size), '--config', args.config,
+           '--device', args.device, '--repeat', str(args.repeat),
+           '--warmup', str(args.warmup), '--timer', args.timer]
+    if args.interleave:
+        cmd.append('--interleave')
     if args.threads:
         cmd += ['--threads', str(args.threads)]
     if args.channels_last:
@@ -554,6 +609,7 @@ def format_header(args, kernel_status):
         f'of {args.repeat}'
         f'{f" (median of {args.runs} runs)" if args.runs > 1 else ""}'
         f'{", glibc keeps freed memory" if args.keep_freed_memory else ""}'
+        f'{", variants interleaved in one process" if args.interleave else ""}'
         f'; DN CPU kernel: {kernel_status}')
 
 
@@ -632,15 +688,17 @@ def main():
         import torch
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.worker:
-        model, variant, batch, size = args.worker
-        print(json.dumps(run_worker(args, model, variant, int(batch),
-                                    int(size))))
+        model, variants, batch, size = args.worker
+        print(json.dumps(run_worker(args, model, variants.split(','),
+                                    int(batch), int(size))))
         return
     kernel_status = dn_kernel_status(args)
     jobs = plan_jobs(args)
     print(f'{len(jobs)} workers: {len(args.models)} model(s) x '
           f'{len(args.cases)} batch x size case(s) x {len(args.variants)} '
-          f'variant(s) x {args.runs} run(s)',
+          f'variant(s)'
+          f'{" (interleaved in each worker)" if args.interleave else ""} x '
+          f'{args.runs} run(s)',
           flush=True)
     runs, done, start = [], [], time.perf_counter()
     for i, job in enumerate(jobs, 1):
@@ -658,7 +716,7 @@ def main():
         if proc.returncode != 0:
             sys.exit(f'benchmark worker {model} b{batch} {size} {variant} '
                      f'failed:\n{proc.stderr[-3000:]}')
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        runs += json.loads(proc.stdout.strip().splitlines()[-1])
         done.append((job, time.perf_counter() - job_start))
     print(f'all {len(jobs)} workers in '
           f'{_duration(time.perf_counter() - start)}', flush=True)
