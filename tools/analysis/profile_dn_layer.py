@@ -9,9 +9,13 @@ thread, the median of ``--rounds`` rounds of ``--calls`` calls each):
   the normalise-affine-clamp pass alone (``pass``, the work BN does too).
   So ``dn - op`` is Python's share (the module call, path choice, argument
   gathering), ``op - pass`` the pooling pass and the SC-Module;
-* training (forward and backward, ReLU6 after BN, fused in DN): ``bn``,
-  ``dn``, and the op's two halves called directly (``op``); ``dn - op`` is
-  Python's and autograd's share.
+* training (forward and backward, ReLU6 after BN, fused in DN, gradients
+  set as after ``optimizer.zero_grad()``): ``bn``, ``dn``, and the op's two
+  halves called directly (``op``); ``dn - op`` is Python's and autograd's
+  share. Each layer here starts its own backward pass (``.backward()``,
+  ~0.1-0.2 ms on a slow vCPU, in BN's column too), which a model pays once
+  for all its layers: that column overstates what a layer costs in a
+  model, the difference DN - BN does not.
 
 ``--shapes 2x384x8x8 ...`` profiles given shapes; ``--cases 2x128`` the 52
 norm layers of MobileNetV2 at that batch and input size (summed in the last
@@ -21,7 +25,6 @@ time. Example::
     python tools/analysis/profile_dn_layer.py --cases 2x128 --threads 1
 """
 import argparse
-import os.path as osp
 import statistics
 import sys
 import time
@@ -32,9 +35,7 @@ import dn_mmdet  # noqa: F401  (registers DN)
 from dn_mmdet.norm import DynamicNorm2d
 from dn_mmdet.ops import dn_cpu
 
-# The benchmark beside this tool knows MobileNetV2's norm input shapes.
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmark_norm import DEFAULT_CONFIG, norm_input_shapes  # noqa: E402
+from benchmark_norm import DEFAULT_CONFIG, norm_input_shapes  # beside it
 
 
 def parse_args(argv=None):
