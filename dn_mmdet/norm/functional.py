@@ -274,23 +274,17 @@ def kernel_accepts(x: Tensor) -> bool:
             and x.is_contiguous())
 
 
-def has_forward_hooks(module: nn.Module) -> bool:
-    """Whether a forward hook would see ``module`` or a child run (then it
+def has_forward_hooks(*modules: nn.Module) -> bool:
+    """Whether a forward hook would see one of ``modules`` run (then they
     must run in torch: the C++ op would skip the hooks, e.g. a MAdds
-    counter's on the SC-Module's FCs)."""
+    counter's on the SC-Module's FCs): a process-wide hook (not counting
+    dn_mmdet's own, :data:`OWN_GLOBAL_HOOKS`) or one of their own. Pass
+    every module the torch path would call."""
     if (_global_forward_hooks
             or any(hook not in OWN_GLOBAL_HOOKS
                    for hook in _global_forward_pre_hooks.values())):
         return True
-    return _has_module_hooks(module)
-
-
-def _has_module_hooks(module: nn.Module) -> bool:
-    # Walks ``_modules`` itself: ``module.modules()`` costs ~5 us for three
-    # children on a slow vCPU, and every forward of a DN layer asks.
-    return bool(module._forward_hooks or module._forward_pre_hooks) or any(
-        _has_module_hooks(child) for child in module._modules.values()
-        if child is not None)
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class DNBTensors(NamedTuple):

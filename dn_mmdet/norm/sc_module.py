@@ -146,7 +146,7 @@ class SCModule(nn.Module):
                 and type(fc2) is GroupedFC):
             return None
         bias = fc1._parameters['bias']
-        if bias is None or has_forward_hooks(self):
+        if bias is None or has_forward_hooks(self, fc1, act, fc2):
             return None
         return (fc1._parameters['weight'], bias, fc2._parameters['weight'],
                 fc2.groups)
