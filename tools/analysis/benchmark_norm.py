@@ -262,23 +262,6 @@ def _proc_status_kib(key):
     raise RuntimeError(f'{key} not in /proc/self/status')
 
 
-def time_median(fn, repeat, warmup, device, timer='wall'):
-    import torch
-    clock = time.process_time if timer == 'cpu' else time.perf_counter
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        start = clock()
-        fn()
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        times.append(clock() - start)
-    return statistics.median(times) * 1e3
-
-
 def time_interleaved(fns, repeat, warmup, device, timer='wall'):
     """``{name: median ms}`` of the functions, timed in turns (one call of
     each per round), so that all of them see the same machine state."""
@@ -298,6 +281,11 @@ def time_interleaved(fns, repeat, warmup, device, timer='wall'):
                 torch.cuda.synchronize()
             times[name].append(clock() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def time_median(fn, repeat, warmup, device, timer='wall'):
+    """The median ms of ``fn`` alone."""
+    return time_interleaved({'fn': fn}, repeat, warmup, device, timer)['fn']
 
 
 def build_detector(config, norm_cfg, conv_cfg=None):
