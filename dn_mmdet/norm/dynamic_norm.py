@@ -170,15 +170,15 @@ class DynamicNorm2d(BatchNormChildLayer):
             mark_clamped(y, bounds)
         return y
 
-    def _forward(self, x: Tensor, bounds) -> Tensor:
+    def _forward(self, x: Tensor, bounds: Optional[Bounds]) -> Tensor:
         self.check_input(x)
-        path = self._select_path(x)
+        tensors = self._dn_b_tensors() if self.mode == 'B' else None
+        path = self._select_path(x, tensors)
         if path == 'dn_b_kernel':
-            return dn_b_inference_cpu(x, self._dn_b_tensors(), self.eps,
-                                      bounds)
+            return dn_b_inference_cpu(x, tensors, self.eps, bounds)
         if path == 'train_kernel':
-            return dn_b_train_cpu(x, self._dn_b_tensors(), self.eps,
-                                  self._count_batch(), bounds)
+            return dn_b_train_cpu(x, tensors, self.eps, self._count_batch(),
+                                  bounds)
         if path == 'empty':
             return self._forward_empty(x)
         if path == 'train_node':
@@ -206,13 +206,15 @@ class DynamicNorm2d(BatchNormChildLayer):
         alpha, lam = self._affine(pooled, mean, var)
         if path == 'kernel':
             return normalize_act_cpu(x, alpha, lam, mean, var, self.eps,
-                                     self._activation_bounds())
+                                     bounds)
         scale, shift = fold_affine(alpha, lam, mean,
                                    inverse_std(var, self.eps))
         return self._activate(affine_per_sample(x, scale, shift))
 
-    def _select_path(self, x: Tensor) -> str:
+    def _select_path(self, x: Tensor, tensors: Optional[DNBTensors]) -> str:
         """How this forward is computed; the one place that decides.
+        ``tensors``: :meth:`_dn_b_tensors` (DN-B; else None), which the
+        kernel paths then take.
 
         * ``'empty'``: no values (N = 0): :meth:`_forward_empty`.
         * ``'dn_b_kernel'``: DN-B with running statistics, no autograd, on
@@ -248,8 +250,7 @@ class DynamicNorm2d(BatchNormChildLayer):
             x.requires_grad or any(p.requires_grad
                                    for p in self.sc.parameters()))
         kernel = kernel_accepts(x) and dn_cpu.load()
-        whole_layer = (self.mode == 'B' and kernel and dn_b_kernel_applies(
-            x, self._dn_b_tensors()))
+        whole_layer = kernel and dn_b_kernel_applies(x, tensors)
         if not needs_autograd:
             if not kernel:
                 return 'torch'

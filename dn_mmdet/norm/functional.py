@@ -335,8 +335,12 @@ def dn_b_kernel_applies(x: Tensor, tensors: Optional[DNBTensors]) -> bool:
     if tensors is None:
         return False
     dtype = x.dtype
-    return all(t.dtype == dtype for t in tensors
-               if t is not None and not isinstance(t, int))
+    weights_and_buffers = (tensors.fc1_weight, tensors.fc1_bias,
+                           tensors.fc2_weight, tensors.base_scale,
+                           tensors.base_shift, tensors.running_mean,
+                           tensors.running_var)
+    return all(t.dtype == dtype for t in weights_and_buffers
+               if t is not None)
 
 
 def dn_b_inference_cpu(x: Tensor, tensors: DNBTensors, eps: float,

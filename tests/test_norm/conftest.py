@@ -22,8 +22,8 @@ def chosen_paths(monkeypatch):
     paths = []
     select = DynamicNorm2d._select_path
 
-    def spy(self, x):
-        paths.append(select(self, x))
+    def spy(self, *args):
+        paths.append(select(self, *args))
         return paths[-1]
 
     monkeypatch.setattr(DynamicNorm2d, '_select_path', spy)
