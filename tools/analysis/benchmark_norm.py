@@ -70,6 +70,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable, NamedTuple, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'ssdlite_mbv2_bn_coco.py')
@@ -353,10 +354,18 @@ def norm_cfg_of(variant):
     return norm_cfg
 
 
+class Steps(NamedTuple):
+    """What a worker times of one variant of a case (see
+    :func:`build_steps`)."""
+    model: object  # the nn.Module (None for the lone layers)
+    set_mode: Callable[[bool], object]  # train(True) / eval (False)
+    train_step: Callable[[], None]
+    infer_step: Optional[Callable[[], None]]  # None for the lone layers
+
+
 def build_steps(args, model_name, variant, batch, size):
-    """``(set_mode, train_step, infer_step)`` of one variant of a case;
-    ``infer_step`` is None for the lone layers (they are timed in
-    training only)."""
+    """The :class:`Steps` of one variant of a case; the lone layers are
+    timed in training only (no ``model``, no ``infer_step``)."""
     import torch
 
     from mmcv.cnn import build_norm_layer
@@ -378,7 +387,7 @@ def build_steps(args, model_name, variant, batch, size):
             for norm, x, grad in layers:
                 norm(x).backward(grad)
 
-        return (lambda training: None), layer_step, None
+        return Steps(None, lambda training: None, layer_step, None)
 
     model = build_model(model_name, norm_cfg, CONV_CFGS.get(variant),
                         args.config).to(device)
@@ -416,7 +425,7 @@ def build_steps(args, model_name, variant, batch, size):
             # boxes the (untrained) weights score above the threshold.
             model(eval_batch['inputs'], mode='tensor')
 
-    return model.train, train_step, infer_step
+    return Steps(model, model.train, train_step, infer_step)
 
 
 def run_worker(args, model_name, variants, batch, size):
@@ -437,9 +446,9 @@ def run_worker(args, model_name, variants, batch, size):
         phases.append(('infer', torch.no_grad, False))
     for phase, grad_mode, training in phases:
         fns = {}
-        for v, (set_mode, train_step, infer_step) in steps.items():
-            set_mode(training)
-            fns[v] = train_step if training else infer_step
+        for v, step in steps.items():
+            step.set_mode(training)
+            fns[v] = step.train_step if training else step.infer_step
         with grad_mode():
             if args.interleave:
                 times = time_interleaved(fns, args.repeat, args.warmup,
