@@ -280,11 +280,16 @@ def has_forward_hooks(*modules: nn.Module) -> bool:
     counter's on the SC-Module's FCs): a process-wide hook (not counting
     dn_mmdet's own, :data:`OWN_GLOBAL_HOOKS`) or one of their own. Pass
     every module the torch path would call."""
-    if (_global_forward_hooks
-            or any(hook not in OWN_GLOBAL_HOOKS
-                   for hook in _global_forward_pre_hooks.values())):
+    # Loops, not any() of generators: a DN layer asks on every forward.
+    if _global_forward_hooks or (
+            _global_forward_pre_hooks
+            and not OWN_GLOBAL_HOOKS.issuperset(
+                _global_forward_pre_hooks.values())):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    for m in modules:
+        if m._forward_hooks or m._forward_pre_hooks:
+            return True
+    return False
 
 
 class DNBTensors(NamedTuple):
