@@ -16,6 +16,7 @@ from .functional import (Bounds, DNBTensors, activation_bounds, affine_per_sampl
                          dn_b_train_cpu, fold_affine, fused_enabled, inverse_std,
                          kernel_accepts, normalize_act_cpu,
                          per_sample_moments)
+from .prepared_inference import PreparedInference
 from .sc_module import SCModule
 
 MODES = ('B', 'C1', 'C2')
@@ -118,6 +119,8 @@ class DynamicNorm2d(BatchNormChildLayer):
         self.register_buffer('base_shift', torch.zeros(num_features))
         # A clamp applied to the output, set by fuse_activation.
         self.activation: Optional[nn.Module] = None
+        # The kernel call of the last forward in eval, while it applies.
+        self._prepared: Optional[PreparedInference] = None
         fuse_on_first_forward(self)
 
     @property
@@ -163,6 +166,12 @@ class DynamicNorm2d(BatchNormChildLayer):
     # Forward
     # ------------------------------------------------------------------ #
     def forward(self, x: Tensor) -> Tensor:
+        prepared = self._prepared
+        if prepared is not None:
+            y = prepared(x)
+            if y is not None:
+                return y
+            self._prepared = None
         bounds = self._activation_bounds()
         y = self._forward(x, bounds)
         if bounds is not None:
@@ -175,6 +184,9 @@ class DynamicNorm2d(BatchNormChildLayer):
         tensors = self._dn_b_tensors() if self.mode == 'B' else None
         path = self._select_path(x, tensors)
         if path == 'dn_b_kernel':
+            if not torch.is_grad_enabled():
+                # Later forwards repeat this call while it applies.
+                self._prepared = PreparedInference(self, tensors, bounds)
             return dn_b_inference_cpu(x, tensors, self.eps, bounds)
         if path == 'train_kernel':
             return dn_b_train_cpu(x, tensors, self.eps, self._count_batch(),
