@@ -259,7 +259,10 @@ class MobileNetV2DN(BaseModule):
             blocks = getattr(self, name)
             if f'{name}_expand' in wanted:
                 x, feats[f'{name}_expand'] = blocks[0].forward_with_expand(x)
-                x = blocks[1:](x)
+                # Not blocks[1:](x): slicing builds a new Sequential, every
+                # forward.
+                for block in list(blocks)[1:]:
+                    x = block(x)
             else:
                 x = blocks(x)
             feats[name] = x
