@@ -41,11 +41,27 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 OWN_GLOBAL_HOOKS = set()
 
 
+FUSED_SWITCH = 'DN_MMDET_FUSED'
+# os.environ.get raises and catches two KeyErrors when the variable is unset,
+# the usual case: inside a model that cost ~10 us a layer and forward
+# (tools/analysis/profile_dn_layer.py --in-model). CPython's os.environ keeps
+# its encoded variables in a dict, which fused_enabled reads without them.
+try:
+    _ENVIRON_DATA = os.environ._data
+    _SWITCH_KEY = os.environ.encodekey(FUSED_SWITCH)
+    _SWITCH_OFF = os.environ.encodevalue('0')
+except AttributeError:  # not CPython's os.environ
+    _ENVIRON_DATA = None
+
+
 def fused_enabled() -> bool:
     """False when ``DN_MMDET_FUSED=0``: plain torch ops everywhere (the one
     switch of every fast path: the fused training node and the C++
-    kernel)."""
-    return os.environ.get('DN_MMDET_FUSED', '1') != '0'
+    kernel). Read on every forward, so that a change takes effect at
+    once."""
+    if _ENVIRON_DATA is None:
+        return os.environ.get(FUSED_SWITCH, '1') != '0'
+    return _ENVIRON_DATA.get(_SWITCH_KEY) != _SWITCH_OFF
 
 
 def per_sample_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
