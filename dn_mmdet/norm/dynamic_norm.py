@@ -16,7 +16,7 @@ from .functional import (Bounds, DNBTensors, activation_bounds, affine_per_sampl
                          dn_b_train_cpu, fold_affine, fused_enabled, inverse_std,
                          kernel_accepts, normalize_act_cpu,
                          per_sample_moments)
-from .prepared_inference import PreparedInference
+from .prepared_inference import PREPARES, PreparedInference
 from .sc_module import SCModule
 
 MODES = ('B', 'C1', 'C2')
@@ -184,7 +184,7 @@ class DynamicNorm2d(BatchNormChildLayer):
         tensors = self._dn_b_tensors() if self.mode == 'B' else None
         path = self._select_path(x, tensors)
         if path == 'dn_b_kernel':
-            if not torch.is_grad_enabled():
+            if PREPARES and not torch.is_grad_enabled():
                 # Later forwards repeat this call while it applies.
                 self._prepared = PreparedInference(self, tensors, bounds)
             return dn_b_inference_cpu(x, tensors, self.eps, bounds)
@@ -285,6 +285,19 @@ class DynamicNorm2d(BatchNormChildLayer):
         own, stats = self._buffers, self._stats()._buffers
         return DNBTensors(*weights, own['base_scale'], own['base_shift'],
                           stats['running_mean'], stats['running_var'])
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .double() may change the tensors in place, which the
+        # prepared call would not see.
+        self._prepared = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        # A prepared call is this process's: copies and pickles prepare
+        # their own on their first forward.
+        state = super().__getstate__()
+        state['_prepared'] = None
+        return state
 
     def _forward_empty(self, x: Tensor) -> Tensor:
         """An empty output for an input without values. The statistics stay

@@ -10,7 +10,7 @@ in MobileNetV2 at batch 2 and 128 px, 3.4 of DN's 3.9 ms above BN's
 (``tools/analysis/profile_dn_layer.py --in-model``; README, "Performance").
 
 :class:`PreparedInference` keeps what such a forward chose and gathered, and
-later forwards run it after checking, with plain comparisons, that nothing
+later forwards run it after checking, with a few comparisons, that nothing
 the choice depended on has changed. When anything has, it returns None and
 the layer chooses again (and prepares anew, if the kernel path is chosen
 again).
@@ -20,11 +20,41 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.nn.modules import module as _module
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops import dn_cpu
 from .activation_fusion import mark_clamped
+from .base import NormLayer
 from .functional import (Bounds, DNBTensors, dn_b_inference_cpu,
                          fused_enabled, has_forward_hooks)
+from .sc_module import GroupedFC, SCModule
+
+#: How many parameters, buffers and child modules have been assigned to
+#: the modules a DN layer is made of (norm layers, SC-Modules and their FCs,
+#: BatchNorms) in this process: a prepared call is valid while this count
+#: stands where it did when it was made, so that one comparison stands for
+#: checking that every tensor and part of the layer is still the one the
+#: call holds. (torch calls the registration hooks below on every such
+#: assignment, ``load_state_dict(assign=True)`` and activation fusion
+#: included.)
+_assignments = 0
+_PARTS = (NormLayer, SCModule, GroupedFC, _BatchNorm)
+
+
+def _count_assignment(module, name, value):
+    global _assignments
+    if isinstance(module, _PARTS):
+        _assignments += 1
+
+
+#: Whether this torch has the process-wide registration hooks (2.1 on);
+#: without them no forward is prepared, and each one chooses its path.
+PREPARES = hasattr(_module, 'register_module_parameter_registration_hook')
+if PREPARES:
+    _module.register_module_parameter_registration_hook(_count_assignment)
+    _module.register_module_buffer_registration_hook(_count_assignment)
+    _module.register_module_module_registration_hook(_count_assignment)
 
 
 class PreparedInference:
@@ -39,38 +69,34 @@ class PreparedInference:
       ``torch.compile``, ``DN_MMDET_FUSED`` not 0, the kernel loaded;
     * the input is a contiguous 4-D CPU tensor of the weights' dtype with
       the layer's channels and at least one value;
-    * the layer still holds the same statistics child (in eval, same
-      ``eps``, the same running statistics), SC-Module parts and fused
-      activation, the same weight and buffer tensors, all of the input's
-      dtype, and no forward hooks watch the SC-Module's parts.
+    * no parameter, buffer or module has been assigned to a DN layer or
+      one of its parts since, in any layer of the process (so this layer's
+      tensors and parts are the ones this call holds), the statistics child is in eval with the same ``eps``, and no
+      forward hooks watch the SC-Module's parts.
 
-    So nothing else has to drop it: ``train()`` shows in the statistics
-    child, ``.to()``/``.double()`` in the tensors' dtype (or, on another
-    device, in the input's), ``load_state_dict`` copies into the same
-    tensors (or, with ``assign=True``, replaces them).
+    ``DynamicNorm2d`` drops it on ``_apply`` (``.to()``, ``.double()``,
+    which change tensors in place) and leaves it out of pickles and deep
+    copies. Changes of the values in place (an optimizer step,
+    ``load_state_dict``) need nothing: the call reads the same tensors.
 
     Args:
-        layer (DynamicNorm2d): The layer, in DN-B mode.
+        layer (nn.Module): The DN layer, in DN-B mode.
         tensors (DNBTensors): What the kernel reads of it
             (``layer._dn_b_tensors()``).
         bounds (tuple, optional): Its fused clamp, ``(min, max)``.
     """
 
-    __slots__ = ('_layer_modules', '_stats', '_sc', '_sc_parts',
-                 '_activation', '_layer_buffers', '_tensors', '_dtype',
+    __slots__ = ('_assignments', '_stats', '_watched', '_tensors', '_dtype',
                  '_channels', '_eps', '_bounds')
 
     def __init__(self, layer: nn.Module, tensors: DNBTensors,
                  bounds: Optional[Bounds]):
-        modules = layer._modules
-        self._layer_modules = modules
-        self._stats = modules['bn']
-        self._sc = modules['sc']
-        sc_modules = self._sc._modules
-        self._sc_parts = (sc_modules['fc1'], sc_modules['act'],
-                          sc_modules['fc2'])
-        self._activation = modules.get('activation')
-        self._layer_buffers = layer._buffers
+        self._assignments = _assignments
+        self._stats = layer._modules['bn']
+        sc = layer._modules['sc']
+        # What the torch path would call, and hooks on it would see.
+        self._watched = (sc, ) + tuple(sc._modules[name]
+                                       for name in ('fc1', 'act', 'fc2'))
         self._tensors = tensors
         self._dtype = tensors.base_scale.dtype
         self._channels = layer.num_features
@@ -87,42 +113,12 @@ class PreparedInference:
                 and x.dim() == 4 and x.shape[1] == self._channels
                 and x.numel() > 0):
             return None
-        if not (self._unchanged() and fused_enabled() and dn_cpu.load()):
+        stats = self._stats
+        if (_assignments != self._assignments or stats.training
+                or stats.eps != self._eps or has_forward_hooks(*self._watched)
+                or not fused_enabled() or not dn_cpu.load()):
             return None
         y = dn_b_inference_cpu(x, self._tensors, self._eps, self._bounds)
         if self._bounds is not None:
             mark_clamped(y, self._bounds)
         return y
-
-    def _unchanged(self) -> bool:
-        modules, stats, t = self._layer_modules, self._stats, self._tensors
-        if (modules['bn'] is not stats or modules['sc'] is not self._sc
-                or modules.get('activation') is not self._activation):
-            return False
-        stats_buffers = stats._buffers
-        if (stats.training or stats.eps != self._eps
-                or stats_buffers['running_mean'] is not t.running_mean
-                or stats_buffers['running_var'] is not t.running_var):
-            return False
-        sc_modules = self._sc._modules
-        fc1, act, fc2 = self._sc_parts
-        if (sc_modules['fc1'] is not fc1 or sc_modules['act'] is not act
-                or sc_modules['fc2'] is not fc2
-                or fc1._parameters['weight'] is not t.fc1_weight
-                or fc1._parameters['bias'] is not t.fc1_bias
-                or fc2._parameters['weight'] is not t.fc2_weight
-                or fc2.groups != t.fc2_groups):
-            return False
-        own = self._layer_buffers
-        if (own['base_scale'] is not t.base_scale
-                or own['base_shift'] is not t.base_shift):
-            return False
-        dtype = self._dtype
-        if not (t.fc1_weight.dtype is dtype and t.fc1_bias.dtype is dtype
-                and t.fc2_weight.dtype is dtype
-                and t.base_scale.dtype is dtype
-                and t.base_shift.dtype is dtype
-                and t.running_mean.dtype is dtype
-                and t.running_var.dtype is dtype):
-            return False
-        return not has_forward_hooks(self._sc, fc1, act, fc2)

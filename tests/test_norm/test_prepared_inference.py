@@ -166,3 +166,53 @@ def test_training_forward_does_not_prepare(chosen_paths):
     dn(torch.randn(4, 16, 3, 3, requires_grad=True))
     assert chosen_paths == ['train_kernel']
     assert dn._prepared is None
+
+
+def test_fused_switch_is_read_on_every_forward(chosen_paths, monkeypatch):
+    dn = prepared_layer()
+    x = torch.randn(2, 16, 3, 3)
+    expected = reference_output(dn, x)
+    for value, path in (('0', 'torch'), ('1', 'dn_b_kernel'), (None,
+                                                               'dn_b_kernel')):
+        run(dn, x)  # prepares (or not, with the switch off)
+        if value is None:
+            monkeypatch.delenv('DN_MMDET_FUSED')
+        else:
+            monkeypatch.setenv('DN_MMDET_FUSED', value)
+        torch.testing.assert_close(run(dn, x), expected)
+        assert chosen_paths[-1] == path, value
+
+
+def test_copies_prepare_their_own(chosen_paths):
+    """A deep copy or a pickle of a prepared layer holds no prepared call
+    (which would read the original's tensors); its first forward prepares
+    one from its own."""
+    import copy
+    import pickle
+    dn = prepared_layer()
+    x = torch.randn(2, 16, 3, 3)
+    run(dn, x)
+    for twin in (copy.deepcopy(dn), pickle.loads(pickle.dumps(dn))):
+        assert twin._prepared is None
+        with torch.no_grad():
+            twin.sc.fc2.weight.mul_(3)  # the original keeps its weights
+        y = run(twin, x)
+        assert twin._prepared is not None
+        torch.testing.assert_close(y, reference_output(twin, x))
+    torch.testing.assert_close(run(dn, x), reference_output(dn, x))
+    assert chosen_paths == ['dn_b_kernel'] * 3
+
+
+def test_which_assignments_make_it_choose_again(chosen_paths):
+    """A parameter, buffer or module assigned to any DN layer's parts in the
+    process (here: another layer built) counts, and the next forward
+    chooses again, with the same result; other modules' do not."""
+    dn = prepared_layer()
+    x = torch.randn(2, 16, 3, 3)
+    first = run(dn, x)
+    nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU())
+    run(dn, x)
+    assert chosen_paths == ['dn_b_kernel']
+    DynamicNorm2d(4)
+    assert torch.equal(run(dn, x), first)
+    assert chosen_paths == ['dn_b_kernel'] * 2
