@@ -5,9 +5,10 @@ A DN-B layer in eval on the CPU is one call of the C++ kernel
 (:meth:`DynamicNorm2d._select_path <dn_mmdet.norm.DynamicNorm2d>`) and
 gathering the call's arguments takes a dozen Python calls, and inside a
 model, between convolutions that evict the interpreter's code and data from
-the caches, those took about 55 us a layer on the project's 2-vCPU machine:
-in MobileNetV2 at batch 2 and 128 px, 3.4 of DN's 3.9 ms above BN's
-(``tools/analysis/profile_dn_layer.py --in-model``; README, "Performance").
+the caches, those took about 80 us a layer on the project's 2-vCPU machine:
+in mmdet's MobileNetV2 at batch 2 and 128 px, 4.2 of the 4.3 ms DN-B added
+to BN's norm layers (``tools/analysis/profile_dn_layer.py --in-model``;
+README, "Performance").
 
 :class:`PreparedInference` keeps what such a forward chose and gathered, and
 later forwards run it after checking, with a few comparisons, that nothing
