@@ -380,8 +380,15 @@ def dn_b_inference_cpu(x: Tensor, tensors: DNBTensors, eps: float,
     Returns:
         Tensor: A new tensor of ``x``'s shape and dtype. No autograd.
     """
-    return dn_cpu.module.dn_b_inference(x, *tensors, eps,
-                                        *_clamp_range(bounds))
+    return dn_cpu.module.dn_b_inference(
+        x, *dn_b_inference_args(tensors, eps, bounds))
+
+
+def dn_b_inference_args(tensors: DNBTensors, eps: float,
+                        bounds: Optional[Bounds] = None) -> tuple:
+    """The C++ op's arguments after ``x`` in :func:`dn_b_inference_cpu`
+    (which a prepared forward keeps)."""
+    return (*tensors, eps, *_clamp_range(bounds))
 
 
 # --------------------------------------------------------------------- #

@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..ops import dn_cpu
 from .activation_fusion import mark_clamped
 from .base import NormLayer
-from .functional import (Bounds, DNBTensors, dn_b_inference_cpu,
+from .functional import (Bounds, DNBTensors, dn_b_inference_args,
                          fused_enabled, has_forward_hooks)
 from .sc_module import GroupedFC, SCModule
 
@@ -87,7 +87,7 @@ class PreparedInference:
         bounds (tuple, optional): Its fused clamp, ``(min, max)``.
     """
 
-    __slots__ = ('_assignments', '_stats', '_watched', '_tensors', '_dtype',
+    __slots__ = ('_assignments', '_stats', '_watched', '_op_args', '_dtype',
                  '_channels', '_eps', '_bounds')
 
     def __init__(self, layer: nn.Module, tensors: DNBTensors,
@@ -98,11 +98,11 @@ class PreparedInference:
         # What the torch path would call, and hooks on it would see.
         self._watched = (sc, ) + tuple(sc._modules[name]
                                        for name in ('fc1', 'act', 'fc2'))
-        self._tensors = tensors
         self._dtype = tensors.base_scale.dtype
         self._channels = layer.num_features
         self._eps = self._stats.eps
         self._bounds = bounds
+        self._op_args = dn_b_inference_args(tensors, self._eps, bounds)
 
     def __call__(self, x: Tensor) -> Optional[Tensor]:
         """DN-B of ``x`` (clamped to the fused activation's bounds, and
@@ -119,7 +119,7 @@ class PreparedInference:
                 or stats.eps != self._eps or has_forward_hooks(*self._watched)
                 or not fused_enabled() or not dn_cpu.load()):
             return None
-        y = dn_b_inference_cpu(x, self._tensors, self._eps, self._bounds)
+        y = dn_cpu.module.dn_b_inference(x, *self._op_args)
         if self._bounds is not None:
             mark_clamped(y, self._bounds)
         return y
