@@ -217,11 +217,13 @@ def test_gradcheck(mode, impl, act, monkeypatch):
     (9, 3, 1),  # groups of 6 rows: the blocks stop at the first group edge
     (12, 2, 2),  # groups of 8 rows: blocks within each group
     (33, 4, 2),  # odd C, 8 hidden units in 4 groups
-    (40, 4, 'oup')])
+    (40, 4, 'oup'),
+    (384, 1, 'oup')])  # over 2^18 multiply-adds: BLAS products both ways
 def test_kernel_sc_module_matches_reference(channels, r, g, chosen_paths):
     """The C++ op's SC-Module (its FCs run four rows at a time where the
-    rows share their inputs) equals the paper's formula, in training
-    (gradients included) and in eval, for FC shapes that leave rows over."""
+    rows share their inputs, as loops below 2^18 multiply-adds and as BLAS
+    products above) equals the paper's formula, in training (gradients
+    included) and in eval, for FC shapes that leave rows over."""
     torch.manual_seed(0)
     dn = randomize(DynamicNorm2d(channels, r=r, g=g))
     ref = copy.deepcopy(dn)

@@ -293,6 +293,7 @@ void grouped_fc_backward_kernel(const torch::Tensor& d_out,
     for (int64_t o = 0; o < out_features; ++o) {
       const int64_t offset = s * in_features + (o / out_g) * in_g;
       const scalar_t d = do_ptr[s * out_features + o];
+#pragma omp simd
       for (int64_t i = 0; i < in_g; ++i) {
         dh_ptr[offset + i] += d * w_ptr[o * in_g + i];
         dw_ptr[o * in_g + i] += d * h_ptr[offset + i];
@@ -601,7 +602,7 @@ std::vector<torch::Tensor> dn_b_train_backward(
       }
     }
     torch::Tensor d_hidden;
-    if (fc2_groups == 1) {
+    if (fc2_groups == 1 && n * fc2_weight.numel() > kSmallFC) {
       d_hidden = torch::mm(d_delta, fc2_weight);
       d_fc2 = torch::mm(d_delta.t(), hidden);
     } else {
@@ -626,8 +627,17 @@ std::vector<torch::Tensor> dn_b_train_backward(
         db_p[j] += d_pre_p[i];
       }
     }
-    d_fc1 = torch::mm(d_hidden.t(), pooled);
-    const auto d_pooled = torch::mm(d_hidden, fc1_weight).contiguous();
+    torch::Tensor d_pooled;
+    if (n * fc1_weight.numel() > kSmallFC) {
+      d_fc1 = torch::mm(d_hidden.t(), pooled);
+      d_pooled = torch::mm(d_hidden, fc1_weight).contiguous();
+    } else {
+      d_pooled = torch::empty_like(pooled);
+      d_fc1 = torch::empty({fc1_weight.size(0), fc1_weight.size(1)}, opts);
+      grouped_fc_backward_kernel<scalar_t>(d_hidden, pooled.contiguous(),
+                                           fc1_weight.contiguous(), 1,
+                                           d_pooled, d_fc1);
+    }
     const scalar_t* d_pooled_p = d_pooled.data_ptr<scalar_t>();
     // BN's backward with a per-sample gamma alpha, plus the pooling's:
     // dx = invstd (alpha g' - E[alpha g'] - x^ E[alpha g' x^]) + d_pooled / HW
