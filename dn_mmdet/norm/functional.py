@@ -43,7 +43,7 @@ OWN_GLOBAL_HOOKS = set()
 
 FUSED_SWITCH = 'DN_MMDET_FUSED'
 # os.environ.get raises and catches two KeyErrors when the variable is unset,
-# the usual case: inside a model that cost ~10 us a layer and forward
+# the usual case: inside a model that cost ~10 us a layer in every forward
 # (tools/analysis/profile_dn_layer.py --in-model). CPython's os.environ keeps
 # its encoded variables in a dict, which fused_enabled reads without them.
 try:

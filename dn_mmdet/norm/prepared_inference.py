@@ -72,8 +72,9 @@ class PreparedInference:
       the layer's channels and at least one value;
     * no parameter, buffer or module has been assigned to a DN layer or
       one of its parts since, in any layer of the process (so this layer's
-      tensors and parts are the ones this call holds), the statistics child is in eval with the same ``eps``, and no
-      forward hooks watch the SC-Module's parts.
+      tensors and parts are the ones this call holds); the statistics child
+      is in eval with the same ``eps``; no forward hooks watch the
+      SC-Module's parts.
 
     ``DynamicNorm2d`` drops it on ``_apply`` (``.to()``, ``.double()``,
     which change tensors in place) and leaves it out of pickles and deep
