@@ -95,10 +95,7 @@ class PreparedInference:
                  bounds: Optional[Bounds]):
         self._assignments = _assignments
         self._stats = layer._modules['bn']
-        sc = layer._modules['sc']
-        # What the torch path would call, and hooks on it would see.
-        self._watched = (sc, ) + tuple(sc._modules[name]
-                                       for name in ('fc1', 'act', 'fc2'))
+        self._watched = layer._modules['sc'].kernel_skips()
         self._dtype = tensors.base_scale.dtype
         self._channels = layer.num_features
         self._eps = self._stats.eps

@@ -140,16 +140,23 @@ class SCModule(nn.Module):
         Read from the modules' own dicts: ``self.fc1.weight`` goes through
         ``nn.Module.__getattr__`` twice, 1-2 us a lookup on a slow vCPU, and
         every forward of a DN layer asks."""
-        modules = self._modules
-        fc1, act, fc2 = modules['fc1'], modules['act'], modules['fc2']
+        watched = self.kernel_skips()
+        _, fc1, act, fc2 = watched
         if not (isinstance(act, nn.Sigmoid) and type(fc1) is GroupedFC
                 and type(fc2) is GroupedFC):
             return None
         bias = fc1._parameters['bias']
-        if bias is None or has_forward_hooks(self, fc1, act, fc2):
+        if bias is None or has_forward_hooks(*watched):
             return None
         return (fc1._parameters['weight'], bias, fc2._parameters['weight'],
                 fc2.groups)
+
+    def kernel_skips(self) -> Tuple[nn.Module, ...]:
+        """The modules the kernel runs without calling them: this one, FC1,
+        its activation and FC2 (forward hooks on any of them send DN to its
+        torch path)."""
+        modules = self._modules
+        return self, modules['fc1'], modules['act'], modules['fc2']
 
     def hidden(self, z: torch.Tensor) -> torch.Tensor:
         """FC1 + activation: (N, C) -> (N, h)."""
