@@ -26,11 +26,11 @@ time. Example::
 
 Alone, a layer finds its weights and input in cache from its previous call.
 ``--in-model`` times the layers where they run instead: inside inference
-forward passes of whole models (``--models``, as the benchmark builds them,
-with BN and with DN-B, interleaved), each norm layer with the clamp
-activation that runs right after it, beside the bytes of its SC-Module's
-weights; and how long reading all those weights takes once the caches have
-been evicted, and warm. Example::
+forward passes of whole models (``--models``, as the benchmark builds them:
+with BN, with DN-B, and with DN-B's layers as the op's call alone, in
+turns), each norm layer with the clamp activation that runs right after it,
+beside the bytes of its SC-Module's weights; and how long reading all those
+weights takes once the caches have been evicted, and warm. Example::
 
     python tools/analysis/profile_dn_layer.py --in-model --models \
         mobilenetv2dn resnet50 --cases 2x128 --rounds 15 --threads 1
