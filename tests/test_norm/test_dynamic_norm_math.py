@@ -281,6 +281,44 @@ def test_kernel_backward_through_fused_clamp_matches_torch(act,
                                    atol=1e-4)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_kernel_gives_the_same_bits_on_one_thread_and_on_two(
+        dtype, chosen_paths):
+    """The C++ op splits its passes over threads by whole planes, and each
+    plane's loop is one out-of-line function, so two threads compute every
+    sum in the same order as one: forward, backward and eval agree bit for
+    bit (the rest of the suite runs the training op on one thread).
+    2x16x64x64 with a ReLU6: 8 planes a task, the clamp's mask in every
+    loop."""
+    torch.manual_seed(0)
+    plain = randomize(DynamicNorm2d(16, g='oup')).to(dtype)
+    dn = copy.deepcopy(plain)
+    dn.fuse_activation(torch.nn.ReLU6())
+    x = torch.randn(2, 16, 64, 64, dtype=dtype) * 2
+    grad = torch.randn_like(x)
+
+    def run(threads):
+        torch.set_num_threads(threads)
+        try:
+            layer = copy.deepcopy(dn).train()
+            x_in = x.clone().requires_grad_(True)
+            y = layer(x_in)
+            y.backward(grad)
+            with torch.no_grad():
+                y_eval = layer.eval()(x)
+            return [y, x_in.grad, y_eval, layer.bn.running_var,
+                    *(p.grad for p in layer.sc.parameters())]
+        finally:
+            torch.set_num_threads(1)
+
+    one, two = run(1), run(2)
+    assert chosen_paths == ['train_kernel', 'dn_b_kernel'] * 2
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+    y_ref = torch.nn.functional.relu6(dynamic_norm_reference(plain, x))
+    torch.testing.assert_close(two[0], y_ref, rtol=1e-5, atol=1e-5)
+
+
 def test_eval_is_per_sample_and_batch_size_one_works():
     torch.manual_seed(0)
     dn = randomize(DynamicNorm2d(32, g='oup')).eval()

@@ -32,6 +32,56 @@ namespace {
 // Elements per parallel task: small maps are not worth a thread hand-off.
 constexpr int64_t kGrainElements = 32768;
 
+// The loops over one (sample, channel) plane are functions of their own,
+// kept out of the parallel regions. Inlined into at::parallel_for, each was
+// compiled twice, for one thread and inside the OpenMP region; gcc 12 did
+// not vectorise one of grad_sums' copies (-fopt-info-vec), and its pass took
+// 2-5x longer on two threads than on one.
+#if defined(__GNUC__)
+#define DN_PLANE_LOOP __attribute__((noinline))
+#else
+#define DN_PLANE_LOOP
+#endif
+
+// out = clamp(x * s + t, lo, hi) over one plane.
+template <typename scalar_t>
+DN_PLANE_LOOP void affine_clamp_plane(const scalar_t* x, int64_t hw, scalar_t s,
+                                      scalar_t t, scalar_t lo, scalar_t hi,
+                                      scalar_t* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < hw; ++i) {
+    scalar_t v = x[i] * s + t;
+    // NaN passes through both comparisons, as in torch.clamp.
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    out[i] = v;
+  }
+}
+
+// The sum of one plane, in double: exact enough for any map size.
+template <typename scalar_t>
+DN_PLANE_LOOP double plane_sum(const scalar_t* x, int64_t hw) {
+  double acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < hw; ++i) acc += x[i];
+  return acc;
+}
+
+// The sums of x and x^2 over one plane, in double.
+template <typename scalar_t>
+DN_PLANE_LOOP void plane_sum_sq(const scalar_t* x, int64_t hw, double* sum,
+                                double* sum_sq) {
+  double acc = 0, acc2 = 0;
+#pragma omp simd reduction(+ : acc, acc2)
+  for (int64_t i = 0; i < hw; ++i) {
+    const double v = x[i];
+    acc += v;
+    acc2 += v * v;
+  }
+  *sum = acc;
+  *sum_sq = acc2;
+}
+
 // out = clamp(x * scale[n, c] + shift[n, c], lo, hi); scale and shift are
 // contiguous (N, C).
 template <typename scalar_t>
@@ -45,17 +95,8 @@ void affine_clamp_kernel(const torch::Tensor& x, const scalar_t* scale,
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* xp = x_ptr + p * hw;
-      scalar_t* op = o_ptr + p * hw;
-      const scalar_t s = scale[p], t = shift[p];
-#pragma omp simd
-      for (int64_t i = 0; i < hw; ++i) {
-        scalar_t v = xp[i] * s + t;
-        // NaN passes through both comparisons, as in torch.clamp.
-        v = v < lo ? lo : v;
-        v = v > hi ? hi : v;
-        op[i] = v;
-      }
+      affine_clamp_plane<scalar_t>(x_ptr + p * hw, hw, scale[p], shift[p], lo,
+                                   hi, o_ptr + p * hw);
     }
   });
 }
@@ -99,11 +140,8 @@ void plane_means_kernel(const torch::Tensor& x, torch::Tensor& out) {
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* xp = x_ptr + p * hw;
-      double acc = 0;  // double: exact enough for any map size
-#pragma omp simd reduction(+ : acc)
-      for (int64_t i = 0; i < hw; ++i) acc += xp[i];
-      o_ptr[p] = static_cast<scalar_t>(acc / static_cast<double>(hw));
+      const double sum = plane_sum<scalar_t>(x_ptr + p * hw, hw);
+      o_ptr[p] = static_cast<scalar_t>(sum / static_cast<double>(hw));
     }
   });
 }
@@ -173,16 +211,10 @@ void plane_moments_kernel(const torch::Tensor& x, double* mean_out,
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* xp = x_ptr + p * hw;
-      double acc = 0, acc2 = 0;
-#pragma omp simd reduction(+ : acc, acc2)
-      for (int64_t i = 0; i < hw; ++i) {
-        const double v = xp[i];
-        acc += v;
-        acc2 += v * v;
-      }
-      mean_out[p] = acc / static_cast<double>(hw);
-      sq_out[p] = acc2 / static_cast<double>(hw);
+      double sum, sum_sq;
+      plane_sum_sq<scalar_t>(x_ptr + p * hw, hw, &sum, &sum_sq);
+      mean_out[p] = sum / static_cast<double>(hw);
+      sq_out[p] = sum_sq / static_cast<double>(hw);
     }
   });
 }
@@ -206,6 +238,41 @@ inline scalar_t clamp_grad(scalar_t v, scalar_t lo, scalar_t hi, scalar_t g) {
   return g;
 }
 
+// Over one plane: the sums of the gradient that reaches the affine (g
+// where the clamp passes it at x * s + t) and of that gradient times x, in
+// double.
+template <typename scalar_t, bool kClamp>
+DN_PLANE_LOOP void grad_sums_plane(const scalar_t* g, const scalar_t* x,
+                                   int64_t hw, scalar_t s, scalar_t t,
+                                   scalar_t lo, scalar_t hi, double* sum_g,
+                                   double* sum_gx) {
+  double acc = 0, accx = 0;
+#pragma omp simd reduction(+ : acc, accx)
+  for (int64_t i = 0; i < hw; ++i) {
+    scalar_t gi = g[i];
+    if (kClamp) gi = clamp_grad<scalar_t>(x[i] * s + t, lo, hi, gi);
+    acc += gi;
+    accx += static_cast<double>(gi) * x[i];
+  }
+  *sum_g = acc;
+  *sum_gx = accx;
+}
+
+// dx = g' * s + x * cx + c0 over one plane, g' the gradient the clamp
+// passes at x * s + t.
+template <typename scalar_t, bool kClamp>
+DN_PLANE_LOOP void input_grad_plane(const scalar_t* g, const scalar_t* x,
+                                    int64_t hw, scalar_t s, scalar_t t,
+                                    scalar_t lo, scalar_t hi, scalar_t cx,
+                                    scalar_t c0, scalar_t* dx) {
+#pragma omp simd
+  for (int64_t i = 0; i < hw; ++i) {
+    scalar_t gi = g[i];
+    if (kClamp) gi = clamp_grad<scalar_t>(x[i] * s + t, lo, hi, gi);
+    dx[i] = gi * s + x[i] * cx + c0;
+  }
+}
+
 // Per-(sample, channel) sums of the gradient that reaches the affine
 // (g where the clamp passes it) and of that gradient times x, in double.
 template <typename scalar_t, bool kClamp>
@@ -220,21 +287,9 @@ void grad_sums_kernel(const torch::Tensor& g, const torch::Tensor& x,
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* gp = g_ptr + p * hw;
-      const scalar_t* xp = x_ptr + p * hw;
-      const scalar_t s = scale[p], t = shift[p];
-      double acc = 0, accx = 0;
-#pragma omp simd reduction(+ : acc, accx)
-      for (int64_t i = 0; i < hw; ++i) {
-        scalar_t gi = gp[i];
-        if (kClamp) {
-          gi = clamp_grad<scalar_t>(xp[i] * s + t, lo, hi, gi);
-        }
-        acc += gi;
-        accx += static_cast<double>(gi) * xp[i];
-      }
-      sum_g[p] = acc;
-      sum_gx[p] = accx;
+      grad_sums_plane<scalar_t, kClamp>(g_ptr + p * hw, x_ptr + p * hw, hw,
+                                        scale[p], shift[p], lo, hi,
+                                        sum_g + p, sum_gx + p);
     }
   });
 }
@@ -255,19 +310,10 @@ void input_grad_kernel(const torch::Tensor& g, const torch::Tensor& x,
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* gp = g_ptr + p * hw;
-      const scalar_t* xp = x_ptr + p * hw;
-      scalar_t* dp = d_ptr + p * hw;
-      const scalar_t s = scale[p], t = shift[p];
-      const scalar_t cx = coef_x[p % channels], c0 = shift_dx[p];
-#pragma omp simd
-      for (int64_t i = 0; i < hw; ++i) {
-        scalar_t gi = gp[i];
-        if (kClamp) {
-          gi = clamp_grad<scalar_t>(xp[i] * s + t, lo, hi, gi);
-        }
-        dp[i] = gi * s + xp[i] * cx + c0;
-      }
+      input_grad_plane<scalar_t, kClamp>(g_ptr + p * hw, x_ptr + p * hw, hw,
+                                         scale[p], shift[p], lo, hi,
+                                         coef_x[p % channels], shift_dx[p],
+                                         d_ptr + p * hw);
     }
   });
 }
