@@ -160,6 +160,35 @@ def test_median_over_runs_per_case(load_tool):
                                   ('dnb-r16-goup', 300, 20.0)]
 
 
+def test_interleaved_ratio_is_the_median_of_the_workers_own(load_tool):
+    """With --interleave each worker's DN/BN ratio is measured side by
+    side; the table's ratio is their median (1.03), not the ratio of the
+    medians of times from different workers (190 / 200).
+    Without paired ratios (a process per variant) it is the latter."""
+    tool = load_tool('analysis/benchmark_norm')
+    args = tool.parse_args(['--models', 'resnet18', '--cases', '2x64',
+                            '--variants', *VARIANTS, '--interleave'])
+    runs = []
+    for bn_ms, dn_ms in ((100, 150), (200, 190), (300, 310)):
+        for v, ms in (('bn', bn_ms), ('dnb-r16-goup', dn_ms)):
+            runs.append(_result('resnet18', 2, 64, v, ms, ms / 10, 5))
+            runs[-1].update(train_ms_x_bn=ms / bn_ms, infer_ms_x_bn=ms / bn_ms)
+    results = tool.median_over_runs(runs)
+    bn, dn = results
+    assert (bn['train_ms'], dn['train_ms']) == (200, 190)
+    assert tool.ratio_of(dn, bn, 'train_ms') == pytest.approx(310 / 300)
+    assert tool.ratio_of(bn, bn, 'infer_ms') == 1.0
+    [entry] = tool.summarise(results, args)
+    assert entry['train_ms']['ratio'] == pytest.approx(310 / 300)
+    row = next(line for line in tool.format_table(results, args, 'in use')
+               .splitlines() if line.startswith('| 2 | 64 | dnb-r16-goup'))
+    assert row.split(' | ')[4] == '1.03'
+    for r in runs:
+        del r['train_ms_x_bn'], r['infer_ms_x_bn']
+    bn, dn = tool.median_over_runs(runs)
+    assert tool.ratio_of(dn, bn, 'train_ms') == pytest.approx(190 / 200)
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--models', 'resnet101'], "argument --models: invalid choice: "
      "'resnet101'"),
@@ -246,6 +275,9 @@ def test_interleave_times_all_variants_in_one_worker(load_tool):
     for r in results:
         assert r['train_ms'] > 0 and r['infer_ms'] > 0
         assert 'train_peak_mib' not in r and 'infer_peak_mib' not in r
+        for phase in ('train', 'infer'):  # the worker's own ratio to BN
+            assert r[f'{phase}_ms_x_bn'] == (r[f'{phase}_ms'] /
+                                             results[0][f'{phase}_ms'])
     table = tool.format_table(tool.median_over_runs(results), args, 'in use')
     assert 'variants interleaved in one process' in table.splitlines()[0]
     row = next(line for line in table.splitlines()

@@ -28,7 +28,9 @@ alternating (steadier ratios; no peak memory):
     5 classes, anchors for 128 px).
 
 For every model it prints a table (rows: batch x size x variant) of median
-times, the ratio to BN and the peak memory of the timed steps (CPU: peak RSS
+times, the ratio to BN (with ``--interleave``: the median over runs of each
+worker's own ratio, BN's steps timed beside the variant's) and the peak
+memory of the timed steps (CPU: peak RSS
 above the RSS before them; CUDA: ``max_memory_allocated`` above the memory in
 use before them, timed with ``torch.cuda.synchronize``), then a summary line
 per model: the worst (largest) DN/BN ratio of training time, inference time
@@ -161,7 +163,8 @@ def parse_args(argv=None):
         '--runs', type=int, default=1,
         help='fresh worker processes per case (model, batch, size, '
         'variant), interleaved; the tables show the median over runs '
-        '(steadier on a shared or virtual machine)')
+        '(steadier on a shared or virtual machine), and with --interleave '
+        'the median of each worker\'s own ratio to BN')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--variants', nargs='+', default=DEFAULT_VARIANTS,
                         choices=sorted(VARIANTS))
@@ -455,6 +458,9 @@ def run_worker(args, model_name, variants, batch, size):
                                          args.device, args.timer)
                 for v in variants:
                     results[v][f'{phase}_ms'] = times[v]
+                    if 'bn' in times:  # paired: BN's steps ran beside these
+                        results[v][f'{phase}_ms{PAIRED}'] = (
+                            times[v] / times['bn'])
                 continue
             for v in variants:
                 with PeakMemory(args.device) as mem:
@@ -538,9 +544,21 @@ def dn_kernel_status(args):
     return f'unavailable ({dn_cpu.error.splitlines()[0]})'
 
 
+#: Suffix of a worker's own ratio to BN (``train_ms_x_bn``): with
+#: ``--interleave`` a worker times BN's steps beside the others', and the
+#: median over runs of these paired ratios leaves out what differs between
+#: processes (a worker whose machine ran 30% slower throughout moves the
+#: medians of BN's and DN's times apart, not its own ratio).
+PAIRED = '_x_bn'
+
+
 def ratio_of(result, base, key):
-    """``result[key] / base[key]``; None where either is missing or the
-    base is not positive (e.g. a peak RSS that did not grow)."""
+    """The ratio of ``result[key]`` to BN's: the median of the workers'
+    paired ratios where they were measured (``--interleave``), else
+    ``result[key] / base[key]``; None where either is missing or the base
+    is not positive (e.g. a peak RSS that did not grow)."""
+    if result.get(key + PAIRED) is not None:
+        return result[key + PAIRED]
     value, ref = result.get(key), (base or {}).get(key)
     if value is None or ref is None or ref <= 0:
         return None
