@@ -30,11 +30,11 @@ alternating (steadier ratios; no peak memory):
 For every model it prints a table (rows: batch x size x variant) of median
 times, the ratio to BN (with ``--interleave``: the median over runs of each
 worker's own ratio, BN's steps timed beside the variant's) and the peak
-memory of the timed steps (CPU: peak RSS
-above the RSS before them; CUDA: ``max_memory_allocated`` above the memory in
-use before them, timed with ``torch.cuda.synchronize``), then a summary line
-per model: the worst (largest) DN/BN ratio of training time, inference time
-and training peak memory over the sweep, with the case where it occurs.
+memory of the timed steps (CPU: peak RSS above the RSS before them; CUDA:
+``max_memory_allocated`` above the memory in use before them, timed with
+``torch.cuda.synchronize``), then a summary line per model: the worst
+(largest) DN/BN ratio of training time, inference time and training peak
+memory over the sweep, with the case where it occurs.
 Examples::
 
     # the sweep (CPU time of one thread: steady on a shared machine)
