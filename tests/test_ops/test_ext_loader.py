@@ -1,8 +1,10 @@
 """DN's compiled kernel: which build is loaded, and that building it never
-hangs or collides. Real builds in real processes (each a C++ compile of
-about 40 s of one core), in copies of the package, so that a build this
-checkout may hold does not stand in for the one under test. The timeouts
-only catch a hang: a busy machine may take minutes to compile."""
+hangs or collides. Real builds in real processes, in copies of the package,
+so that a build this checkout may hold does not stand in for the one under
+test: the kernel itself where the test is about the kernel's build (a C++
+compile of about 40 s of one core), a small extension through the same
+loader where it is about the loader. The timeouts only catch a hang: a busy
+machine may take minutes to compile."""
 import os
 import shutil
 import signal
@@ -21,15 +23,29 @@ SOURCE = 'csrc/dn_cpu.cpp'
 LOAD = ('import dn_mmdet; from dn_mmdet.ops import dn_cpu; '
         'assert dn_cpu.load(), dn_cpu.error; '
         'print(dn_cpu.origin, dn_mmdet.__file__, dn_cpu.module.__file__)')
+# A small extension for the loader's build path: what the loader does (the
+# name, the lock, the private directory, the cache) does not depend on what
+# it compiles, and this compiles in seconds where the kernel takes ~40 s.
+TINY = 'csrc/tiny.cpp'
+TINY_SOURCE = '''#include <pybind11/pybind11.h>
+int answer() { return 42; }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("answer", &answer); }
+'''
+LOAD_TINY = ('import dn_mmdet; from dn_mmdet.ops import CompiledExtension; '
+             f'ext = CompiledExtension("tiny", "{TINY}", "a test extension"); '
+             'assert ext.load(), ext.error; assert ext.module.answer() == 42; '
+             'print(ext.origin, dn_mmdet.__file__, ext.module.__file__)')
 
 
 def copy_checkout(dst: Path) -> Path:
-    """The package and what setup.py reads, without built extensions."""
+    """The package and what setup.py reads, without built extensions, and
+    with the small extension TINY beside the kernel's source."""
     ignore = shutil.ignore_patterns('__pycache__', '*.so', 'build')
     shutil.copytree(REPO / 'dn_mmdet', dst / 'dn_mmdet', ignore=ignore)
     shutil.copytree(REPO / 'requirements', dst / 'requirements')
     for name in ('setup.py', 'README.md'):
         shutil.copy(REPO / name, dst / name)
+    (dst / 'dn_mmdet' / 'ops' / TINY).write_text(TINY_SOURCE)
     return dst
 
 
@@ -65,14 +81,15 @@ def test_build_name_follows_what_the_binary_depends_on(tmp_path,
 
 
 def test_killed_build_never_blocks_later_runs(tmp_path):
-    """SIGKILL a process (and its compiler) while it builds the kernel; the
-    next process builds it within the timeout (torch's own build lock, left
-    behind by such a kill, made every later run wait forever). A second
-    checkout then loads that build without compiling."""
+    """SIGKILL a process (and its compiler) while it builds an extension;
+    the next process builds it within the timeout (torch's own build lock,
+    left behind by such a kill, made every later run wait forever). A
+    second checkout then loads that build without compiling. (The small
+    extension TINY, through the loader the kernel uses.)"""
     extensions = tmp_path / 'torch_extensions'
     root = extensions / 'dn_mmdet'
     first = copy_checkout(tmp_path / 'first')
-    builder = python(LOAD, first, extensions, start_new_session=True,
+    builder = python(LOAD_TINY, first, extensions, start_new_session=True,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     # torch writes build.ninja, then runs ninja and the compiler
@@ -85,17 +102,17 @@ def test_killed_build_never_blocks_later_runs(tmp_path):
     builder.wait()
     assert list(root.glob('.*/build.ninja'))  # the dead build's leftovers
 
-    proc = python(LOAD, first, extensions, timeout=1800)
+    proc = python(LOAD_TINY, first, extensions, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     origin, _, module_file = proc.stdout.split()[-3:]
     assert origin == 'compiled'
     assert not list(root.glob('.*')), 'the dead build was not cleaned up'
-    spec = ExtensionSpec('dn_cpu', SOURCE)
+    spec = ExtensionSpec('tiny', str(first / 'dn_mmdet' / 'ops' / TINY))
     assert Path(module_file).parent.parent == root
     assert (root / spec.name).is_dir()
 
     second = copy_checkout(tmp_path / 'second')
-    proc = python(LOAD, second, extensions, timeout=300)
+    proc = python(LOAD_TINY, second, extensions, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     origin, package, module_file = proc.stdout.split()[-3:]
     assert package.startswith(str(second))
