@@ -32,6 +32,19 @@ namespace {
 // Elements per parallel task: small maps are not worth a thread hand-off.
 constexpr int64_t kGrainElements = 32768;
 
+// Calls f(p) for each of x's (sample, channel) planes, split over threads in
+// tasks of about kGrainElements values (whole planes: each plane's sums are
+// the same on any number of threads).
+template <typename F>
+void for_each_plane(const torch::Tensor& x, const F& f) {
+  const int64_t planes = x.size(0) * x.size(1);
+  const int64_t hw = x.size(2) * x.size(3);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) f(p);
+  });
+}
+
 // The loops over one (sample, channel) plane are functions of their own,
 // kept out of the parallel regions. Inlined into at::parallel_for, each was
 // compiled twice, for one thread and inside the OpenMP region; gcc 12 did
@@ -88,16 +101,12 @@ template <typename scalar_t>
 void affine_clamp_kernel(const torch::Tensor& x, const scalar_t* scale,
                          const scalar_t* shift, scalar_t lo, scalar_t hi,
                          torch::Tensor& out) {
-  const int64_t planes = x.size(0) * x.size(1);
   const int64_t hw = x.size(2) * x.size(3);
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      affine_clamp_plane<scalar_t>(x_ptr + p * hw, hw, scale[p], shift[p], lo,
-                                   hi, o_ptr + p * hw);
-    }
+  for_each_plane(x, [&](int64_t p) {
+    affine_clamp_plane<scalar_t>(x_ptr + p * hw, hw, scale[p], shift[p], lo,
+                                 hi, o_ptr + p * hw);
   });
 }
 
@@ -133,16 +142,12 @@ void normalize_act_kernel(const torch::Tensor& x, const torch::Tensor& alpha,
 
 template <typename scalar_t>
 void plane_means_kernel(const torch::Tensor& x, torch::Tensor& out) {
-  const int64_t planes = x.size(0) * x.size(1);
   const int64_t hw = x.size(2) * x.size(3);
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const double sum = plane_sum<scalar_t>(x_ptr + p * hw, hw);
-      o_ptr[p] = static_cast<scalar_t>(sum / static_cast<double>(hw));
-    }
+  for_each_plane(x, [&](int64_t p) {
+    const double sum = plane_sum<scalar_t>(x_ptr + p * hw, hw);
+    o_ptr[p] = static_cast<scalar_t>(sum / static_cast<double>(hw));
   });
 }
 
@@ -205,17 +210,13 @@ void grouped_fc_kernel(const torch::Tensor& h, const torch::Tensor& w,
 template <typename scalar_t>
 void plane_moments_kernel(const torch::Tensor& x, double* mean_out,
                           double* sq_out) {
-  const int64_t planes = x.size(0) * x.size(1);
   const int64_t hw = x.size(2) * x.size(3);
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      double sum, sum_sq;
-      plane_sum_sq<scalar_t>(x_ptr + p * hw, hw, &sum, &sum_sq);
-      mean_out[p] = sum / static_cast<double>(hw);
-      sq_out[p] = sum_sq / static_cast<double>(hw);
-    }
+  for_each_plane(x, [&](int64_t p) {
+    double sum, sum_sq;
+    plane_sum_sq<scalar_t>(x_ptr + p * hw, hw, &sum, &sum_sq);
+    mean_out[p] = sum / static_cast<double>(hw);
+    sq_out[p] = sum_sq / static_cast<double>(hw);
   });
 }
 
@@ -280,17 +281,13 @@ void grad_sums_kernel(const torch::Tensor& g, const torch::Tensor& x,
                       const scalar_t* scale, const scalar_t* shift,
                       scalar_t lo, scalar_t hi, double* sum_g,
                       double* sum_gx) {
-  const int64_t planes = x.size(0) * x.size(1);
   const int64_t hw = x.size(2) * x.size(3);
   const scalar_t* g_ptr = g.data_ptr<scalar_t>();
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      grad_sums_plane<scalar_t, kClamp>(g_ptr + p * hw, x_ptr + p * hw, hw,
-                                        scale[p], shift[p], lo, hi,
-                                        sum_g + p, sum_gx + p);
-    }
+  for_each_plane(x, [&](int64_t p) {
+    grad_sums_plane<scalar_t, kClamp>(g_ptr + p * hw, x_ptr + p * hw, hw,
+                                      scale[p], shift[p], lo, hi,
+                                      sum_g + p, sum_gx + p);
   });
 }
 
@@ -302,19 +299,15 @@ void input_grad_kernel(const torch::Tensor& g, const torch::Tensor& x,
                        scalar_t lo, scalar_t hi, const scalar_t* coef_x,
                        const scalar_t* shift_dx, torch::Tensor& dx) {
   const int64_t channels = x.size(1);
-  const int64_t planes = x.size(0) * channels;
   const int64_t hw = x.size(2) * x.size(3);
   const scalar_t* g_ptr = g.data_ptr<scalar_t>();
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
   scalar_t* d_ptr = dx.data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      input_grad_plane<scalar_t, kClamp>(g_ptr + p * hw, x_ptr + p * hw, hw,
-                                         scale[p], shift[p], lo, hi,
-                                         coef_x[p % channels], shift_dx[p],
-                                         d_ptr + p * hw);
-    }
+  for_each_plane(x, [&](int64_t p) {
+    input_grad_plane<scalar_t, kClamp>(g_ptr + p * hw, x_ptr + p * hw, hw,
+                                       scale[p], shift[p], lo, hi,
+                                       coef_x[p % channels], shift_dx[p],
+                                       d_ptr + p * hw);
   });
 }
 
@@ -409,13 +402,20 @@ void check_sc_module(const char* op, const torch::Tensor& x,
 // cost (~5-10 us) is more than the whole product.
 constexpr int64_t kSmallFC = 1 << 18;
 
+// Whether an FC over n samples with weight w (grouped in groups) runs as
+// BLAS products, forward and backward: plain FCs above kSmallFC; grouped
+// ones always run as the loops.
+inline bool fc_uses_blas(int64_t n, const torch::Tensor& w, int64_t groups) {
+  return groups == 1 && n * w.numel() > kSmallFC;
+}
+
 // FC1 and its sigmoid: (N, C) -> (N, h).
 torch::Tensor sc_fc1_sigmoid(const torch::Tensor& pooled,
                              const torch::Tensor& fc1_weight,
                              const torch::Tensor& fc1_bias) {
-  const int64_t n = pooled.size(0), in_features = pooled.size(1);
+  const int64_t n = pooled.size(0);
   const int64_t out_features = fc1_weight.size(0);
-  if (n * in_features * out_features > kSmallFC) {
+  if (fc_uses_blas(n, fc1_weight, 1)) {
     auto hidden = torch::addmm(fc1_bias, pooled, fc1_weight.t());
     return hidden.sigmoid_();
   }
@@ -439,8 +439,9 @@ torch::Tensor sc_fc1_sigmoid(const torch::Tensor& pooled,
 // FC2 of the SC-Module: (N, h) -> (N, 2C).
 torch::Tensor sc_fc2(const torch::Tensor& hidden, const torch::Tensor& fc2_weight,
                      int64_t fc2_groups) {
-  const int64_t macs = hidden.size(0) * fc2_weight.size(0) * fc2_weight.size(1);
-  if (fc2_groups == 1 && macs > kSmallFC) return torch::mm(hidden, fc2_weight.t());
+  if (fc_uses_blas(hidden.size(0), fc2_weight, fc2_groups)) {
+    return torch::mm(hidden, fc2_weight.t());
+  }
   auto delta = torch::empty({hidden.size(0), fc2_weight.size(0)}, hidden.options());
   const auto w = fc2_weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "dn_b_fc2", [&] {
@@ -648,7 +649,7 @@ std::vector<torch::Tensor> dn_b_train_backward(
       }
     }
     torch::Tensor d_hidden;
-    if (fc2_groups == 1 && n * fc2_weight.numel() > kSmallFC) {
+    if (fc_uses_blas(n, fc2_weight, fc2_groups)) {
       d_hidden = torch::mm(d_delta, fc2_weight);
       d_fc2 = torch::mm(d_delta.t(), hidden);
     } else {
@@ -674,7 +675,7 @@ std::vector<torch::Tensor> dn_b_train_backward(
       }
     }
     torch::Tensor d_pooled;
-    if (n * fc1_weight.numel() > kSmallFC) {
+    if (fc_uses_blas(n, fc1_weight, 1)) {
       d_fc1 = torch::mm(d_hidden.t(), pooled);
       d_pooled = torch::mm(d_hidden, fc1_weight).contiguous();
     } else {
