@@ -19,10 +19,17 @@ from dn_mmdet.ops.ext_loader import ExtensionSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = 'csrc/dn_cpu.cpp'
-# Loads the kernel and prints where it came from and which files it used.
-LOAD = ('import dn_mmdet; from dn_mmdet.ops import dn_cpu; '
-        'assert dn_cpu.load(), dn_cpu.error; '
-        'print(dn_cpu.origin, dn_mmdet.__file__, dn_cpu.module.__file__)')
+
+
+def load_code(extension: str) -> str:
+    """Code that loads ``extension`` (an expression over ``dn_mmdet.ops``)
+    and prints where it came from and which files it used."""
+    return ('import dn_mmdet; from dn_mmdet import ops; '
+            f'ext = {extension}; assert ext.load(), ext.error; '
+            'print(ext.origin, dn_mmdet.__file__, ext.module.__file__)')
+
+
+LOAD = load_code('ops.dn_cpu')
 # A small extension for the loader's build path: what the loader does (the
 # name, the lock, the private directory, the cache) does not depend on what
 # it compiles, and this compiles in seconds where the kernel takes ~40 s.
@@ -31,10 +38,9 @@ TINY_SOURCE = '''#include <pybind11/pybind11.h>
 int answer() { return 42; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("answer", &answer); }
 '''
-LOAD_TINY = ('import dn_mmdet; from dn_mmdet.ops import CompiledExtension; '
-             f'ext = CompiledExtension("tiny", "{TINY}", "a test extension"); '
-             'assert ext.load(), ext.error; assert ext.module.answer() == 42; '
-             'print(ext.origin, dn_mmdet.__file__, ext.module.__file__)')
+LOAD_TINY = load_code(
+    f'ops.CompiledExtension("tiny", "{TINY}", "a test extension")'
+) + '; assert ext.module.answer() == 42'
 
 
 def copy_checkout(dst: Path) -> Path:
