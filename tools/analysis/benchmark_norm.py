@@ -86,9 +86,12 @@ CONFIG_MODELS = {'layer', 'mobilenetv2dn', 'ssdlite'}
 
 
 def parse_args(argv=None):
+    # No abbreviations: --batch-size and --size, the removed forms of
+    # --batch-sizes and --sizes, would still be taken as them.
     parser = argparse.ArgumentParser(
         description='Benchmark BN vs DN-B (norm layers, mmdet and project '
-        'backbones, SSDLite) over batch sizes and input sizes')
+        'backbones, SSDLite) over batch sizes and input sizes',
+        allow_abbrev=False)
     parser.add_argument(
         '--models', nargs='+', choices=list(MODELS), default=DEFAULT_MODELS,
         help='what to measure: ' + '; '.join(
