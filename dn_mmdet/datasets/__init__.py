@@ -1,5 +1,7 @@
 """Datasets: COCO-format data checked where it enters, and the class of the
-embedded shapes data (its generator is ``tools/misc/shapes_generator.py``).
+embedded shapes data. Their generators (:mod:`.shapes_generator`,
+:mod:`.shapes_cls_generator`) and the ImageNet-100 converter
+(:mod:`.imagenet100`) are imported only where used.
 
 Importing registers ``CheckedCocoDataset`` and ``ShapesDataset`` in mmdet's
 ``DATASETS``.

@@ -1,10 +1,12 @@
-"""tools/misc/shapes_generator.py, the embedded synthetic shapes data set:
-format, content, determinism; and its command line make_shapes_dataset.py."""
+"""dn_mmdet.datasets.shapes_generator, the embedded synthetic shapes data
+set: format, content, determinism; and its command line
+tools/misc/make_shapes_dataset.py."""
 import hashlib
 import json
 import os
 import os.path as osp
 import runpy
+import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +19,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from dn_mmdet.datasets import SHAPES_CLASSES, SHAPES_METAINFO, ShapesDataset
+from dn_mmdet.datasets import shapes_generator
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -36,7 +39,7 @@ def read_bytes(path):
 
 
 @pytest.fixture(scope='module')
-def shapes_root(tmp_path_factory, shapes_generator):
+def shapes_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('shapes'))
     summary = shapes_generator.generate_shapes_dataset(
         root, num_train=80, num_val=20, seed=0)
@@ -144,8 +147,7 @@ def test_mmdet_coco_metric_scores_the_ground_truth_as_perfect(shapes_root):
     assert results['coco/bbox_mAP'] == pytest.approx(1.0)
 
 
-def test_same_seed_is_identical_other_seed_differs(tmp_path,
-                                                   shapes_generator):
+def test_same_seed_is_identical_other_seed_differs(tmp_path):
     outs = {}
     for name, seed in (('a', 3), ('b', 3), ('c', 4)):
         root = str(tmp_path / name)
@@ -162,7 +164,7 @@ def test_same_seed_is_identical_other_seed_differs(tmp_path,
         assert outs['a'][i] != outs['c'][i]
 
 
-def test_output_does_not_depend_on_workers(tmp_path, shapes_generator):
+def test_output_does_not_depend_on_workers(tmp_path):
     digests = []
     for workers in (0, 2):
         root = str(tmp_path / f'w{workers}')
@@ -174,7 +176,7 @@ def test_output_does_not_depend_on_workers(tmp_path, shapes_generator):
     assert digests[0] == digests[1]
 
 
-def test_coco_layout(tmp_path, shapes_generator):
+def test_coco_layout(tmp_path):
     root = str(tmp_path)
     shapes_generator.generate_shapes_dataset(
         root, num_train=3, num_val=2, seed=0, coco_layout=True)
@@ -187,8 +189,7 @@ def test_coco_layout(tmp_path, shapes_generator):
     assert not osp.exists(osp.join(root, 'train'))
 
 
-def test_ensure_is_idempotent_and_removes_stale_images(tmp_path,
-                                                       shapes_generator):
+def test_ensure_is_idempotent_and_removes_stale_images(tmp_path):
     root = str(tmp_path)
     ensure = shapes_generator.ensure_shapes_dataset
     assert ensure(root, num_train=5, num_val=2)
@@ -211,8 +212,7 @@ def test_ensure_is_idempotent_and_removes_stale_images(tmp_path,
     assert osp.isfile(osp.join(root, 'train', '000003.jpg'))
 
 
-def test_ensure_does_not_overwrite_foreign_annotations(tmp_path,
-                                                       shapes_generator):
+def test_ensure_does_not_overwrite_foreign_annotations(tmp_path):
     ensure = shapes_generator.ensure_shapes_dataset
     root = tmp_path / 'coco'
     (root / 'annotations').mkdir(parents=True)
@@ -226,25 +226,33 @@ def test_ensure_does_not_overwrite_foreign_annotations(tmp_path,
     assert ensure(str(root), 3, 2, coco_layout=True)
 
 
-def test_cli(tmp_path, monkeypatch, capsys):
+def test_cli(tmp_path, tool_env, capsys):
+    """The command line, once in a real process: writes, is idempotent,
+    takes the COCO layout; bad arguments are usage errors."""
     out = str(tmp_path / 'shapes')
     script = osp.join(REPO, 'tools', 'misc', 'make_shapes_dataset.py')
-    # As ``python script`` does: the generator beside it is importable.
-    monkeypatch.syspath_prepend(osp.dirname(script))
-    argv = [
-        script, '--out', out, '--num-train', '4', '--num-val', '2', '--seed',
-        '7', '--workers', '1'
-    ]
-    monkeypatch.setattr(sys, 'argv', argv)
-    runpy.run_path(script, run_name='__main__')
-    assert 'wrote 4 train and 2 val images' in capsys.readouterr().out
+    argv = ['--out', out, '--num-train', '4', '--num-val', '2', '--seed',
+            '7', '--workers', '1']
+    proc = subprocess.run([sys.executable, script] + argv,
+                          capture_output=True, text=True, env=tool_env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'wrote 4 train and 2 val images' in proc.stdout
     assert len(os.listdir(osp.join(out, 'train'))) == 4
     with open(osp.join(out, 'annotations', 'instances_val.json')) as f:
         assert json.load(f)['info']['seed'] == 7
-
-    runpy.run_path(script, run_name='__main__')
+    cli = runpy.run_path(script)  # its functions, without running it
+    cli['main'](argv)
     assert 'up to date' in capsys.readouterr().out
-
-    monkeypatch.setattr(sys, 'argv', argv + ['--coco-layout'])
-    runpy.run_path(script, run_name='__main__')
+    cli['main'](argv + ['--coco-layout'])
     assert osp.isfile(osp.join(out, 'annotations', 'instances_val2017.json'))
+    # were numpy's and the generator's tracebacks
+    for bad, message in (
+            (['--seed', '-1'], "argument --seed: expected a whole number >= "
+             "0, got '-1'"),
+            (['--img-size', '64', '16'], '--img-size must be MIN MAX with 32 '
+             '<= MIN <= MAX, got 64 16')):
+        with pytest.raises(SystemExit) as exit:
+            cli['parse_args'](bad)
+        assert exit.value.code == 2
+        assert message in capsys.readouterr().err

@@ -14,6 +14,8 @@ from mmengine.config import Config
 from mmengine.fileio import load
 from mmengine.registry import MODELS, init_default_scope
 
+from dn_mmdet.datasets.shapes_cls_generator import generate_shapes_cls_dataset
+
 REPO = Path(__file__).resolve().parents[2]
 CLS_BN = REPO / 'configs/mobilenet_v2/mobilenet-v2-bn_1xb32-cpu_shapes-cls.py'
 CLS_DNB = (REPO / 'configs/mobilenet_v2/'
@@ -40,12 +42,12 @@ def cls_options(root):
 
 
 @pytest.fixture(scope='module')
-def stage1(train_tool, load_tool, tmp_path_factory):
+def stage1(train_tool, tmp_path_factory):
     """One epoch of the DN-B classifier through tools/train.py."""
     tmp = tmp_path_factory.mktemp('stage1')
     root = tmp / 'shapes_cls'
-    load_tool('misc/make_shapes_cls_dataset').generate_shapes_cls_dataset(
-        str(root), num_train=16, num_val=8, seed=0, size=32)
+    generate_shapes_cls_dataset(str(root), num_train=16, num_val=8, seed=0,
+                                size=32)
     work_dir = tmp / 'work_dir'
     train_tool.main([
         str(CLS_DNB), '--work-dir',
