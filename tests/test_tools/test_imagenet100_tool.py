@@ -1,6 +1,8 @@
-"""tools/dataset_converters/imagenet100.py on small ImageNet-like trees of
-real JPEGs: class folders or flat val (both label formats), the seeded draw
-and split, mmpretrain reading the result, and refused malformed trees."""
+"""The ImageNet-100 converter (dn_mmdet.datasets.imagenet100, and its
+command line tools/dataset_converters/imagenet100.py) on small
+ImageNet-like trees of real JPEGs: class folders or flat val (both label
+formats), the seeded draw and split, mmpretrain reading the result, and
+refused malformed trees and overwrites."""
 import os
 import os.path as osp
 import subprocess
@@ -13,6 +15,8 @@ import pytest
 from mmpretrain.datasets import CustomDataset
 from PIL import Image
 
+from dn_mmdet.datasets import imagenet100
+
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 6
 TRAIN_PER_CLASS = 10
@@ -23,8 +27,8 @@ WNIDS = ['n01440764', 'n09999999', 'n01443537', 'n02085620', 'n04592741',
 
 
 @pytest.fixture(scope='module')
-def tool(load_tool):
-    return load_tool('dataset_converters/imagenet100')
+def tool():
+    return imagenet100
 
 
 def _jpeg(path, value):
@@ -250,6 +254,21 @@ def _break(root, how, tmp_path):
         classes.write_text(f'{wnid}\nn07777777\n')
         return dict(classes_file=str(classes)), (
             f'{classes}:2: n07777777 has no folder in the training set')
+    # issue 25: a name with a line break was written verbatim, one image
+    # becoming two annotation lines that name no file
+    if how == 'line_break_in_train_name':
+        path = osp.join(root, 'train', wnid, f'{wnid}_a\nb.JPEG')
+        _jpeg(path, 0)
+        return {}, f'{path!r}: the file name has a line break'
+    if how == 'line_break_in_val_name':
+        path = osp.join(root, 'val', 'x\rILSVRC2012_val_00000001.JPEG')
+        _jpeg(path, 0)
+        return {}, f'{path!r}: the file name has a line break'
+    if how == 'name_not_utf8':  # was a UnicodeEncodeError traceback
+        folder = osp.join(root, 'train', wnid)
+        with open(os.fsencode(folder) + b'/bad\xff.JPEG', 'wb') as f:
+            f.write(open(osp.join(folder, f'{wnid}_0.JPEG'), 'rb').read())
+        return {}, "bad\\udcff.JPEG': the file name is not valid UTF-8"
     raise ValueError(how)
 
 
@@ -257,7 +276,9 @@ def _break(root, how, tmp_path):
     ('no_train', False), ('stray_file', False), ('empty_class', False),
     ('missing_val_class', False), ('flat_without_labels', True),
     ('unlabelled_image', True), ('labelled_missing_image', True),
-    ('bad_csv_line', True), ('unknown_class_in_list', False)
+    ('bad_csv_line', True), ('unknown_class_in_list', False),
+    ('line_break_in_train_name', False), ('line_break_in_val_name', True),
+    ('name_not_utf8', False)
 ])
 def test_malformed_tree_is_refused_naming_what(tool, tmp_path, how,
                                                flat_val):
@@ -269,3 +290,38 @@ def test_malformed_tree_is_refused_naming_what(tool, tmp_path, how,
         tool.build_imagenet100(root, str(tmp_path / 'out'), **kwargs)
     assert message in str(err.value)
     assert not osp.exists(tmp_path / 'out' / 'train.txt')
+
+
+def test_a_users_annotation_files_are_not_overwritten(tool, foldered,
+                                                      tmp_path):
+    """A file of the same name that the converter did not write is named
+    and left alone (nothing is written); its own files, and ``force``,
+    are overwritten."""
+    root, _ = foldered
+    out = tmp_path / 'out'
+    out.mkdir()
+    mine = out / 'train.txt'
+    mine.write_text('my/own/list.jpg 0\n')
+    with pytest.raises(FileExistsError) as err:
+        tool.build_imagenet100(root, str(out), num_classes=4)
+    assert str(err.value) == (
+        f"refusing to overwrite '{mine}': not written by the ImageNet-100 "
+        'converter (force=True / --force overwrites)')
+    assert mine.read_text() == 'my/own/list.jpg 0\n'
+    assert sorted(p.name for p in out.iterdir()) == ['train.txt']
+    tool.build_imagenet100(root, str(out), num_classes=4, force=True)
+    assert tool.foreign_annotation_files(str(out)) == []
+    counts = tool.build_imagenet100(root, str(out), num_classes=5, seed=2)
+    assert len(read_lines(str(out / 'classes.txt'))) == 5
+    assert len(counts['classes']) == 5
+
+
+def test_cli_rejects_a_negative_seed(capsys):
+    """Was numpy's traceback (SeedSequence); now a usage error."""
+    import runpy
+    cli = runpy.run_path(str(REPO / 'tools/dataset_converters/imagenet100.py'))
+    with pytest.raises(SystemExit) as exit:
+        cli['parse_args'](['data/imagenet', '--seed', '-1'])
+    assert exit.value.code == 2
+    assert "argument --seed: expected a whole number >= 0, got '-1'" in \
+        capsys.readouterr().err
