@@ -21,6 +21,7 @@ one also counts norm layers and element-wise ops, which the paper's figures
 leave out, and does not know DN's FCs.
 """
 import argparse
+import os.path as osp
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -30,6 +31,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 import dn_mmdet  # noqa: F401  (registers DN, MobileNetV2DN, ...)
 from dn_mmdet.norm import GroupedFC
+from dn_mmdet.utils.cli_args import positive_int
 
 #: Input (height, width) by the config's default scope.
 DEFAULT_SHAPES = {'mmdet': (320, 320), 'mmpretrain': (224, 224)}
@@ -117,14 +119,14 @@ def model_complexity(cfg: Config,
     return count_params(model), madds
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Count params and MAdds of a detector or classifier '
         'config')
     parser.add_argument('config', help='config file path')
     parser.add_argument(
         '--shape',
-        type=int,
+        type=positive_int,
         nargs='+',
         help='input height and width (one value: square); default 320 for '
         'detectors, 224 for classifiers')
@@ -133,19 +135,23 @@ def parse_args():
         nargs='+',
         action=DictAction,
         help='override settings of the config, key=value')
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.config):
+        parser.error(f'config {args.config}: no such file')
+    if args.shape is not None and len(args.shape) > 2:
+        parser.error(f'--shape takes 1 or 2 values (height [width]), got '
+                     f'{len(args.shape)}')
+    return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     if args.shape is None:
         shape = None
     elif len(args.shape) == 1:
         shape = (args.shape[0], args.shape[0])
-    elif len(args.shape) == 2:
-        shape = tuple(args.shape)
     else:
-        raise ValueError(f'--shape takes 1 or 2 values, got {args.shape}')
+        shape = tuple(args.shape)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

@@ -15,6 +15,7 @@ import argparse
 import glob
 import json
 import os.path as osp
+import sys
 from typing import Dict, List, Sequence
 
 import matplotlib
@@ -125,7 +126,10 @@ def main(argv=None):
     labels = args.labels or [
         osp.basename(osp.normpath(run)) for run in args.runs
     ]
-    curves = [read_metric(run, args.metric) for run in args.runs]
+    try:
+        curves = [read_metric(run, args.metric) for run in args.runs]
+    except (OSError, ValueError) as err:  # the messages name run and line
+        sys.exit(str(err))
     for label, curve in zip(labels, curves):
         points = ', '.join(f'{e}: {100 * v:.1f}' for e, v in curve.items())
         print(f'{label}: {points}')
