@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from .shapes_dataset import SHAPES_CLASSES
-from .shapes_generator import render_shapes_image
+from .shapes_generator import remove_generated_images, render_shapes_image
 
 __all__ = [
     'generate_shapes_cls_dataset', 'ensure_shapes_cls_dataset',
@@ -285,13 +285,7 @@ def ensure_shapes_cls_dataset(out_dir: str,
     if osp.exists(stamp_file):
         os.remove(stamp_file)
     for split in _SPLITS:
-        folder = osp.join(out_dir, split)
-        if osp.isdir(folder):
-            for name in os.listdir(folder):
-                # Only our own file names: never delete a user's files.
-                if len(name) == 10 and name.endswith('.jpg') and \
-                        name[:6].isdigit():
-                    os.remove(osp.join(folder, name))
+        remove_generated_images(osp.join(out_dir, split))
     generate_shapes_cls_dataset(
         out_dir,
         num_train=num_train,

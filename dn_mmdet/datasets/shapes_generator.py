@@ -490,6 +490,17 @@ def _written_by_us(ann_file: str) -> bool:
         return f.read(len(prefix)) == prefix.encode()
 
 
+def remove_generated_images(folder: str) -> None:
+    """Removes the images the shapes generators write (``000001.jpg``:
+    six digits) from ``folder`` (if it exists), and nothing else: a user's
+    files are never deleted."""
+    if not osp.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if len(name) == 10 and name.endswith('.jpg') and name[:6].isdigit():
+            os.remove(osp.join(folder, name))
+
+
 def ensure_shapes_dataset(out_dir: str,
                           num_train: int = 2000,
                           num_val: int = 300,
@@ -532,13 +543,7 @@ def ensure_shapes_dataset(out_dir: str,
     if osp.exists(stamp_file):
         os.remove(stamp_file)
     for split in layout.values():
-        img_dir = osp.join(out_dir, split['img_dir'])
-        if osp.isdir(img_dir):
-            for name in os.listdir(img_dir):
-                # Only our own file names: never delete a user's files.
-                if len(name) == 10 and name.endswith('.jpg') and \
-                        name[:6].isdigit():
-                    os.remove(osp.join(img_dir, name))
+        remove_generated_images(osp.join(out_dir, split['img_dir']))
     generate_shapes_dataset(
         out_dir,
         num_train=num_train,

@@ -200,10 +200,15 @@ def test_ensure_is_idempotent_and_removes_stale_images(tmp_path):
     with open(osp.join(root, 'shapes_stamp.json')) as f:
         assert json.load(f)['num_train'] == 5
 
-    # Other parameters regenerate, and leave no image of the old set behind.
+    # Other parameters regenerate, and leave no image of the old set behind
+    # (a user's files stay).
+    for name in ('mine.jpg', '0000001.jpg'):
+        open(osp.join(root, 'train', name), 'w').close()
     assert ensure(root, num_train=3, num_val=2)
-    assert sorted(os.listdir(osp.join(
-        root, 'train'))) == ['000001.jpg', '000002.jpg', '000003.jpg']
+    assert sorted(os.listdir(osp.join(root, 'train'))) == [
+        '0000001.jpg', '000001.jpg', '000002.jpg', '000003.jpg', 'mine.jpg']
+    for name in ('mine.jpg', '0000001.jpg'):
+        os.remove(osp.join(root, 'train', name))
     assert ensure(root, num_train=3, num_val=2, force=True)
 
     # An interrupted run (no stamp, or a missing image) is redone.
