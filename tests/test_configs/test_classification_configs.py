@@ -5,12 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 from dn_mmdet.norm import DynamicNorm2d, SEBatchNorm2d
 
-REPO = Path(__file__).resolve().parents[2]
 
 MBV2 = 'configs/mobilenet_v2/mobilenet-v2-{}_in100.py'
 RES = 'configs/resnet/{}_in100.py'

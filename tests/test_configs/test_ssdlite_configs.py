@@ -4,14 +4,14 @@ import glob
 import os.path as osp
 
 import pytest
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import dn_mmdet  # noqa: F401
 from mmdet.registry import MODELS
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-SSDLITE = osp.join(ROOT, 'configs', 'ssdlite')
+SSDLITE = osp.join(REPO, 'configs', 'ssdlite')
 BN = 'ssdlite_mobilenetv2-bn_2xb64-30e_coco.py'
 DN = 'ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e_coco.py'
 BN_SHAPES = 'ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
@@ -44,7 +44,7 @@ def diff(a, b):
 
 ALL_CONFIGS = sorted(
     glob.glob(osp.join(SSDLITE, '*.py')) +
-    glob.glob(osp.join(ROOT, 'configs', 'ssdlite_mbv2_*.py')))
+    glob.glob(osp.join(REPO, 'configs', 'ssdlite_mbv2_*.py')))
 
 
 @pytest.mark.parametrize('path', ALL_CONFIGS, ids=osp.basename)
@@ -75,7 +75,7 @@ def test_bn_and_dn_differ_in_backbone_norm_only(bn, dn):
 def test_short_names_are_the_full_configs():
     for short, full in (('ssdlite_mbv2_bn_coco.py', BN),
                         ('ssdlite_mbv2_dnb_coco.py', DN)):
-        short_cfg = Config.fromfile(osp.join(ROOT, 'configs', short))
+        short_cfg = Config.fromfile(osp.join(REPO, 'configs', short))
         assert diff(short_cfg, load(full)) == []
 
 

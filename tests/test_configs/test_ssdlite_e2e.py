@@ -5,18 +5,17 @@ the configs run unchanged except for paths, batch size and length, through
 mmengine's Runner, the whole FNA pipeline and pycocotools' COCO evaluation.
 """
 import glob
-import importlib.util
 import json
 import math
 import os.path as osp
 
 import pytest
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.runner import Runner
 
 from dn_mmdet.datasets import SHAPES_CLASSES
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = {
     'bn': 'configs/ssdlite/ssdlite_mobilenetv2-bn_2xb64-30e_coco.py',
     'dn': 'configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e_coco.py',
@@ -35,7 +34,7 @@ def coco_root(tmp_path_factory, shapes_generator):
 
 def _small_run_cfg(config, data_root, work_dir):
     """The config with paths, classes, batch and length made small."""
-    cfg = Config.fromfile(osp.join(ROOT, config))
+    cfg = Config.fromfile(osp.join(REPO, config))
     cfg.work_dir = work_dir
     # The shapes categories instead of COCO's 80.
     metainfo = dict(classes=SHAPES_CLASSES)
@@ -95,11 +94,8 @@ def test_coco_config_trains_and_evaluates(trained, name):
     assert osp.isfile(osp.join(trained[name], 'epoch_2.pth'))
 
 
-def test_plot_map_from_real_runs(trained, tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        '_plot_map', osp.join(ROOT, 'tools/analysis/plot_map.py'))
-    plot_map = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot_map)
+def test_plot_map_from_real_runs(trained, tmp_path, load_tool):
+    plot_map = load_tool('analysis/plot_map')
 
     scalars, records = _records(trained['dn'])
     expected = {

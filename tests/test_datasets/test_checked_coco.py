@@ -7,6 +7,7 @@ import os.path as osp
 import mmcv
 import numpy as np
 import pytest
+from helpers import REPO
 from mmdet.registry import DATASETS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -18,7 +19,6 @@ from dn_mmdet.datasets import (SHAPES_CLASSES, CheckedCocoDataset,
 
 CLASSES = ('a', 'b')
 CATEGORIES = [dict(id=1, name='a'), dict(id=2, name='b')]
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,10 @@
 """FNA's SSDLite: neck (mmdet SSDNeck), head, anchors, detector, sizes."""
-import importlib.util
 import math
-import os.path as osp
 
 import pytest
 import torch
 import torch.nn as nn
+from helpers import REPO, run_python
 from mmcv.cnn import ConvModule
 from mmdet.structures import DetDataSample
 from mmengine.config import Config
@@ -17,20 +16,12 @@ from dn_mmdet.models.dense_heads import FNASSDLiteHead
 from dn_mmdet.norm import DynamicNorm2d
 from mmdet.registry import MODELS
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-BN_CFG = osp.join(ROOT, 'configs/ssdlite/ssdlite_mobilenetv2-bn_2xb64-30e_coco.py')
-DN_CFG = osp.join(ROOT,
-                  'configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e_coco.py')
+BN_CFG = str(REPO / 'configs/ssdlite/'
+             'ssdlite_mobilenetv2-bn_2xb64-30e_coco.py')
+DN_CFG = str(REPO / 'configs/ssdlite/'
+             'ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e_coco.py')
 FEAT_CHANNELS = (576, 1280, 512, 256, 256, 128)
 FEAT_SIZES_320 = (20, 10, 5, 3, 2, 1)
-
-
-def _load_tool(name):
-    path = osp.join(ROOT, 'tools', 'analysis', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -244,9 +235,8 @@ def test_dn_config_puts_dn_in_backbone_only():
         assert not any(isinstance(m, DynamicNorm2d) for m in part.modules())
 
 
-def test_paper_sizes():
+def test_paper_sizes(get_flops):
     """The paper's Table 5: 4.32M / 6.33M params, both 0.81G MAdds @320."""
-    get_flops = _load_tool('get_flops')
     bn_params, bn_madds = get_flops.model_complexity(
         Config.fromfile(BN_CFG), (320, 320))
     dn_params, dn_madds = get_flops.model_complexity(
@@ -259,8 +249,7 @@ def test_paper_sizes():
     assert 0 < dn_madds - bn_madds < 0.005e9
 
 
-def test_count_madds_by_hand():
-    get_flops = _load_tool('get_flops')
+def test_count_madds_by_hand(get_flops):
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Flatten(),
@@ -272,12 +261,10 @@ def test_count_madds_by_hand():
 
 
 def test_get_flops_cli():
-    import subprocess
-    import sys
-    out = subprocess.run(
-        [sys.executable, 'tools/analysis/get_flops.py', BN_CFG, '--shape',
-         '320'],
-        cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    proc = run_python(
+        ['tools/analysis/get_flops.py', BN_CFG, '--shape', '320'], cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
     assert 'Params: 4.32M (4,322,988)' in out
     assert 'MAdds: 0.81G' in out
     assert 'Input shape: (3, 320, 320)' in out

@@ -9,29 +9,18 @@
   torch's DDP refuses SyncBatchNorm modules, so this runs without the
   Runner: see ``dist_sync_dn.py``.)
 """
-import importlib.util
 import os.path as osp
-import socket
 import subprocess
 import sys
 
 import torch
+from helpers import free_port, load_module
 
 HERE = osp.dirname(osp.abspath(__file__))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _load_worker(name='dist_sync_dn'):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(HERE, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(osp.join(HERE, f'{name}.py'))
 
 
 def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
@@ -44,7 +33,7 @@ def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
 
     proc = subprocess.run([
         sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-        f'--master_port={_free_port()}',
+        f'--master_port={free_port()}',
         osp.join(HERE, 'dist_sync_dn.py'), '--out',
         str(tmp_path), '--init', init
     ],
@@ -99,7 +88,7 @@ def test_sn_batch_scope_synchronised_with_sync_bn(tmp_path, tool_env):
 
     proc = subprocess.run([
         sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-        f'--master_port={_free_port()}',
+        f'--master_port={free_port()}',
         osp.join(HERE, 'dist_sync_sn.py'), '--out',
         str(tmp_path), '--init', init
     ],

@@ -13,13 +13,13 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.hooks import Hook
 from mmengine.runner import CheckpointLoader, Runner
 from mmengine.runner.amp import autocast
 
 from dn_mmdet.engine.hooks.utils import non_finite_tensors
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 STEPS = 3
 
 

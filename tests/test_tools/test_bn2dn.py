@@ -1,22 +1,19 @@
 """tools/model_converters/bn2dn.py on real checkpoint files: conversion (in
 a process of its own, as users run it), and the checkpoints it must refuse
 (in this process, through the tool's ``main``)."""
-import importlib.util
 import os
 import pickle
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from helpers import REPO, TOOLS, load_module, run_python
 from mmcv.cnn import ConvModule
 from mmdet.models.backbones import MobileNetV2
 
 import dn_mmdet  # noqa: F401  (registers DN)
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Detector(nn.Module):
@@ -46,21 +43,14 @@ def randomized(model, seed=0):
 
 
 def bn2dn_process(*args):
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(
-        p for p in (str(REPO), env.get('PYTHONPATH')) if p)
-    return subprocess.run(
-        [sys.executable, str(REPO / 'tools/model_converters/bn2dn.py'),
-         *map(str, args)], capture_output=True, text=True, env=env,
-        cwd=REPO, timeout=300)
+    return run_python([TOOLS / 'model_converters/bn2dn.py', *args],
+                      cwd=REPO,
+                      timeout=300)
 
 
 def bn2dn(monkeypatch, *args):
     """Run the tool's ``main`` here; returns its exit message or None."""
-    spec = importlib.util.spec_from_file_location(
-        'bn2dn', REPO / 'tools/model_converters/bn2dn.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_module(TOOLS / 'model_converters/bn2dn.py')
     monkeypatch.setattr(sys, 'argv', ['bn2dn.py', *map(str, args)])
     try:
         tool.main()

@@ -2,23 +2,15 @@
 project's environment not activated): two processes train the DN-B shapes
 config on CPU with gloo, then evaluate its checkpoint."""
 import re
-import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 # No virtual environment on PATH: the scripts must find the project's python
 # themselves (DN_MMDET_VENV, set by tool_env as a user would).
 PLAIN_PATH = '/usr/local/bin:/usr/bin:/bin'
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _run(script, args, env, cwd):
@@ -26,7 +18,7 @@ def _run(script, args, env, cwd):
                           capture_output=True,
                           text=True,
                           cwd=cwd,
-                          env=dict(env, PORT=str(_free_port())),
+                          env=dict(env, PORT=str(free_port())),
                           timeout=600)
     return proc.returncode, proc.stdout + proc.stderr
 

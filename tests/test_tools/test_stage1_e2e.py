@@ -6,17 +6,16 @@ the mismatching keys listed. (The tools run in this process: the detector
 tools' own tests run them as subprocesses.)"""
 import glob
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.fileio import load
 from mmengine.registry import MODELS, init_default_scope
 
 from dn_mmdet.datasets.shapes_cls_generator import generate_shapes_cls_dataset
 
-REPO = Path(__file__).resolve().parents[2]
 CLS_BN = REPO / 'configs/mobilenet_v2/mobilenet-v2-bn_1xb32-cpu_shapes-cls.py'
 CLS_DNB = (REPO / 'configs/mobilenet_v2/'
            'mobilenet-v2-dnb-r16-goup_1xb32-cpu_shapes-cls.py')

@@ -5,13 +5,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.fileio import load
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')

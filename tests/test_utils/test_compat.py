@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint
 
 from dn_mmdet.utils import compat
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
