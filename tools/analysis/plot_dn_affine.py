@@ -278,11 +278,13 @@ def build_model_and_dataset(config: str,
         raise ValueError(f'plot_dn_affine: {config} has no '
                          f'{split}_dataloader.dataset')
     model = MODELS.build(cfg.model)
-    load_checkpoint(model,
-                    checkpoint,
-                    map_location='cpu',
-                    strict=True,
-                    logger='silent')
+    from dn_mmdet.utils.compat import safe_checkpoint_loading
+    with safe_checkpoint_loading():
+        load_checkpoint(model,
+                        checkpoint,
+                        map_location='cpu',
+                        strict=True,
+                        logger='silent')
     model.eval()
     dataset = DATASETS.build(loader['dataset'])
     return model, dataset
