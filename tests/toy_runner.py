@@ -175,6 +175,9 @@ def build_runner(work_dir,
         num_workers=num_workers,
         persistent_workers=persistent_workers)
     default_hooks = dict(
+        # As configs/_base_/default_runtime.py: resume and load_from read
+        # mmengine's checkpoints with dn_mmdet's weights-only loader.
+        safe_checkpoint_loader=dict(type='SafeCheckpointLoaderHook'),
         logger=dict(type='LoggerHook', interval=1),
         checkpoint=checkpoint or dict(
             type='CheckpointHook',

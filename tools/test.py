@@ -27,7 +27,9 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 
 import dn_mmdet  # noqa: E402,F401  (registers everything)
-from dn_mmdet.utils.launch import (CfgOptionsAction, check_file,  # noqa: E402
+from dn_mmdet.utils.compat import safe_checkpoint_loading  # noqa: E402
+from dn_mmdet.utils.launch import (CHECKPOINT_ERRORS,  # noqa: E402
+                                   CfgOptionsAction, check_file,
                                    default_work_dir, load_config,
                                    setup_cpu_distributed)
 
@@ -128,7 +130,11 @@ def main(argv=None) -> dict:
     if args.out is not None:
         dump = DumpDetResults if _is_detector(cfg) else DumpResults
         runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
-    metrics = runner.test()
+    with safe_checkpoint_loading():
+        try:
+            metrics = runner.test()
+        except CHECKPOINT_ERRORS as err:  # names the file and what to do
+            sys.exit(f'tools/test.py: error: {err}')
 
     if runner.rank == 0:
         width = max((len(key) for key in metrics), default=0)

@@ -13,6 +13,7 @@ directory (and starts from scratch if there is none); with a path it
 continues from that checkpoint.
 """
 import argparse
+import contextlib
 import logging
 import os
 import pickle
@@ -24,10 +25,13 @@ from mmengine.logging import print_log
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 import dn_mmdet  # noqa: F401  (registers everything, whatever the config)
-from dn_mmdet.utils.launch import (CfgOptionsAction, check_file,
-                                   checkpoint_seed, cpu_has_native_bf16,
-                                   default_work_dir, find_resume_checkpoint,
+from dn_mmdet.utils.launch import (CHECKPOINT_ERRORS, CfgOptionsAction,
+                                   check_file, checkpoint_seed,
+                                   cpu_has_native_bf16, default_work_dir,
+                                   find_resume_checkpoint, is_main_process,
                                    load_config, setup_cpu_distributed)
+from dn_mmdet.utils.compat import safe_checkpoint_loading
+from dn_mmdet.utils.work_dir_lock import WorkDirInUseError, WorkDirLock
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -174,13 +178,26 @@ def main(argv=None):
             pickle.UnpicklingError) as err:
         sys.exit(f'tools/train.py: error: {err}')
 
+    # One run per work dir, held until this process ends; the other ranks
+    # of a distributed run share the work dir of rank 0.
+    lock = WorkDirLock(cfg.work_dir) if is_main_process() else None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except WorkDirInUseError as err:
+        sys.exit(f'tools/train.py: error: {err}')
+
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
-    runner.train()
+    with lock or contextlib.nullcontext(), safe_checkpoint_loading():
+        if 'runner_type' in cfg:
+            runner = RUNNERS.build(cfg)
+        else:
+            runner = Runner.from_cfg(cfg)
+        try:
+            runner.train()
+        except CHECKPOINT_ERRORS as err:  # load_from / resume: named file
+            sys.exit(f'tools/train.py: error: {err}')
 
 
 if __name__ == '__main__':

@@ -5,6 +5,9 @@ default_scope = 'mmdet'
 custom_imports = dict(imports=['dn_mmdet'], allow_failed_imports=False)
 
 default_hooks = dict(
+    # Checkpoints load with dn_mmdet's weights-only loader during the run
+    # (mmengine's own cannot read its checkpoints under torch's default).
+    safe_checkpoint_loader=dict(type='SafeCheckpointLoaderHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),

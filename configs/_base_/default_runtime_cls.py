@@ -10,6 +10,7 @@ default_hooks = dict(
     checkpoint=dict(save_best='auto'),
     # dn_mmdet's hooks live in mmdet's registry; the scope prefix finds them
     # from the mmpretrain scope.
+    safe_checkpoint_loader=dict(type='mmdet.SafeCheckpointLoaderHook'),
     epoch_seed=dict(type='mmdet.EpochSeedHook'),
     nonfinite_check=dict(type='mmdet.NonFiniteCheckHook'),
     norm_input_check=dict(type='mmdet.NormInputCheckHook'),

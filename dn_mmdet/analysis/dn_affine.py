@@ -269,6 +269,7 @@ def build_model_and_dataset(config: str,
     from mmengine.runner import load_checkpoint
 
     import dn_mmdet  # noqa: F401  (registers DN, also without custom_imports)
+    from dn_mmdet.utils.compat import safe_checkpoint_loading
     from dn_mmdet.utils.launch import check_file, load_config
     cfg = load_config(config, cfg_options)
     check_file(checkpoint, 'Checkpoint')
@@ -278,11 +279,12 @@ def build_model_and_dataset(config: str,
         raise ValueError(f'{config} has no '
                          f'{split}_dataloader.dataset')
     model = MODELS.build(cfg.model)
-    load_checkpoint(model,
-                    checkpoint,
-                    map_location='cpu',
-                    strict=True,
-                    logger='silent')
+    with safe_checkpoint_loading():
+        load_checkpoint(model,
+                        checkpoint,
+                        map_location='cpu',
+                        strict=True,
+                        logger='silent')
     model.eval()
     dataset = DATASETS.build(loader['dataset'])
     return model, dataset

@@ -115,13 +115,21 @@ def find_norm_layers(state_dict: dict) -> Tuple[List[str], List[str]]:
 
 
 def _dn_name(bn_name: str) -> str:
-    """The name mmcv gives the DN layer in place of a BN (its ``_abbr_``):
-    ``bn``/``bnX`` becomes ``dn``/``dnX``."""
+    """The name the same model built with ``norm_cfg=dict(type='DN')``
+    gives this norm layer.
+
+    mmcv's ``build_norm_layer(cfg, C, postfix)`` names a layer with its
+    type's abbreviation and the postfix (``bn1`` for BN, ``dn1`` for DN),
+    and backbones register it under that name (``self.norm1_name``; a
+    ConvModule's ``conv.bn``); every other name is the model's own (an
+    index in a ``Sequential``, e.g. ResNet's ``downsample.1`` and HRNet's
+    fuse layers, or a fixed attribute) and does not change with the norm.
+    So a last component ``bn<postfix>`` becomes ``dn<postfix>``, and any
+    other name stays.
+    """
     parent, _, last = bn_name.rpartition('.')
     if not last.startswith('bn'):
-        raise ValueError(
-            f'cannot infer the DN name of the norm layer "{bn_name}": its '
-            'name does not start with "bn"')
+        return bn_name
     return _child(parent, 'dn' + last[2:])
 
 
@@ -135,7 +143,9 @@ def convert_batchnorm_state_dict(state_dict: dict,
     Every batch norm whose name starts with ``prefix`` (see
     :func:`find_norm_layers`; DN layers and their statistics are left as
     they are) is renamed as mmcv names DN layers (a last name component
-    ``bn``/``bnX`` becomes ``dn``/``dnX``): its statistics go to
+    ``bn``/``bnX`` becomes ``dn``/``dnX``; other names, such as
+    ``downsample.1`` or ``norm1``, stay; see :func:`_dn_name`): its
+    statistics go to
     ``<dn>.bn.*``, gamma and beta to ``<dn>.base_scale`` /
     ``<dn>.base_shift``, and a fresh SC-Module's keys are added (FC2 at
     zero), so the DN model loads it strictly and computes what the BN model

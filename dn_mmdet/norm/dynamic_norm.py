@@ -10,6 +10,7 @@ from torch import Tensor
 from ..ops import dn_cpu
 from .activation_fusion import fuse_on_first_forward, mark_clamped
 from .base import BatchNormChildLayer
+from ..utils.checkpoint import check_recorded_options, record_options
 from .functional import (Bounds, DNBTensors, activation_bounds, affine_per_sample,
                          batch_moments, dn_b_inference_cpu,
                          dn_b_kernel_applies, dn_b_train,
@@ -382,6 +383,29 @@ class DynamicNorm2d(BatchNormChildLayer):
             unbiased = var * (count / max(count - 1, 1))
         bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
         bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
+
+    # ------------------------------------------------------------------ #
+    # Checkpoints record the options (dn_mmdet/utils/checkpoint.py)
+    # ------------------------------------------------------------------ #
+    def function_options(self) -> dict:
+        """The options that change what the layer computes from the same
+        weights: ``mode``, ``r``, ``g``, ``eps`` and the SC-Module's
+        activation (its repr)."""
+        return dict(mode=self.mode, r=self.r, g=self.g, eps=self.eps,
+                    act=repr(self.sc.act))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        record_options(destination, prefix, self.function_options())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        check_recorded_options(local_metadata, prefix,
+                               self.function_options(), self.describe())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # ------------------------------------------------------------------ #
     # Converters (dn_mmdet/norm/converters.py)

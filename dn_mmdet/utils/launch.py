@@ -7,7 +7,9 @@ machines without CUDA (gloo instead of nccl).
 import datetime
 import glob
 import logging
+import os
 import os.path as osp
+import pickle
 import re
 from typing import Optional
 
@@ -17,12 +19,33 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import _load_checkpoint
 
+from .checkpoint import CheckpointMismatchError
+from .compat import CheckpointReadError, safe_checkpoint_loading
+
 __all__ = [
     'CfgOptionsAction', 'load_config', 'drop_disabled_hooks',
     'default_work_dir', 'check_file',
     'find_resume_checkpoint', 'checkpoint_seed', 'setup_cpu_distributed',
-    'cpu_has_native_bf16'
+    'cpu_has_native_bf16', 'is_main_process', 'CHECKPOINT_ERRORS'
 ]
+
+#: What loading a checkpoint raises with a message that names the file or
+#: layer and says what to do: the tools print it as one line, no traceback.
+CHECKPOINT_ERRORS = (CheckpointReadError, pickle.UnpicklingError,
+                     CheckpointMismatchError)
+
+# Where each launcher puts a process's global rank.
+_RANK_VARIABLES = ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK')
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of its launch (or not launched by
+    torchrun, slurm or mpirun), read from the launcher's environment
+    before any process group exists."""
+    for name in _RANK_VARIABLES:
+        if os.environ.get(name):
+            return os.environ[name] == '0'
+    return True
 
 
 class CfgOptionsAction(DictAction):
@@ -164,7 +187,8 @@ def checkpoint_seed(path: str) -> Optional[int]:
     Returns:
         int or None: The seed.
     """
-    checkpoint = _load_checkpoint(path, map_location='cpu')
+    with safe_checkpoint_loading():
+        checkpoint = _load_checkpoint(path, map_location='cpu')
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     return (meta or {}).get('seed')
 

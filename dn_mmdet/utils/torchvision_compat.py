@@ -15,6 +15,9 @@ declares the schemas of those two operators (no kernels), so torchvision's
 pure-Python parts import and work, and calling one of its C++ ops still raises
 torchvision's own "Couldn't load custom C++ ops" error. Nothing in dn_mmdet or
 mmpretrain's classification path calls them (mmdet uses mmcv's ops).
+
+Importing this module does nothing; ``import dn_mmdet`` calls
+:func:`define_missing_ops` before it imports mmdet's models.
 """
 import glob
 import importlib.util
@@ -71,5 +74,3 @@ def define_missing_ops() -> bool:
         _library.define(schema)
     return True
 
-
-define_missing_ops()

@@ -9,15 +9,16 @@ import re
 
 import pytest
 import torch
-from mmengine.runner import CheckpointLoader, load_checkpoint
+from mmengine.runner import load_checkpoint
 
+from dn_mmdet.utils import load_from_local, safe_checkpoint_loading
 from dn_mmdet.engine.hooks import NonFiniteCheckHook, NonFiniteError
 
 DN = dict(type='DN', r=4)
 
 
 def _state(path):
-    return CheckpointLoader.load_checkpoint(str(path))['state_dict']
+    return load_from_local(str(path))['state_dict']
 
 
 def _finite(state):
@@ -53,7 +54,9 @@ def test_forward_fault_is_located_and_not_saved(tmp_path, toy):
     assert not (tmp_path / 'epoch_2.pth').exists()
     assert _last_checkpoint(tmp_path) == str(tmp_path / 'epoch_1.pth')
     assert _finite(_state(tmp_path / 'epoch_1.pth'))
-    load_checkpoint(toy.ToyNet(), str(tmp_path / 'epoch_1.pth'), strict=True)
+    with safe_checkpoint_loading():
+        load_checkpoint(toy.ToyNet(), str(tmp_path / 'epoch_1.pth'),
+                        strict=True)
     # The non-finite update was refused: the weights in memory are finite.
     assert _finite(dict(runner.model.named_parameters()))
 
@@ -191,6 +194,7 @@ def test_dn_c_divergence_is_stopped_with_a_good_checkpoint(tmp_path, toy):
     assert 'DN-C' in msg
     latest = _last_checkpoint(tmp_path)
     assert _finite(_state(latest))
-    load_checkpoint(
-        toy.ToyNet(dict(type='DN', r=4, mode='C2')), latest, strict=True)
+    with safe_checkpoint_loading():
+        load_checkpoint(
+            toy.ToyNet(dict(type='DN', r=4, mode='C2')), latest, strict=True)
     assert osp.basename(latest) in msg

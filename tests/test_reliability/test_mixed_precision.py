@@ -15,9 +15,10 @@ import pytest
 import torch
 from helpers import REPO
 from mmengine.hooks import Hook
-from mmengine.runner import CheckpointLoader, Runner
+from mmengine.runner import Runner
 from mmengine.runner.amp import autocast
 
+from dn_mmdet.utils import load_from_local
 from dn_mmdet.engine.hooks.utils import non_finite_tensors
 
 STEPS = 3
@@ -123,6 +124,6 @@ def test_train_py_amp(shapes_config, shapes_data, shapes_options, tool_env,
     expected = ('AmpOptimWrapper'
                 if torch.cuda.is_available() else 'BF16OptimWrapper')
     assert expected in out
-    state = CheckpointLoader.load_checkpoint(str(work_dir /
+    state = load_from_local(str(work_dir /
                                                  'epoch_1.pth'))['state_dict']
     assert not non_finite_tensors(state.items())

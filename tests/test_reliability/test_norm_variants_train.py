@@ -12,6 +12,7 @@ import torch
 from mmengine.registry import MODELS
 from mmengine.runner import Runner, load_checkpoint
 
+from dn_mmdet.utils import load_from_local, safe_checkpoint_loading
 from dn_mmdet.norm import CenConv2d, MABN2d, SwitchNorm2d
 
 NAMES = ('sn', 'mabn-cenconv')
@@ -49,7 +50,8 @@ def test_trains_end_to_end(shapes_cfg, shapes_data, tmp_path, name):
     assert len(losses) == iters and all(math.isfinite(v) for v in losses)
 
     model = MODELS.build(cfg.model)
-    load_checkpoint(model, str(tmp_path / 'epoch_2.pth'), strict=True)
+    with safe_checkpoint_loading():
+        load_checkpoint(model, str(tmp_path / 'epoch_2.pth'), strict=True)
     kind = SwitchNorm2d if name == 'sn' else MABN2d
     layers = [m for m in model.backbone.modules() if isinstance(m, kind)]
     assert len(layers) == 52
@@ -87,10 +89,10 @@ def test_mabn_resume_mid_window_equals_uninterrupted(shapes_cfg, shapes_data,
     resumed = Runner.from_cfg(cfg)
     resumed.train()
 
-    expected = torch.load(tmp_path / 'straight' / 'epoch_2.pth')
-    got = torch.load(tmp_path / 'resumed' / 'epoch_2.pth')
+    expected = load_from_local(tmp_path / 'straight' / 'epoch_2.pth')
+    got = load_from_local(tmp_path / 'resumed' / 'epoch_2.pth')
     expected, got = expected['state_dict'], got['state_dict']
-    checkpoint_1 = torch.load(cfg.load_from)['state_dict']
+    checkpoint_1 = load_from_local(cfg.load_from)['state_dict']
     window_keys = [k for k in expected if k.endswith('.buffer_x2')]
     assert window_keys
     t = checkpoint_1[window_keys[0].replace('buffer_x2',

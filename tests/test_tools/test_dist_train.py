@@ -8,6 +8,8 @@ import pytest
 import torch
 from helpers import REPO, free_port
 
+from dn_mmdet.utils import load_from_local
+
 # No virtual environment on PATH: the scripts must find the project's python
 # themselves (DN_MMDET_VENV, set by tool_env as a user would).
 PLAIN_PATH = '/usr/local/bin:/usr/bin:/bin'
@@ -44,7 +46,7 @@ def test_dist_train_and_test_from_a_plain_shell(shapes_data, shapes_config,
     # Validation gathered the predictions of both ranks.
     assert re.search(r'Epoch\(val\) \[1\]\[\d+/\d+\].*coco/bbox_mAP', log)
     checkpoint = work_dir / 'epoch_1.pth'
-    state = torch.load(checkpoint)['state_dict']
+    state = load_from_local(checkpoint)['state_dict']
     assert all(
         torch.isfinite(v).all() for v in state.values()
         if v.is_floating_point())

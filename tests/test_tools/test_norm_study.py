@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config, DictAction
 
+from dn_mmdet.utils import load_from_local
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
 NORMS_BASE = REPO / 'configs/studies/_base_/norms.py'
@@ -198,8 +200,8 @@ def test_results_record_each_run(study):
         kept = sorted(p.name for p in run_dir.glob('*.pth'))
         assert kept == ['epoch_2.pth']
         import torch
-        assert set(torch.load(run_dir /
-                              'epoch_2.pth')) == {'meta', 'state_dict'}
+        assert set(load_from_local(run_dir /
+                                    'epoch_2.pth')) == {'meta', 'state_dict'}
     csv_lines = (study['out'] / 'results.csv').read_text().splitlines()
     assert len(csv_lines) == 3 and csv_lines[0].startswith('name,norm,')
 

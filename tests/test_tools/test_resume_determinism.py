@@ -13,6 +13,8 @@ import pytest
 import torch
 from helpers import REPO
 
+from dn_mmdet.utils import load_from_local
+
 MAX_EPOCHS = 3
 
 
@@ -99,8 +101,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
     assert reference.wait(timeout=900) == 0
 
     # Loaded with torch's default, i.e. weights_only=True.
-    final = torch.load(run_dir / f'epoch_{MAX_EPOCHS}.pth')
-    expected = torch.load(ref_dir / f'epoch_{MAX_EPOCHS}.pth')
+    final = load_from_local(run_dir / f'epoch_{MAX_EPOCHS}.pth')
+    expected = load_from_local(ref_dir / f'epoch_{MAX_EPOCHS}.pth')
     assert final['meta']['epoch'] == expected['meta']['epoch'] == MAX_EPOCHS
     assert final['state_dict'].keys() == expected['state_dict'].keys()
     different = [

@@ -15,6 +15,7 @@ from mmengine.fileio import load
 from mmengine.registry import MODELS, init_default_scope
 
 from dn_mmdet.datasets.shapes_cls_generator import generate_shapes_cls_dataset
+from dn_mmdet.utils import load_from_local
 
 CLS_BN = REPO / 'configs/mobilenet_v2/mobilenet-v2-bn_1xb32-cpu_shapes-cls.py'
 CLS_DNB = (REPO / 'configs/mobilenet_v2/'
@@ -63,7 +64,7 @@ def test_classifier_trains_with_progress_and_keeps_best(stage1):
     assert re.search(r'Epoch\(val\) \[1\]\[2/2\] +accuracy/top1: ', log)
     assert (work_dir / 'epoch_1.pth').is_file()
     assert (work_dir / 'best_accuracy_top1_epoch_1.pth').is_file()
-    state = torch.load(work_dir / 'epoch_1.pth')['state_dict']
+    state = load_from_local(work_dir / 'epoch_1.pth')['state_dict']
     assert 'backbone.stem.dn.sc.fc2.weight' in state
     assert state['head.fc.weight'].shape == (5, 1280)
 
@@ -97,7 +98,7 @@ def build_detector(config, checkpoint):
 def test_detector_loads_the_classifier_backbone_strictly(stage1):
     checkpoint = stage1['work_dir'] / 'epoch_1.pth'
     detector = build_detector(DET_DNB, checkpoint)
-    state = torch.load(checkpoint)['state_dict']
+    state = load_from_local(checkpoint)['state_dict']
     backbone = detector.backbone.state_dict()
     assert {f'backbone.{k}' for k in backbone} == \
         {k for k in state if k.startswith('backbone.')}

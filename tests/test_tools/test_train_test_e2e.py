@@ -11,6 +11,8 @@ import torch
 from helpers import REPO
 from mmengine.fileio import load
 
+from dn_mmdet.utils import load_from_local
+
 
 
 @pytest.fixture(scope='module')
@@ -58,13 +60,13 @@ def test_training_writes_checkpoint_and_shows_progress(trained):
     assert re.search(r'Epoch\(train\) \[1\]\[1/\d+\].*loss: ', trained['log'])
     assert re.search(r'Epoch\(val\) \[1\]\[\d+/\d+\].*coco/bbox_mAP: ',
                      trained['log'])
-    # A runner checkpoint (numpy metric values, log buffers) loads with
-    # torch's weights-only default.
-    checkpoint = torch.load(ckpt)
+    # A runner checkpoint (numpy metric values, log buffers) loads
+    # weights-only with dn_mmdet's allow-list.
+    checkpoint = load_from_local(str(ckpt))
     assert checkpoint['meta']['epoch'] == 1
     best = glob.glob(str(work_dir / 'best_coco_bbox_mAP_epoch_1.pth'))
     assert len(best) == 1
-    info = torch.load(best[0])['message_hub']['runtime_info']
+    info = load_from_local(best[0])['message_hub']['runtime_info']
     assert 0.0 <= info['best_score'] <= 1.0
 
 
@@ -134,3 +136,26 @@ def test_test_tool_refuses_pickled_callable(trained, run, options):
     assert f'Refusing to load checkpoint {evil}' in proc.stderr
     assert 'posix.system' in proc.stderr
     assert not marker.exists()
+    assert 'Traceback' not in proc.stderr  # one line, as for a broken file
+
+
+def test_test_tool_names_an_empty_checkpoint_in_one_line(trained, run,
+                                                         options):
+    """A zero-byte checkpoint: the usage-error line that names the file and
+    what to do, no traceback (as tools/train.py --resume)."""
+    tmp = trained['tmp']
+    empty = tmp / 'empty.pth'
+    empty.write_bytes(b'')
+    proc = run([
+        str(REPO / 'tools/test.py'),
+        str(trained['config']),
+        str(empty), '--work-dir',
+        str(tmp / 'empty_dir'), '--cfg-options', *options
+    ], tmp)
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f'tools/test.py: error: Cannot read checkpoint {empty}: the file is '
+        'empty (0 bytes)')
+    assert 'copy or download it again' in last

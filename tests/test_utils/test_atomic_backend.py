@@ -10,6 +10,7 @@ import pytest
 import torch
 from mmengine.fileio import get_file_backend
 
+from dn_mmdet.utils import load_from_local
 from dn_mmdet.utils.atomic_backend import AtomicLocalBackend, atomic_write
 
 
@@ -110,7 +111,7 @@ def test_crash_during_checkpoint_save_is_resumable(tmp_path, toy,
     assert not (work_dir / 'epoch_2.pth').exists()
     last = (work_dir / 'last_checkpoint').read_text().strip()
     assert last == str(work_dir / 'epoch_1.pth')
-    assert torch.load(last)['meta']['epoch'] == 1
+    assert load_from_local(last)['meta']['epoch'] == 1
     # ... and training resumes from it and ends where an uninterrupted run
     # ends.
     resumed = toy.build_runner(work_dir, max_epochs=3, resume=True)

@@ -5,8 +5,6 @@ import os
 import os.path as osp
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,16 +32,14 @@ def test_runner_checkpoints_need_exactly_the_allow_list(runner_checkpoints):
     """The allow-list covers every global of a runner checkpoint and the
     checkpoints do reference them (so the list is not larger than needed in
     kind: HistoryBuffer, its methods and numpy values)."""
-    for path in runner_checkpoints:
-        assert torch.serialization.get_unsafe_globals_in_checkpoint(
-            str(path)) == []
-    # Without the allow-list, torch reports exactly the globals we add.
-    code = ('import torch, sys; print(sorted(torch.serialization.'
-            'get_unsafe_globals_in_checkpoint(sys.argv[1])))')
-    out = subprocess.run([sys.executable, '-c', code,
-                          str(runner_checkpoints[0])],
-                         capture_output=True, text=True, check=True).stdout
-    needed = set(eval(out))
+    with torch.serialization.safe_globals(list(compat.SAFE_GLOBALS)):
+        for path in runner_checkpoints:
+            assert torch.serialization.get_unsafe_globals_in_checkpoint(
+                str(path)) == []
+    # Without the allow-list (nothing is allowed process-wide), torch
+    # reports exactly the globals we add.
+    needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(
+        str(runner_checkpoints[0])))
     assert needed >= {
         'mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr',
         'numpy.ndarray', 'numpy.dtype', 'numpy._core.multiarray._reconstruct',
@@ -52,23 +48,26 @@ def test_runner_checkpoints_need_exactly_the_allow_list(runner_checkpoints):
     assert needed <= set(compat.safe_global_names())
 
 
-def test_runner_checkpoint_loads_with_torch_default(runner_checkpoints):
+def test_runner_checkpoint_loads_weights_only(runner_checkpoints):
     path = [p for p in runner_checkpoints if p.name == 'epoch_2.pth'][0]
-    ckpt = torch.load(path)  # torch's default: weights_only=True
+    ckpt = compat.load_from_local(str(path))  # torch.load, weights-only
     assert ckpt['meta']['epoch'] == 2
     loss = ckpt['message_hub']['log_scalars']['train/loss']
     assert isinstance(loss, HistoryBuffer)
     assert loss.mean() == pytest.approx(float(loss.data[0].mean()))
     assert set(ckpt) >= {'state_dict', 'optimizer', 'param_schedulers'}
     # The same through mmengine's loader (what load_from/resume use).
-    via_mmengine = _load_checkpoint(str(path), map_location='cpu')
+    with compat.safe_checkpoint_loading():
+        via_mmengine = _load_checkpoint(str(path), map_location='cpu')
     for key, value in ckpt['state_dict'].items():
         assert torch.equal(via_mmengine['state_dict'][key], value)
 
 
 def test_resume_and_load_from_use_weights_only(runner_checkpoints, tmp_path,
                                               toy):
-    """Runner.resume and load_from go through the weights-only loader."""
+    """Runner.resume and load_from go through the weights-only loader,
+    which the runtime's SafeCheckpointLoaderHook switches on (the toy
+    runner has it as the project's configs do)."""
     work_dir = runner_checkpoints[0].parent
     runner = toy.build_runner(
         tmp_path / 'resumed', max_epochs=3, resume=True,
@@ -107,7 +106,8 @@ def test_broken_checkpoint_is_named(runner_checkpoints, tmp_path):
         with pytest.raises(Exception) as raw:
             torch.load(path)
         assert str(path) not in str(raw.value)
-        with pytest.raises(compat.CheckpointReadError) as err:
+        with pytest.raises(compat.CheckpointReadError) as err, \
+                compat.safe_checkpoint_loading():
             _load_checkpoint(str(path), map_location='cpu')  # mmengine's
         msg = str(err.value)
         assert msg.startswith(f'Cannot read checkpoint {path}: ')
@@ -120,7 +120,8 @@ def test_broken_checkpoint_names_its_siblings(runner_checkpoints, tmp_path):
     broken.write_bytes(b'')
     try:
         with pytest.raises(compat.CheckpointReadError,
-                           match='newest first: epoch_2.pth, .*epoch_1.pth'):
+                           match='newest first: epoch_2.pth, .*epoch_1.pth'
+                           ), compat.safe_checkpoint_loading():
             _load_checkpoint(str(broken))
     finally:
         broken.unlink()
@@ -201,7 +202,8 @@ def test_pickled_callable_is_refused(tmp_path, payload, refused):
     marker = tmp_path / 'side_effect'
     path = tmp_path / 'evil.pth'
     torch.save(dict(state_dict={}, meta=dict(x=payload(marker))), path)
-    with pytest.raises(pickle.UnpicklingError) as info:
+    with pytest.raises(pickle.UnpicklingError) as info, \
+            compat.safe_checkpoint_loading():
         _load_checkpoint(str(path), map_location='cpu')
     message = str(info.value)
     assert str(path) in message and refused in message
@@ -230,14 +232,6 @@ def test_allow_list_is_small_and_has_no_code_runners():
         bound['builtins.getattr'](os, 'system')
 
 
-def test_registration_is_idempotent():
-    before = list(torch.serialization.get_safe_globals())
-    compat.register_safe_globals()
-    compat.register_safe_globals()
-    assert sorted(map(repr, torch.serialization.get_safe_globals())) == \
-        sorted(map(repr, before))
-
-
 def test_numpy1_module_names_load(tmp_path):
     """numpy 1.x pickles arrays via ``numpy.core.multiarray``; such files
     load too (the names are aliases of the same two functions)."""
@@ -255,7 +249,7 @@ def test_numpy1_module_names_load(tmp_path):
     with zipfile.ZipFile(path, 'w') as dst:
         for name, data in records.items():
             dst.writestr(name, data)
-    meta = torch.load(path)['meta']
+    meta = compat.load_from_local(str(path))['meta']
     assert np.array_equal(meta['v'], np.arange(3.0)) and meta['s'] == 2.5
 
 
@@ -296,10 +290,10 @@ def test_only_numeric_numpy_values_are_allowed(tmp_path):
                np.zeros((2, 2), dtype=np.float16)]
     for i, value in enumerate(allowed):
         torch.save(dict(v=value), tmp_path / f'ok{i}.pth')
-        loaded = torch.load(tmp_path / f'ok{i}.pth')['v']
+        loaded = compat.load_from_local(str(tmp_path / f'ok{i}.pth'))['v']
         assert np.array_equal(loaded, value) and loaded.dtype == value.dtype
     for i, value in enumerate([np.array(['a', 1], dtype=object),
                                np.array(['text'])]):
         torch.save(dict(v=value), tmp_path / f'no{i}.pth')
         with pytest.raises(pickle.UnpicklingError):
-            torch.load(tmp_path / f'no{i}.pth')
+            compat.load_from_local(str(tmp_path / f'no{i}.pth'))

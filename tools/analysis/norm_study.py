@@ -607,7 +607,8 @@ def keep_checkpoints(run_dir: str, keep: str) -> None:
             os.remove(path)
     if keep == 'last' and latest is not None:
         import torch
-        checkpoint = torch.load(latest, map_location='cpu')
+        from dn_mmdet.utils.compat import load_from_local
+        checkpoint = load_from_local(latest, map_location='cpu')
         slim = {
             k: checkpoint[k]
             for k in ('meta', 'state_dict') if k in checkpoint

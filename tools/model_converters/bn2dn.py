@@ -6,6 +6,10 @@
 Every batch norm (under ``--prefix``) becomes a DN layer that computes what
 the BN did: statistics are kept, gamma/beta become DN's constant
 ``base_scale``/``base_shift``, and a fresh SC-Module is added (FC2 at zero).
+Layers get the names the model built with DN gives them (``bn1`` ->
+``dn1``, ``conv.bn`` -> ``conv.dn``; ``downsample.1``, ``norm1`` stay), so
+checkpoints of mmdet's and mmpretrain's ResNet, ResNeXt, RegNet,
+MobileNetV2 and HRNet convert.
 Load the result with ``load_from`` or ``init_cfg=dict(type='Pretrained',
 ...)`` in a config whose ``norm_cfg`` is ``dict(type='DN', r=R, g=G)`` with
 the same ``r`` and ``g``.
@@ -25,6 +29,7 @@ from dn_mmdet.norm import DynamicNorm2d
 from dn_mmdet.norm.converters import find_norm_layers
 from dn_mmdet.utils.atomic_backend import atomic_write
 from dn_mmdet.utils.compat import load_from_local
+from dn_mmdet.utils.launch import CHECKPOINT_ERRORS
 
 
 def parse_args():
@@ -63,7 +68,10 @@ def main():
     args = parse_args()
     if not osp.isfile(args.src):
         raise SystemExit(f'bn2dn: checkpoint not found: {args.src}')
-    checkpoint = load_from_local(args.src, map_location='cpu')
+    try:
+        checkpoint = load_from_local(args.src, map_location='cpu')
+    except CHECKPOINT_ERRORS as err:
+        raise SystemExit(f'bn2dn: {err}')
     if not isinstance(checkpoint, dict):
         raise SystemExit(f'bn2dn: {args.src} holds a {type(checkpoint)}, '
                          'not a state dict or a checkpoint dict')

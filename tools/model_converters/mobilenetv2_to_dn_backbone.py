@@ -29,8 +29,10 @@ from typing import Dict, List, Tuple
 
 import torch
 
-import dn_mmdet  # noqa: F401  (weights_only-safe loading of mmengine files)
+import dn_mmdet  # noqa: F401
 from dn_mmdet.models.backbones import MobileNetV2DN
+from dn_mmdet.utils.launch import CHECKPOINT_ERRORS
+from dn_mmdet.utils.compat import load_from_local
 
 #: Parameter and buffer names of a batch norm layer.
 BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var',
@@ -118,7 +120,13 @@ def main(argv=None):
     if not osp.isfile(args.src):
         sys.exit(f'mobilenetv2_to_dn_backbone: checkpoint not found: '
                  f'{args.src}')
-    checkpoint = torch.load(args.src, map_location='cpu')
+    try:  # weights-only, with mmengine's globals allowed
+        checkpoint = load_from_local(args.src, map_location='cpu')
+    except CHECKPOINT_ERRORS as err:
+        sys.exit(f'mobilenetv2_to_dn_backbone: {err}')
+    if not isinstance(checkpoint, dict):
+        sys.exit(f'mobilenetv2_to_dn_backbone: {args.src} holds a '
+                 f'{type(checkpoint).__name__}, not a state dict')
     state_dict = checkpoint.get('state_dict', checkpoint)
     try:
         converted, dropped = convert(state_dict)

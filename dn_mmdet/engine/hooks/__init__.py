@@ -4,9 +4,10 @@ from .epoch_seed_hook import EpochSeedHook
 from .expected_duration_hook import ExpectedDurationHook
 from .nonfinite_check_hook import NonFiniteCheckHook, NonFiniteError
 from .norm_input_check_hook import NormInputCheckHook
+from .safe_checkpoint_loader_hook import SafeCheckpointLoaderHook
 
 __all__ = [
     'CheckpointMatchHook', 'CheckpointMismatchError', 'EpochSeedHook',
     'ExpectedDurationHook', 'NonFiniteCheckHook', 'NonFiniteError',
-    'NormInputCheckHook'
+    'NormInputCheckHook', 'SafeCheckpointLoaderHook'
 ]

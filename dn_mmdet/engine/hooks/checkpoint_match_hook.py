@@ -4,14 +4,13 @@ from mmengine.optim import OptimWrapper
 from mmengine.runner import find_latest_checkpoint
 
 from mmdet.registry import HOOKS
-from dn_mmdet.utils.checkpoint import format_mismatch, state_dict_mismatch
+from dn_mmdet.utils.checkpoint import (CheckpointMismatchError,
+                                       format_mismatch, state_dict_mismatch)
 from .utils import unwrap_model
 
 PARTIAL_SWITCH = 'default_hooks.checkpoint_match.allow_partial=True'
 
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not fit the model or the optimizer of the run."""
+__all__ = ['CheckpointMatchHook', 'CheckpointMismatchError']
 
 
 @HOOKS.register_module()

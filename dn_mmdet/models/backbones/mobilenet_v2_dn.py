@@ -27,6 +27,7 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
 from ...norm import DynamicNorm2d
 from ...utils.checkpoint import format_mismatch, state_dict_mismatch
+from ...utils.compat import safe_checkpoint_loading
 
 
 # The norm layer used when ``norm_cfg`` is not given: the paper's DN-B
@@ -355,8 +356,9 @@ def load_checkpoint_strict(module: nn.Module,
     if not is_url and not osp.isfile(filename):
         raise FileNotFoundError(f'{owner}: pretrained checkpoint '
                                 f'"{filename}" does not exist')
-    ckpt = CheckpointLoader.load_checkpoint(
-        filename, map_location=map_location)
+    with safe_checkpoint_loading():  # mmengine's files, weights-only
+        ckpt = CheckpointLoader.load_checkpoint(
+            filename, map_location=map_location)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise TypeError(f'{owner}: "{filename}" holds no state dict '
