@@ -2,11 +2,12 @@
 from .checkpoint_match_hook import CheckpointMatchHook, CheckpointMismatchError
 from .epoch_seed_hook import EpochSeedHook
 from .expected_duration_hook import ExpectedDurationHook
+from .fuse_norm_act_hook import FuseNormActHook
 from .nonfinite_check_hook import NonFiniteCheckHook, NonFiniteError
 from .norm_input_check_hook import NormInputCheckHook
 
 __all__ = [
     'CheckpointMatchHook', 'CheckpointMismatchError', 'EpochSeedHook',
-    'ExpectedDurationHook', 'NonFiniteCheckHook', 'NonFiniteError',
-    'NormInputCheckHook'
+    'ExpectedDurationHook', 'FuseNormActHook', 'NonFiniteCheckHook',
+    'NonFiniteError', 'NormInputCheckHook'
 ]
