@@ -98,12 +98,19 @@ def cpu_ops_available() -> bool:
 def load_cpu_ops() -> bool:
     """Load the C++ ops and register their fake kernels and autograd
     (once); False where the kernel cannot be built (warned once)."""
-    if dn_cpu.library is None and dn_cpu.error is None and dn_cpu.load():
+    if not dn_cpu.load():
+        return False
+    if not _REGISTERED:
         _register_cpu_ops()
-    return dn_cpu.library is not None
+    return True
+
+
+# Whether _register_cpu_ops ran (torch refuses a second registration).
+_REGISTERED = []
 
 
 def _register_cpu_ops() -> None:
+    _REGISTERED.append(True)
     register_fake = torch.library.register_fake
 
     @register_fake('dn_mmdet::dn_b_inference', lib=_LIB)

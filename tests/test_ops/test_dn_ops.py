@@ -101,16 +101,18 @@ def test_inference_op_equals_reference(dtype, g, bounds):
 
 
 def test_clamp_keeps_nan_and_bounds():
-    """With FC2 at zero, unit statistics and eps 0, the op is the clamp."""
-    x = torch.tensor([-3.0, -0.25, 0.5, 7.0, float('nan')]).view(1, 1, 1, 5)
+    """With FC2 at zero, unit statistics and eps 0, the op is the clamp;
+    a NaN stays NaN (its sample's pooled mean is NaN too)."""
+    x = torch.tensor([[-3.0, -0.25, 0.5, 7.0, 1.0],
+                      [-1.0, 0.0, 1.0, 2.0, float('nan')]]).view(2, 1, 1, 5)
     one, zero = torch.ones(1), torch.zeros(1)
     args = (torch.ones(1, 1), one, torch.zeros(2, 1), 1, one, zero, zero,
             one, 0.0)
     y = torch.ops.dn_mmdet.dn_b_inference(x, *args, 0.0, 6.0)
-    assert y[0, 0, 0, :4].tolist() == [0.0, 0.0, 0.5, 6.0]
-    assert torch.isnan(y[0, 0, 0, 4])
+    assert y[0].flatten().tolist() == [0.0, 0.0, 0.5, 6.0, 1.0]
+    assert torch.isnan(y[1]).all()
     y = torch.ops.dn_mmdet.dn_b_inference(x, *args, -INF, 1.0)
-    assert y[0, 0, 0, :4].tolist() == [-3.0, -0.25, 0.5, 1.0]
+    assert y[0].flatten().tolist() == [-3.0, -0.25, 0.5, 1.0, 1.0]
 
 
 def test_kernel_rejects_mismatched_parameters():
