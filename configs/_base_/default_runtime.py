@@ -34,6 +34,9 @@ default_hooks = dict(
     # load_from / resume / tools/test.py refuse a checkpoint of another
     # model; allow_partial=True loads what matches (mmengine's default).
     checkpoint_match=dict(type='CheckpointMatchHook', allow_partial=False),
+    # DN applies the clamp of its ConvModule in its own output pass, where
+    # that provably computes the same (dn_mmdet.norm.fuse_norm_act).
+    fuse_norm_act=dict(type='FuseNormActHook'),
     visualization=dict(type='DetVisualizationHook'))
 
 env_cfg = dict(

@@ -15,6 +15,9 @@ default_hooks = dict(
     nonfinite_check=dict(type='mmdet.NonFiniteCheckHook'),
     norm_input_check=dict(type='mmdet.NormInputCheckHook'),
     checkpoint_match=dict(type='mmdet.CheckpointMatchHook'),
+    # DN applies the clamp of its ConvModule in its own output pass, where
+    # that provably computes the same (dn_mmdet.norm.fuse_norm_act).
+    fuse_norm_act=dict(type='mmdet.FuseNormActHook'),
     visualization=dict(type='VisualizationHook', enable=False))
 
 visualizer = dict(type='UniversalVisualizer')

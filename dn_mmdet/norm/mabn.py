@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .base import BatchNormAffineChildLayer
-from .functional import _centered_sums, affine_per_sample
+from .aten_passes import affine_per_sample, centered_sums
 
 
 def _channel_sums(a: Tensor, x: Tensor, dtype: torch.dtype):
@@ -21,7 +21,7 @@ def _channel_sums(a: Tensor, x: Tensor, dtype: torch.dtype):
     one pass over ``a`` and ``x`` without a full-size temporary."""
     n, c = x.shape[:2]
     zeros = x.new_zeros((n, c), dtype=dtype)
-    weighted, plain = _centered_sums(a, x, zeros, torch.ones_like(zeros))
+    weighted, plain = centered_sums(a, x, zeros, torch.ones_like(zeros))
     return weighted.sum(0), plain.sum(0)
 
 

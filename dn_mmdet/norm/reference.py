@@ -3,8 +3,8 @@
 Written as the paper states it (DN Sec. 3.3, equations 6 and 7), one step
 per line, all through autograd: BN without affine, a pooling pass over the
 input, the SC-Module, a multiply-add pass. :class:`DynamicNorm2d` computes
-the same function far more cheaply (one statistics pass, one elementwise
-pass, a fused backward, a C++ inference kernel).
+the same function far more cheaply (:mod:`dn_mmdet.ops`: one statistics
+pass, one elementwise pass, a fused backward, all in C++ on the CPU).
 
 Nothing in the package uses it. The tests hold every path of
 :class:`DynamicNorm2d` to it, and ``tools/analysis/benchmark_norm.py``
@@ -22,13 +22,12 @@ def dynamic_norm_reference(dn: DynamicNorm2d, x: Tensor) -> Tensor:
     statistics as its forward does.
 
     Args:
-        dn (DynamicNorm2d): The layer whose parameters, buffers, mode and
-            fused activation are used.
+        dn (DynamicNorm2d): The layer whose parameters, buffers and mode
+            are used.
         x (Tensor): Input of shape (N, C, H, W).
 
     Returns:
-        Tensor: (N, C, H, W), ``X~ * alpha + lambda`` (then the fused
-        activation, if any).
+        Tensor: (N, C, H, W), ``X~ * alpha + lambda``.
     """
     bn = dn.bn
     use_batch_stats = dn.uses_batch_statistics
@@ -52,7 +51,7 @@ def dynamic_norm_reference(dn: DynamicNorm2d, x: Tensor) -> Tensor:
     alpha = alpha + dn.base_scale
     lam = lam + dn.base_shift
     y = x_tilde * alpha[:, :, None, None] + lam[:, :, None, None]
-    return y if dn.activation is None else dn.activation(y)
+    return y
 
 
 class DynamicNorm2dReference(DynamicNorm2d):

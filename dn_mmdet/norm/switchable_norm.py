@@ -11,8 +11,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .base import BatchNormAffineChildLayer
-from .functional import (_LOW_PRECISION, _centered_sums, affine_per_sample,
-                         fused_enabled)
+from .aten_passes import LOW_PRECISION, affine_per_sample, centered_sums
 
 IMPLS = ('auto', 'plain')
 
@@ -22,7 +21,7 @@ def instance_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
     SN's reference (``x.var``); a 1x1 map's variance is 0 (its biased
     value: the unbiased one is 0/0). Differentiable; (N, C), in float32 or
     wider."""
-    if x.dtype in _LOW_PRECISION:
+    if x.dtype in LOW_PRECISION:
         x = x.float()
     correction = 1 if x.shape[2] * x.shape[3] > 1 else 0
     var, mean = torch.var_mean(x, dim=(2, 3), correction=correction)
@@ -38,7 +37,7 @@ def _instance_moments_one_pass(x: Tensor) -> Tuple[Tensor, Tensor]:
     hw = h * w
     zeros = x.new_zeros((n, c), dtype=torch.promote_types(x.dtype,
                                                           torch.float32))
-    sum_x2, sum_x = _centered_sums(x, x, zeros, torch.ones_like(zeros))
+    sum_x2, sum_x = centered_sums(x, x, zeros, torch.ones_like(zeros))
     mean = sum_x / hw
     if hw == 1:
         return mean, zeros
@@ -80,7 +79,7 @@ class _SwitchNormTrain(torch.autograd.Function):
         # sum_hw g x and sum_hw g: the gradients of scale and shift.
         if x.is_contiguous():  # the native one-pass sums need both so
             grad_y = grad_y.contiguous()
-        sum_gx, sum_g = _centered_sums(grad_y, x, zeros,
+        sum_gx, sum_g = centered_sums(grad_y, x, zeros,
                                        torch.ones_like(zeros))
         grads = torch.autograd.grad((scale, shift), (mean_in, var_in) +
                                     params, (sum_gx, sum_g),
@@ -174,8 +173,7 @@ class SwitchNorm2d(BatchNormAffineChildLayer):
     one autograd node (:class:`_SwitchNormTrain`) whose backward makes one
     reduction pass and two elementwise passes. ``'plain'`` is the
     straightforward version (``torch.var_mean`` and autograd), which
-    ``'auto'`` also takes with synchronised statistics, under tracing and
-    with ``DN_MMDET_FUSED=0``.
+    ``'auto'`` also takes with synchronised statistics and under tracing.
 
     Checkpoint keys (``<p>`` is e.g. ``conv.sn``)::
 
@@ -282,8 +280,7 @@ class SwitchNorm2d(BatchNormAffineChildLayer):
         batch_scope = self.uses_batch_statistics
         group = self._sync_group() if batch_scope else None
         params = tuple(p for p in self.parameters() if p.requires_grad)
-        fast = (self.impl == 'auto' and fused_enabled()
-                and not torch.jit.is_tracing()
+        fast = (self.impl == 'auto' and not torch.jit.is_tracing()
                 and not torch.jit.is_scripting())
         needs_grad = torch.is_grad_enabled() and (x.requires_grad
                                                   or bool(params))

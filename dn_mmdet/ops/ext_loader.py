@@ -33,7 +33,6 @@ This module imports only the standard library and torch, so that
 import contextlib
 import glob
 import hashlib
-import importlib
 import importlib.util
 import json
 import os
@@ -42,7 +41,6 @@ import shutil
 import sysconfig
 import tempfile
 import warnings
-from types import ModuleType
 from typing import Optional
 
 import torch
@@ -55,7 +53,7 @@ except ImportError:  # Windows: builds are not guarded against each other
 __all__ = ['ExtensionSpec', 'CompiledExtension', 'cpu_isa']
 
 HERE = osp.dirname(osp.abspath(__file__))
-# Written into a cache build when it is complete: which module file to load
+# Written into a cache build when it is complete: which library file to load
 # (cpp_extension names it ``<name>_v1`` if one process builds a name twice).
 _MANIFEST = 'extension.json'
 
@@ -107,9 +105,9 @@ class ExtensionSpec:
 class CompiledExtension:
     """A C++ extension of :mod:`dn_mmdet.ops`, loaded on first use.
 
-    :meth:`load` finds or builds it once per process; afterwards
-    :attr:`module` holds its functions and :attr:`origin` says where it
-    came from. A failure (no C++ compiler, say) warns once and is
+    :meth:`load` finds or builds it once per process and loads it, which
+    registers its ops; afterwards :attr:`library` is its file and
+    :attr:`origin` says where it came from. A failure (no C++ compiler, say) warns once and is
     remembered in :attr:`error`: the callers then use ATen's kernels.
 
     Args:
@@ -122,29 +120,31 @@ class CompiledExtension:
         self.base_name = base_name
         self.source = source
         self.description = description
-        self.module: Optional[ModuleType] = None
+        #: The loaded shared library's path.
+        self.library: Optional[str] = None
         #: ``'installed'``, ``'cache'`` or ``'compiled'`` once loaded.
         self.origin: Optional[str] = None
         self.error: Optional[str] = None
 
     def load(self) -> bool:
         """Find or build the extension now; True if it is available."""
-        if self.module is None and self.error is None:
+        if self.library is None and self.error is None:
             try:
-                self.module, self.origin = self._find_or_build()
+                self.library, self.origin = self._find_or_build()
             except Exception as error:  # noqa: BLE001  (any failure: ATen)
                 self.error = f'{type(error).__name__}: {error}'
                 warnings.warn(
                     f'dn_mmdet: could not build {self.description}, using '
                     f'ATen kernels instead ({self.error.splitlines()[0]}). '
-                    'Set DN_MMDET_FUSED=0 to skip trying.')
-        return self.module is not None
+                    "Build DN layers with impl='composite' to skip trying.")
+        return self.library is not None
 
     def _find_or_build(self):
         spec = ExtensionSpec(self.base_name, self.source)
-        installed = f'{__package__}.{spec.name}'
-        if importlib.util.find_spec(installed) is not None:
-            return importlib.import_module(installed), 'installed'
+        installed = importlib.util.find_spec(f'{__package__}.{spec.name}')
+        if installed is not None:
+            torch.ops.load_library(installed.origin)
+            return installed.origin, 'installed'
         from torch.utils import cpp_extension
         root = osp.join(
             os.environ.get('TORCH_EXTENSIONS_DIR')
@@ -154,7 +154,7 @@ class CompiledExtension:
 
 def build_in_cache(spec: ExtensionSpec, root: str, description: str):
     """Load ``spec``'s build from ``<root>/<name>``, building it first if
-    it is not there. Returns ``(module, 'cache' or 'compiled')``."""
+    it is not there. Returns ``(library path, 'cache' or 'compiled')``."""
     target = osp.join(root, spec.name)
     if osp.isdir(target):
         with contextlib.suppress(ImportError, OSError, ValueError, KeyError):
@@ -177,33 +177,30 @@ def build_in_cache(spec: ExtensionSpec, root: str, description: str):
         building = tempfile.mkdtemp(prefix=f'.{spec.name}.', dir=root)
         try:
             from torch.utils import cpp_extension
-            module = cpp_extension.load(
+            # Loads the library too (torch.ops.load_library).
+            library = cpp_extension.load(
                 name=spec.name,
                 sources=[spec.source],
                 build_directory=building,
                 extra_cflags=spec.cflags,
                 extra_ldflags=spec.ldflags,
+                is_python_module=False,
                 verbose=False)
             with open(osp.join(building, _MANIFEST), 'w') as f:
-                json.dump(dict(module=module.__name__,
-                               file=osp.basename(module.__file__)), f)
+                json.dump(dict(file=osp.basename(library)), f)
             os.rename(building, target)
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
-    return module, 'compiled'
+    return osp.join(target, osp.basename(library)), 'compiled'
 
 
-def _import_build(directory: str) -> ModuleType:
+def _import_build(directory: str) -> str:
+    """Load the library a complete build in ``directory`` holds; its path."""
     with open(osp.join(directory, _MANIFEST)) as f:
-        manifest = json.load(f)
-    spec = importlib.util.spec_from_file_location(
-        manifest['module'], osp.join(directory, manifest['file']))
-    if spec is None:
-        raise ImportError(f'no loadable extension in {directory}')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        library = osp.join(directory, json.load(f)['file'])
+    torch.ops.load_library(library)
+    return library
 
 
 @contextlib.contextmanager

@@ -2,8 +2,9 @@
 value per channel (locally and over synchronised processes), and
 ``act_cfg=None``.
 
-Every path is one of ``DynamicNorm2d._select_path``'s; each case asserts
-that the path it means to exercise is the one taken.
+Each case runs on both implementations (``impl='auto'``, the C++ op where
+it applies, and ``'composite'``) and asserts, through the profiler, which
+DN op computed it.
 """
 import copy
 import json
@@ -16,8 +17,8 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from dn_helpers import (EMPTY_BATCH_CASES, SETTINGS, expected_path,
-                        forward_in, randomize, reference_output)
+from dn_helpers import (EMPTY_BATCH_CASES, SETTINGS, forward_in, randomize,
+                        recorded_dn_ops, reference_output)
 from mmcv.cnn import build_norm_layer
 
 from dn_mmdet.norm import DynamicNorm2d, name_norm_layers
@@ -37,18 +38,29 @@ def _env() -> dict:
 # --------------------------------------------------------------------- #
 # One sample, 1x1 maps, one value per channel
 # --------------------------------------------------------------------- #
+def expected_ops(mode: str, setting: str, impl: str) -> list:
+    """The DN ops a forward shows in a profile."""
+    training, autograd = SETTINGS[setting]
+    if impl == 'auto' and mode == 'B' and (training or not autograd):
+        return ['dn_mmdet::dn_b_train' if training else
+                'dn_mmdet::dn_b_inference']
+    return (['dn_mmdet::moments'] if training else []) + [
+        'dn_mmdet::normalize_affine']
+
+
 @pytest.mark.parametrize('mode', ['B', 'C1', 'C2'])
 @pytest.mark.parametrize('setting', list(SETTINGS))
 @pytest.mark.parametrize('shape', [(1, 16, 3, 4), (2, 16, 1, 1),
                                    (1, 16, 1, 1)])
-def test_small_inputs_on_every_path(mode, setting, shape, chosen_paths):
+@pytest.mark.parametrize('impl', ['auto', 'composite'])
+def test_small_inputs_on_every_path(mode, setting, shape, impl):
     """N = 1 with a map and N = 2 with 1x1 maps are valid everywhere, and
     so is one value per channel in eval: each path computes what the
     reference does, statistics included. One value per channel in training
     is refused, naming the layer."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        randomize(DynamicNorm2d(16, r=4, mode=mode)).double())
+        randomize(DynamicNorm2d(16, r=4, mode=mode, impl=impl)).double())
     name_norm_layers(model)
     dn = model[0]
     x = torch.randn(shape, dtype=torch.float64) * 2 + 0.5
@@ -65,8 +77,9 @@ def test_small_inputs_on_every_path(mode, setting, shape, chosen_paths):
     ref = copy.deepcopy(dn).train(training)
     with torch.no_grad():
         expected = dynamic_norm_reference(ref, x)
-    y = forward_in(dn, x, setting)
-    assert chosen_paths == [expected_path(setting, mode)]
+    with recorded_dn_ops() as ops:
+        y = forward_in(dn, x, setting)
+    assert ops == expected_ops(mode, setting, impl)
     torch.testing.assert_close(y.detach(), expected, rtol=1e-9, atol=1e-9)
     for key, value in ref.bn.state_dict().items():
         torch.testing.assert_close(dn.bn.state_dict()[key], value,
@@ -107,7 +120,7 @@ def test_empty_batch_on_every_path(case, empty_batch_results):
         f'{started[-1] if started else "?"}:\n{proc.stderr[-3000:]}')
     result = results[name]
     assert result['error'] is None
-    assert result['path'] == 'empty'
+    assert result['ops'] == []  # no statistics to compute
     assert result['shape'] == list(shape)
     assert result['dtype'] == 'torch.float32'
     assert result['statistics_untouched']
@@ -195,10 +208,10 @@ def test_synced_statistics_on_shape_edges(case, synced_results):
 # --------------------------------------------------------------------- #
 # act_cfg=None
 # --------------------------------------------------------------------- #
-def test_act_cfg_none_means_no_activation_in_the_sc_module(chosen_paths):
+def test_act_cfg_none_means_no_activation_in_the_sc_module():
     """As ``ConvModule(act_cfg=None)``: FC2 follows FC1 directly. The C++
-    kernel, whose SC-Module has the sigmoid, is then used only for the
-    normalising pass."""
+    op, whose SC-Module has the sigmoid, does not compute it: the
+    composite does."""
     _, dn = build_norm_layer(dict(type='DN', r=4, act_cfg=None), 16)
     assert isinstance(dn.sc.act, nn.Identity)
     randomize(dn).double()
@@ -216,8 +229,9 @@ def test_act_cfg_none_means_no_activation_in_the_sc_module(chosen_paths):
         x_tilde = (x - mean[:, None, None]) / (var[:, None, None] +
                                                dn.eps).sqrt()
         expected = x_tilde * alpha[:, :, None, None] + lam[:, :, None, None]
-        y = forward_in(dn, x.clone(), setting)
+        with recorded_dn_ops() as ops:
+            y = forward_in(dn, x.clone(), setting)
+        assert ops == expected_ops('C1', setting, 'composite')
         torch.testing.assert_close(y.detach(), expected.detach(),
                                    rtol=1e-9, atol=1e-9)
-    assert chosen_paths == ['train_node', 'kernel']
     torch.testing.assert_close(y, reference_output(dn, x))

@@ -1,24 +1,17 @@
-"""DN's arithmetic: the formulas of the paper, the fast path, gradients."""
+"""DN's arithmetic: the formulas of the paper, both implementations (the
+C++ op and the composite), gradients."""
 import copy
 
 import pytest
 import torch
-from dn_helpers import SHAPES, randomize, with_activation, without_kernel
+from dn_helpers import CLAMPS, SHAPES, randomize, recorded_dn_ops
 
 from dn_mmdet.norm import DynamicNorm2d, GroupedFC, SCModule, fc2_groups
 from dn_mmdet.norm.reference import dynamic_norm_reference
-from dn_mmdet.ops import dn_cpu
 
-#: How DN runs: the C++ kernel on the CPU, ATen's fused node (as where the
-#: kernel cannot be built: CUDA, no compiler), or plain ops (fast paths off).
-IMPLS = ['kernel', 'aten', 'plain']
-
-
-def use_impl(impl, monkeypatch):
-    if impl == 'aten':
-        monkeypatch.setattr(dn_cpu, 'load', lambda: False)
-    elif impl == 'plain':
-        monkeypatch.setenv('DN_MMDET_FUSED', '0')
+#: DN's implementations (``impl``): the C++ op where it applies, or the
+#: composite (as on CUDA, in half precision, channels-last).
+IMPLS = ['auto', 'composite']
 
 
 def sc_formula(dn, z):
@@ -153,10 +146,9 @@ def fast_and_reference_grads(dn_fast, dn_ref, x, channels_last=False):
 @pytest.mark.parametrize('channels_last', [False, True])
 @pytest.mark.parametrize('impl', IMPLS)
 def test_fast_path_equals_reference(shape, dtype, training, g,
-                                    channels_last, impl, monkeypatch):
-    use_impl(impl, monkeypatch)
+                                    channels_last, impl):
     torch.manual_seed(1)
-    dn_fast = randomize(DynamicNorm2d(shape[1], g=g)).to(dtype)
+    dn_fast = randomize(DynamicNorm2d(shape[1], g=g, impl=impl)).to(dtype)
     dn_ref = copy.deepcopy(dn_fast)
     dn_fast.train(training), dn_ref.train(training)
     x = (torch.randn(shape) * 1.5 + 0.3).to(dtype)
@@ -173,39 +165,44 @@ def test_fast_path_equals_reference(shape, dtype, training, g,
                                dn_ref.bn.running_var, **tol)
 
 
-def test_fused_path_is_taken_and_can_be_disabled(monkeypatch):
-    """Training is one autograd node: the C++ kernel's on the CPU, ATen's
-    where the kernel is missing; DN_MMDET_FUSED=0 falls back to plain ops
-    (same values)."""
+def test_impl_option_chooses_what_the_profiler_shows():
+    """Training on the CPU is one op, ``dn_mmdet::dn_b_train`` (forward)
+    and ``dn_mmdet::dn_b_train_backward``; ``impl='composite'`` computes
+    the same with the composite ops; ``impl='op'`` refuses, naming why,
+    what the op cannot compute."""
     torch.manual_seed(0)
     x = torch.randn(2, 16, 5, 5, requires_grad=True)
-    dn = DynamicNorm2d(16)
-    y = dn(x)
-    assert type(y.grad_fn).__name__ == '_DNBTrainCPUBackward'
-    with without_kernel():
-        y_aten = dn(x)
-    assert type(y_aten.grad_fn).__name__ == '_DNBTrainBackward'
-    monkeypatch.setenv('DN_MMDET_FUSED', '0')
-    y_plain = dn(x)
-    assert type(y_plain.grad_fn).__name__ not in ('_DNBTrainBackward',
-                                                  '_DNBTrainCPUBackward')
-    torch.testing.assert_close(y_aten, y)
-    torch.testing.assert_close(y_plain, y)
+    dn = DynamicNorm2d(16, impl='op')
+    with recorded_dn_ops() as ops:
+        y = dn(x)
+        y.sum().backward()
+    assert ops == ['dn_mmdet::dn_b_train', 'dn_mmdet::dn_b_train_backward']
+    dn.impl = 'composite'
+    with recorded_dn_ops() as ops:
+        y_composite = dn(x)
+    assert ops == ['dn_mmdet::moments', 'dn_mmdet::normalize_affine']
+    torch.testing.assert_close(y_composite, y)
+    dn.impl = 'op'
+    dn.layer_name = 'neck.dn'
+    with pytest.raises(ValueError, match='"neck.dn".*channels-last'):
+        dn(x.to(memory_format=torch.channels_last))
+    with pytest.raises(ValueError, match='"neck.dn".*float32/float64 CPU'):
+        dn(x.half())
+    with pytest.raises(ValueError, match="unknown impl 'fast'"):
+        DynamicNorm2d(16, impl='fast')
 
 
 @pytest.mark.parametrize('mode', ['B', 'C1', 'C2'])
 @pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('act', ['none', 'relu6'])
-def test_gradcheck(mode, impl, act, monkeypatch):
-    use_impl(impl, monkeypatch)
+def test_gradcheck(mode, impl, act):
     torch.manual_seed(0)
-    dn = randomize(DynamicNorm2d(6, r=2, g=1, mode=mode)).double()
-    with_activation(dn, act)
+    dn = randomize(DynamicNorm2d(6, r=2, g=1, mode=mode, impl=impl)).double()
     x = torch.randn(3, 6, 3, 4, dtype=torch.float64, requires_grad=True)
     params = list(dn.sc.parameters())
 
     def fn(x, *ps):
-        return dn(x)
+        return dn.forward_clamped(x, CLAMPS[act])
 
     assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5)
     dn.eval()
@@ -219,7 +216,7 @@ def test_gradcheck(mode, impl, act, monkeypatch):
     (33, 4, 2),  # odd C, 8 hidden units in 4 groups
     (40, 4, 'oup'),
     (384, 1, 'oup')])  # over 2^18 multiply-adds: BLAS products both ways
-def test_kernel_sc_module_matches_reference(channels, r, g, chosen_paths):
+def test_kernel_sc_module_matches_reference(channels, r, g):
     """The C++ op's SC-Module (its FCs run four rows at a time where the
     rows share their inputs, as loops below 2^18 multiply-adds and as BLAS
     products above) equals the paper's formula, in training (gradients
@@ -228,24 +225,25 @@ def test_kernel_sc_module_matches_reference(channels, r, g, chosen_paths):
     dn = randomize(DynamicNorm2d(channels, r=r, g=g))
     ref = copy.deepcopy(dn)
     x = torch.randn(3, channels, 5, 6)
-    (y, gx, gp), (y_ref, gx_ref, gp_ref) = fast_and_reference_grads(
-        dn, ref, x)
+    with recorded_dn_ops() as ops:
+        (y, gx, gp), (y_ref, gx_ref, gp_ref) = fast_and_reference_grads(
+            dn, ref, x)
     tol = dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y, y_ref, **tol)
     torch.testing.assert_close(gx, gx_ref, **tol)
     for a, b in zip(gp, gp_ref):
         torch.testing.assert_close(a, b, **tol)
     dn.eval(), ref.eval()
-    with torch.no_grad():
+    with torch.no_grad(), recorded_dn_ops() as eval_ops:
         torch.testing.assert_close(dn(x), dynamic_norm_reference(ref, x),
                                    **tol)
-    assert chosen_paths == ['train_kernel', 'dn_b_kernel']
+    assert ops == ['dn_mmdet::dn_b_train', 'dn_mmdet::dn_b_train_backward']
+    assert eval_ops == ['dn_mmdet::dn_b_inference']
 
 
 @pytest.mark.parametrize('act', [
     torch.nn.ReLU(), torch.nn.ReLU6(), torch.nn.Hardtanh(-0.5, 0.5)])
-def test_kernel_backward_through_fused_clamp_matches_torch(act,
-                                                           chosen_paths):
+def test_kernel_backward_through_fused_clamp_matches_torch(act):
     """The C++ op's backward through its fused clamp (a vectorised bit mask)
     gives what DN and then the clamp give in torch: the gradient passes
     strictly inside the clamp's range, and NaN or inf gradients where the
@@ -254,11 +252,12 @@ def test_kernel_backward_through_fused_clamp_matches_torch(act,
     torch.manual_seed(0)
     dn = randomize(DynamicNorm2d(24, g='oup'))
     ref = copy.deepcopy(dn)
-    dn.fuse_activation(copy.deepcopy(act))
+    bounds = ((0.0, float('inf')) if type(act) is torch.nn.ReLU else
+              (act.min_val, act.max_val))
     x = torch.randn(3, 24, 7, 9) * 1.5 + 0.3
     x_kernel = x.clone().requires_grad_(True)
     x_torch = x.clone().requires_grad_(True)
-    y_kernel = dn(x_kernel)
+    y_kernel = dn.forward_clamped(x_kernel, bounds)
     y_torch = act(dynamic_norm_reference(ref, x_torch))
     torch.testing.assert_close(y_kernel, y_torch, rtol=1e-5, atol=1e-5)
     cut = (y_torch.detach() <= act.min_val if isinstance(
@@ -270,9 +269,10 @@ def test_kernel_backward_through_fused_clamp_matches_torch(act,
     bad = cut & (torch.rand_like(x) < 0.3)
     grad[bad] = torch.tensor([float('nan'), float('inf')]).repeat(
         int(bad.sum()))[:int(bad.sum())]
-    y_kernel.backward(grad)
+    with recorded_dn_ops() as ops:
+        y_kernel.backward(grad)
     y_torch.backward(grad)
-    assert chosen_paths == ['train_kernel']
+    assert ops == ['dn_mmdet::dn_b_train_backward']
     assert torch.isfinite(x_kernel.grad).all()
     torch.testing.assert_close(x_kernel.grad, x_torch.grad, rtol=1e-4,
                                atol=1e-4)
@@ -282,8 +282,7 @@ def test_kernel_backward_through_fused_clamp_matches_torch(act,
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_kernel_gives_the_same_bits_on_one_thread_and_on_two(
-        dtype, chosen_paths):
+def test_kernel_gives_the_same_bits_on_one_thread_and_on_two(dtype):
     """The C++ op splits its passes over threads by whole planes, and each
     plane's loop is one out-of-line function, so two threads compute every
     sum in the same order as one: forward, backward and eval agree bit for
@@ -293,7 +292,6 @@ def test_kernel_gives_the_same_bits_on_one_thread_and_on_two(
     torch.manual_seed(0)
     plain = randomize(DynamicNorm2d(16, g='oup')).to(dtype)
     dn = copy.deepcopy(plain)
-    dn.fuse_activation(torch.nn.ReLU6())
     x = torch.randn(2, 16, 64, 64, dtype=dtype) * 2
     grad = torch.randn_like(x)
 
@@ -302,17 +300,19 @@ def test_kernel_gives_the_same_bits_on_one_thread_and_on_two(
         try:
             layer = copy.deepcopy(dn).train()
             x_in = x.clone().requires_grad_(True)
-            y = layer(x_in)
+            y = layer.forward_clamped(x_in, (0.0, 6.0))
             y.backward(grad)
             with torch.no_grad():
-                y_eval = layer.eval()(x)
+                y_eval = layer.eval().forward_clamped(x, (0.0, 6.0))
             return [y, x_in.grad, y_eval, layer.bn.running_var,
                     *(p.grad for p in layer.sc.parameters())]
         finally:
             torch.set_num_threads(1)
 
-    one, two = run(1), run(2)
-    assert chosen_paths == ['train_kernel', 'dn_b_kernel'] * 2
+    with recorded_dn_ops() as ops:
+        one, two = run(1), run(2)
+    assert ops == sorted(['dn_mmdet::dn_b_train', 'dn_mmdet::dn_b_inference',
+                          'dn_mmdet::dn_b_train_backward'] * 2)
     for a, b in zip(one, two):
         assert torch.equal(a, b)
     y_ref = torch.nn.functional.relu6(dynamic_norm_reference(plain, x))
@@ -386,13 +386,12 @@ def test_grouped_fc_equals_grouped_conv():
 
 
 @pytest.mark.parametrize('impl', IMPLS)
-def test_statistics_stay_accurate_for_large_means(impl, monkeypatch):
-    """float32 activations with |mean| = 10 std: the one-pass statistics of
-    the fused paths keep the variance to 1e-4 (see functional.py)."""
-    use_impl(impl, monkeypatch)
+def test_statistics_stay_accurate_for_large_means(impl):
+    """float32 activations with |mean| = 10 std: both implementations keep
+    the variance to 1e-4."""
     torch.manual_seed(0)
     x = torch.randn(4, 8, 16, 16) * 0.5 + 5.0
-    dn = DynamicNorm2d(8, momentum=1.0)
+    dn = DynamicNorm2d(8, momentum=1.0, impl=impl)
     x.requires_grad_(True)
     y = dn(x)
     expected_var = x.detach().double().var(dim=(0, 2, 3), unbiased=True)

@@ -257,24 +257,6 @@ def test_fp16_input_with_large_values_does_not_overflow_statistics():
     torch.testing.assert_close(y_half.float(), y, rtol=1e-2, atol=1e-2)
 
 
-def test_jit_trace_and_onnx_export(tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        ConvModule(3, 8, 3, norm_cfg=dict(type='DN', g='oup'))).eval()
-    with torch.no_grad():
-        model[0].norm.sc.fc2.weight.normal_(0, 0.1)
-    x = torch.randn(2, 3, 16, 16)
-    traced = torch.jit.trace(model, x)
-    x2 = torch.randn(3, 3, 16, 16)
-    torch.testing.assert_close(traced(x2), model(x2))
-
-    import onnx
-    path = tmp_path / 'dn.onnx'
-    torch.onnx.export(model, (x, ), str(path), dynamo=False,
-                      input_names=['x'], output_names=['y'])
-    onnx.checker.check_model(onnx.load(str(path)))
-
-
 def test_convert_state_dict_rejects_unknown_norm_names():
     with pytest.raises(ValueError, match='"layer.norm"'):
         DynamicNorm2d.convert_batchnorm_state_dict({

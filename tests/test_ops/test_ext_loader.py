@@ -24,9 +24,9 @@ SOURCE = 'csrc/dn_cpu.cpp'
 def load_code(extension: str) -> str:
     """Code that loads ``extension`` (an expression over ``dn_mmdet.ops``)
     and prints where it came from and which files it used."""
-    return ('import dn_mmdet; from dn_mmdet import ops; '
+    return ('import torch, dn_mmdet; from dn_mmdet import ops; '
             f'ext = {extension}; assert ext.load(), ext.error; '
-            'print(ext.origin, dn_mmdet.__file__, ext.module.__file__)')
+            'print(ext.origin, dn_mmdet.__file__, ext.library)')
 
 
 LOAD = load_code('ops.dn_cpu')
@@ -34,13 +34,13 @@ LOAD = load_code('ops.dn_cpu')
 # name, the lock, the private directory, the cache) does not depend on what
 # it compiles, and this compiles in seconds where the kernel takes ~40 s.
 TINY = 'csrc/tiny.cpp'
-TINY_SOURCE = '''#include <pybind11/pybind11.h>
-int answer() { return 42; }
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("answer", &answer); }
+TINY_SOURCE = '''#include <torch/library.h>
+int64_t answer() { return 42; }
+TORCH_LIBRARY(dn_mmdet_tiny, m) { m.def("answer() -> int", &answer); }
 '''
 LOAD_TINY = load_code(
     f'ops.CompiledExtension("tiny", "{TINY}", "a test extension")'
-) + '; assert ext.module.answer() == 42'
+) + '; assert torch.ops.dn_mmdet_tiny.answer() == 42'
 
 
 def copy_checkout(dst: Path) -> Path:

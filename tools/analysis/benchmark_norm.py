@@ -76,8 +76,9 @@ from dn_mmdet.analysis.benchmark import (DEFAULT_CONFIG, DEFAULT_MODELS,
                                          DEFAULT_VARIANTS, MIN_SIZE, MODELS,
                                          VARIANTS, Sweep, WorkerError,
                                          WorkerSettings, dn_kernel_status,
-                                         format_table, median_over_runs,
-                                         run_sweep, summarise)
+                                         format_before_after, format_table,
+                                         median_over_runs, run_sweep,
+                                         summarise)
 from dn_mmdet.utils.cli_args import nonnegative_int, positive_int
 
 
@@ -139,6 +140,15 @@ def parse_args(argv=None):
         'steps alternating (ratios to BN free of the 10-30%% that fresh '
         'processes differ by on a shared machine); peak memory is then not '
         'measured (it needs a process per variant)')
+    parser.add_argument(
+        '--compile', action='store_true',
+        help='time the models through torch.compile (inductor)')
+    parser.add_argument(
+        '--before', metavar='CHECKOUT',
+        help='another checkout of dn_mmdet (e.g. `git worktree add '
+        '/tmp/dn_before main`): every worker runs again with its dn_mmdet, '
+        'right after this one\'s, and the ratios to BN are shown side by '
+        'side')
     parser.add_argument('--out', help='also write the results as JSON here')
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -196,7 +206,9 @@ def sweep_of(args):
         worker=WorkerSettings(
             config=args.config, device=args.device, repeat=args.repeat,
             warmup=args.warmup, timer=args.timer, threads=args.threads,
-            channels_last=args.channels_last, interleave=args.interleave))
+            channels_last=args.channels_last, interleave=args.interleave,
+            compile=args.compile),
+        before=args.before)
 
 
 def main(argv=None):
@@ -207,8 +219,17 @@ def main(argv=None):
         runs = run_sweep(sweep, log=lambda line: print(line, flush=True))
     except WorkerError as error:
         sys.exit(str(error))
-    results = median_over_runs(runs)
+    trees = {}
+    for r in runs:
+        trees.setdefault(r.pop('tree'), []).append(r)
+    results = median_over_runs(trees['after'])
     table = format_table(results, sweep, kernel_status)
+    if 'before' in trees:
+        before = median_over_runs(trees['before'])
+        table += (f'\n\nBefore ({args.before}):\n' +
+                  format_table(before, sweep, 'as that checkout chooses') +
+                  '\n\nRatios to BN, before and after:\n' +
+                  format_before_after(before, results))
     print(table)
     if args.out:
         with open(args.out, 'w') as f:

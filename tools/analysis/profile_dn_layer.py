@@ -48,7 +48,7 @@ from dn_mmdet.analysis.benchmark import (DEFAULT_CONFIG, MODELS,
 from dn_mmdet.analysis.benchmark.in_model import (format_in_model,
                                                   profile_in_model, read_ms)
 from dn_mmdet.analysis.benchmark.layer_profile import profile_table
-from dn_mmdet.ops import dn_cpu
+from dn_mmdet.ops import dn_cpu, load_cpu_ops
 from dn_mmdet.utils.cli_args import positive_int
 
 
@@ -113,7 +113,7 @@ def print_layers(args):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if not dn_cpu.load():
+    if not load_cpu_ops():
         sys.exit(f'profile_dn_layer: the DN CPU kernel is not available '
                  f'({dn_cpu.error}); there is nothing to profile')
     if args.in_model:

@@ -164,7 +164,7 @@ class Steps(NamedTuple):
 
 
 def build_steps(model_name, variant, batch, size, config=DEFAULT_CONFIG,
-                device='cpu', channels_last=False):
+                device='cpu', channels_last=False, compile=False):
     """The :class:`Steps` of one variant of a case.
 
     A backbone's training step is forward, backward of the mean of its
@@ -182,6 +182,11 @@ def build_steps(model_name, variant, batch, size, config=DEFAULT_CONFIG,
         config (str): See :func:`build_model`.
         device (str): ``'cpu'`` or ``'cuda'``.
         channels_last (bool): Model and inputs in channels-last layout.
+        compile (bool): Steps through ``torch.compile`` of the model
+            (inductor, torch's default).
+
+    Models are fused as the runner's ``FuseNormActHook`` fuses them
+    (:func:`dn_mmdet.norm.fuse_norm_act`, where this ``dn_mmdet`` has it).
     """
     import torch
     from mmcv.cnn import build_norm_layer
@@ -207,18 +212,20 @@ def build_steps(model_name, variant, batch, size, config=DEFAULT_CONFIG,
     model = build_model(model_name, norm_cfg, CONV_CFGS.get(variant),
                         config).to(device)
     model = model.to(memory_format=fmt)
+    _fuse_norm_act(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    net = torch.compile(model) if compile else model
     if model_name not in DETECTORS:  # a backbone: a tuple of feature maps
         images = torch.randn(batch, 3, size, size,
                              device=device).to(memory_format=fmt)
 
         def train_step():
             optimizer.zero_grad()
-            sum(o.float().mean() for o in model(images)).backward()
+            sum(o.float().mean() for o in net(images)).backward()
             optimizer.step()
 
         def infer_step():
-            model(images)
+            net(images)
     else:
         from mmdet.testing import demo_mm_inputs
         num_classes = model.bbox_head.num_classes
@@ -230,7 +237,7 @@ def build_steps(model_name, variant, batch, size, config=DEFAULT_CONFIG,
 
         def train_step():
             optimizer.zero_grad()
-            losses = model(**train_batch, mode='loss')
+            losses = net(**train_batch, mode='loss')
             loss, _ = model.parse_losses(losses)
             loss.backward()
             optimizer.step()
@@ -238,6 +245,16 @@ def build_steps(model_name, variant, batch, size, config=DEFAULT_CONFIG,
         def infer_step():
             # The network alone: box decoding and NMS depend on how many
             # boxes the (untrained) weights score above the threshold.
-            model(eval_batch['inputs'], mode='tensor')
+            net(eval_batch['inputs'], mode='tensor')
 
     return Steps(model, model.train, train_step, infer_step)
+
+
+def _fuse_norm_act(model):
+    """``fuse_norm_act(model)``; a ``dn_mmdet`` without it (the code a
+    ``--before`` run measures) fuses on its own."""
+    try:
+        from dn_mmdet.norm import fuse_norm_act
+    except ImportError:
+        return
+    fuse_norm_act(model)

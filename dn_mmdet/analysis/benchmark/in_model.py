@@ -13,9 +13,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from dn_mmdet.norm import DynamicNorm2d
-from dn_mmdet.norm.activation_fusion import mark_clamped
 from dn_mmdet.norm.base import NormLayer
-from dn_mmdet.norm.functional import activation_bounds, dn_b_inference_cpu
+from dn_mmdet.norm.functional import UNBOUNDED, clamp_bounds
 from .cases import DEFAULT_CONFIG, build_steps
 
 #: The benchmark's variants built: BN and DN-B.
@@ -30,7 +29,7 @@ EVICT_BYTES = 128 * 2**20
 
 def _inside_norm_layers(model):
     """ids of the modules inside dn_mmdet's norm layers (a DN layer's
-    statistics child and fused activation): parts, not layers."""
+    statistics child and SC-Module): parts, not layers."""
     return {id(child) for m in model.modules() if isinstance(m, NormLayer)
             for child in m.modules() if child is not m}
 
@@ -46,10 +45,12 @@ def norm_layers(model):
 class NormLayerTimer:
     """Adds up the time each norm layer of ``model`` takes in its forward
     passes, with the clamp activation that runs right after it (BN's ReLU6;
-    in DN's model, the pass-through left where DN took the clamp over).
+    in DN's model, fused ConvModules call DN's ``forward_clamped`` and no
+    clamp).
 
-    The modules' ``forward`` methods are wrapped as instance attributes,
-    not hooked: a forward hook would send DN to its torch path (see
+    The modules' ``forward`` (and DN's ``forward_clamped``) methods are
+    wrapped as instance attributes, not hooked: a forward hook would make
+    a fused ConvModule run unfused (see
     :func:`dn_mmdet.norm.functional.has_forward_hooks`). Convolutions are
     wrapped too, untimed, so that an activation after a convolution is not
     counted to the norm layer before it.
@@ -77,11 +78,13 @@ class NormLayerTimer:
         self._last = None  # the layer whose output the next module may take
         for index, layer in enumerate(self.layers):
             self._wrap(layer, index)
+            if isinstance(layer, DynamicNorm2d):
+                self._wrap(layer, index, 'forward_clamped')
         inside = _inside_norm_layers(model)
         for module in model.modules():
             if id(module) in inside:
                 continue
-            if activation_bounds(module) is not None:
+            if clamp_bounds(module) is not None:
                 self._wrap(module, 'activation')
             elif isinstance(module, _ConvNd):
                 self._wrap(module, 'other')
@@ -90,10 +93,10 @@ class NormLayerTimer:
         self.seconds = [0.0] * len(self.layers)
         self._last = None
 
-    def _wrap(self, module, role):
+    def _wrap(self, module, role, method='forward'):
         """``role``: the index of a norm layer, ``'activation'`` or
         ``'other'``."""
-        forward = module.forward
+        forward = getattr(module, method)
 
         def timed(*args, **kwargs):
             run = forward
@@ -114,26 +117,25 @@ class NormLayerTimer:
                 self._last = role
             return out
 
-        module.forward = timed
+        setattr(module, method, timed)
 
 
 def op_alone(layer):
     """A DN-B layer's inference as the C++ op's call alone, its arguments
-    gathered beforehand (and the fused clamp's tag, which spares the
-    pass-through after it its clamp): what the layer would cost without
-    Python of its own. None for other layers."""
-    tensors = (layer._dn_b_tensors()
-               if isinstance(layer, DynamicNorm2d) and layer.mode == 'B'
-               else None)
-    if tensors is None:
+    gathered beforehand: what the layer would cost without Python of its
+    own (``forward(x)`` or ``forward_clamped(x, bounds)``). None for other
+    layers."""
+    if not (isinstance(layer, DynamicNorm2d) and layer.mode == 'B'):
         return None
-    bounds = layer._activation_bounds()
+    w1, b1, w2, scale, shift, mean, var = [
+        t.detach() for t in layer._op_tensors()
+    ]
+    groups, eps = layer.sc.fc2.groups, layer.eps
 
-    def forward(x):
-        y = dn_b_inference_cpu(x, tensors, layer.eps, bounds)
-        if bounds is not None:
-            mark_clamped(y, bounds)
-        return y
+    def forward(x, bounds=UNBOUNDED):
+        return torch.ops.dn_mmdet.dn_b_inference(x, w1, b1, w2, groups,
+                                                 scale, shift, mean, var,
+                                                 eps, *bounds)
 
     return forward
 
@@ -183,7 +185,7 @@ def profile_in_model(model_name, batch, size, rounds,
     for variant in IN_MODEL_VARIANTS:
         steps = build_steps(model_name, variant, batch, size, config)
         steps.set_mode(False)
-        with torch.no_grad():  # the first forward fuses DN's activations
+        with torch.no_grad():
             steps.infer_step()
         models[variant] = (steps.infer_step, NormLayerTimer(steps.model))
     (bn_step, bn_timer), (dn_step, dn_timer) = models.values()

@@ -3,11 +3,12 @@
 At one input shape, in one process, interleaved (:mod:`.timing`):
 
 * inference (eval, ``torch.no_grad``): BN then ReLU6 (``bn``); the DN
-  layer with its fused ReLU6 (``dn``); the C++ op alone, called with the
+  layer with its fused ReLU6 (``dn``, :meth:`DynamicNorm2d.forward_clamped`
+  as a fused ConvModule calls it); the C++ op alone, called with the
   layer's tensors (``op``: pooling pass, SC-Module,
-  normalise-affine-clamp pass); that last pass alone (``pass``, the work
-  BN does too). ``dn - op`` is Python's share, ``op - pass`` the pooling
-  pass and the SC-Module;
+  normalise-affine-clamp pass); BN's normalising pass alone (``pass``, the
+  work BN and DN both do). ``dn - op`` is Python's share, ``op - pass``
+  about the pooling pass and the SC-Module;
 * training (forward and backward, ReLU6 after BN, fused in DN, gradients
   set as after ``optimizer.zero_grad()``): ``bn``, ``dn`` and the op's two
   halves called directly (``op``); ``dn - op`` is Python's and autograd's
@@ -16,7 +17,6 @@ At one input shape, in one process, interleaved (:mod:`.timing`):
 import torch
 
 from dn_mmdet.norm import DynamicNorm2d
-from dn_mmdet.ops import dn_cpu
 from .timing import interleaved_seconds
 
 #: The columns of :func:`format_row`.
@@ -37,7 +37,7 @@ def median_us(fns, rounds, calls):
 def profile_shape(shape, rounds, calls):
     """The inference and training times (two ``{name: us}``, see the
     module's docstring) of BN and DN-B (r=16, g='oup') at ``shape``
-    (N, C, H, W). Needs DN's CPU kernel (``dn_cpu.load()``)."""
+    (N, C, H, W). Needs DN's CPU ops (``dn_mmdet.ops.load_cpu_ops()``)."""
     n, c, h, w = shape
     torch.manual_seed(0)
     x = torch.randn(shape)
@@ -46,34 +46,32 @@ def profile_shape(shape, rounds, calls):
     relu6 = torch.nn.ReLU6()
     dn = DynamicNorm2d(c, r=16, g='oup')
     torch.nn.init.normal_(dn.sc.fc2.weight, std=0.01)
-    dn.fuse_activation(torch.nn.ReLU6())
-    op = dn_cpu.module
-    eps, lo, hi = dn.eps, 0.0, 6.0
+    op = torch.ops.dn_mmdet
+    eps, bounds = dn.eps, (0.0, 6.0)
 
     bn.eval(), dn.eval()
-    tensors = dn._dn_b_tensors()
-    ones, zeros = torch.ones(n, c), torch.zeros(n, c)
-    mean, var = tensors.running_mean, tensors.running_var
+    weights = [t.detach() for t in dn._op_tensors()]
+    fc2_groups = dn.sc.fc2.groups
+    sc_weights, base = weights[:3], weights[3:5]
     with torch.no_grad():
         infer = median_us({
             'bn': lambda: relu6(bn(x)),
-            'dn': lambda: dn(x),
-            'op': lambda: op.dn_b_inference(x, *tensors, eps, lo, hi),
-            'pass': lambda: op.normalize_act(x, ones, zeros, mean, var, eps,
-                                             lo, hi),
+            'dn': lambda: dn.forward_clamped(x, bounds),
+            'op': lambda: op.dn_b_inference(x, *sc_weights, fc2_groups,
+                                            *base, *weights[5:], eps,
+                                            *bounds),
+            'pass': lambda: bn(x),
         }, rounds, calls)
 
     bn.train(), dn.train()
     x_grad = x.clone().requires_grad_(True)
-    weights = [t.detach() for t in tensors[:3]]
-    fc2_groups, base_scale, base_shift = tensors[3:6]
 
     def op_step():
-        saved = op.dn_b_train_forward(x, *weights, fc2_groups, base_scale,
-                                      base_shift, eps, lo, hi, mean, var,
-                                      0.0)
-        op.dn_b_train_backward(grad, x, *saved[1:], weights[0], weights[2],
-                               fc2_groups, lo, hi)
+        saved = op.dn_b_train(x, *sc_weights, fc2_groups, *base, eps,
+                              *bounds)
+        _, mean, _, *rest = saved
+        op.dn_b_train_backward(grad, x, mean, *rest, sc_weights[0],
+                               sc_weights[2], fc2_groups, *bounds)
 
     def train_step(layer, forward):
         # As a training step after optimizer.zero_grad(): gradients are
@@ -84,7 +82,8 @@ def profile_shape(shape, rounds, calls):
 
     train = median_us({
         'bn': lambda: train_step(bn, lambda: relu6(bn(x_grad))),
-        'dn': lambda: train_step(dn, lambda: dn(x_grad)),
+        'dn': lambda: train_step(
+            dn, lambda: dn.forward_clamped(x_grad, bounds)),
         'op': op_step,
     }, rounds, calls)
     return infer, train

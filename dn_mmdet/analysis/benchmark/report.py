@@ -143,3 +143,24 @@ def format_table(results, sweep, kernel_status):
                   f'model: over {" and ".join(dn) or "no DN variant"}):']
         lines += [format_summary_line(entry) for entry in summary]
     return '\n'.join(lines)
+
+
+def format_before_after(before, after):
+    """A table of each non-BN variant's ratios to BN in two checkouts'
+    results (``median_over_runs`` of ``tree='before'`` and ``'after'``
+    runs), case by case: train and inference, before -> after."""
+    lines = ['| model | batch | size | variant | train x BN before | after '
+             '| infer x BN before | after |', '|---' * 8 + '|']
+    for r in after:
+        if r['variant'] == 'bn':
+            continue
+        old = next((b for b in before if case_of(b) == case_of(r)), None)
+        cells = []
+        for key in ('train_ms', 'infer_ms'):
+            for result, results in ((old, before), (r, after)):
+                ratio = (None if result is None else ratio_of(
+                    result, bn_base(results, result), key))
+                cells.append('-' if ratio is None else f'{ratio:.2f}')
+        lines.append(f"| {r['model']} | {r['batch']} | {r['size']} | "
+                     f"{r['variant']} | " + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)

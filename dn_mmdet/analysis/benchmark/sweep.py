@@ -6,7 +6,7 @@ import json
 import statistics
 import subprocess
 import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from .worker import WorkerSettings, worker_command, worker_env
 
@@ -23,6 +23,10 @@ class Sweep:
             medians over them.
         keep_freed_memory (bool): See :func:`.worker.worker_env`.
         worker (WorkerSettings): How each worker measures.
+        before (str, optional): Another checkout (e.g. ``git worktree add
+            /tmp/dn_before main``): each worker runs again with its
+            ``dn_mmdet``, right after this one's; its results have
+            ``tree='before'`` (this checkout's ``tree='after'``).
     """
     models: List[str]
     cases: List[Tuple[int, int]]
@@ -31,6 +35,7 @@ class Sweep:
     keep_freed_memory: bool = False
     worker: WorkerSettings = dataclasses.field(
         default_factory=WorkerSettings)
+    before: Optional[str] = None
 
 
 class WorkerError(RuntimeError):
@@ -54,13 +59,10 @@ def plan_jobs(sweep):
 def dn_kernel_status(device):
     """Whether DN's CPU kernel is in use (built here, once, so that no
     worker pays for the build)."""
-    from dn_mmdet.norm.functional import fused_enabled
-    from dn_mmdet.ops import dn_cpu
+    from dn_mmdet.ops import dn_cpu, load_cpu_ops
     if device != 'cpu':
-        return 'ATen (not a CPU run)'
-    if not fused_enabled():
-        return 'off (DN_MMDET_FUSED=0)'
-    if dn_cpu.load():
+        return 'composite (not a CPU run)'
+    if load_cpu_ops():
         return 'in use'
     return f'unavailable ({dn_cpu.error.splitlines()[0]})'
 
@@ -114,7 +116,10 @@ def run_sweep(sweep, log=print):
     log(f'{len(jobs)} workers: {len(sweep.models)} model(s) x '
         f'{len(sweep.cases)} batch x size case(s) x {len(sweep.variants)} '
         f'variant(s){interleaved} x {sweep.runs} run(s)')
-    env = worker_env(sweep.keep_freed_memory)
+    trees = [('after', worker_env(sweep.keep_freed_memory), False)]
+    if sweep.before:
+        trees.append(('before', worker_env(sweep.keep_freed_memory,
+                                           sweep.before), True))
     runs, done, start = [], [], time.perf_counter()
     for i, job in enumerate(jobs, 1):
         run, model, batch, size, variants = job
@@ -125,14 +130,17 @@ def run_sweep(sweep, log=print):
         log(f'[{i}/{len(jobs)}] run {run + 1}: {model} b{batch} {size} '
             f'{variants} ...{eta}')
         job_start = time.perf_counter()
-        proc = subprocess.run(
-            worker_command(sweep.worker, model, variants, batch, size),
-            capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise WorkerError(
-                f'benchmark worker {model} b{batch} {size} {variants} '
-                f'failed:\n{proc.stderr[-3000:]}')
-        runs += json.loads(proc.stdout.strip().splitlines()[-1])
+        for tree, env, beside in trees:
+            proc = subprocess.run(
+                worker_command(sweep.worker, model, variants, batch, size,
+                               beside),
+                capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise WorkerError(
+                    f'benchmark worker ({tree}) {model} b{batch} {size} '
+                    f'{variants} failed:\n{proc.stderr[-3000:]}')
+            results = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs += [dict(r, tree=tree) for r in results]
         done.append((job, time.perf_counter() - job_start))
     log(f'all {len(jobs)} workers in '
         f'{format_duration(time.perf_counter() - start)}')

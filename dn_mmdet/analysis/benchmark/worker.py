@@ -43,6 +43,7 @@ class WorkerSettings:
         channels_last (bool): Channels-last models and inputs.
         interleave (bool): All variants' steps alternating in one process
             (their ratios to BN paired; no peak memory).
+        compile (bool): Models run through ``torch.compile``.
     """
     config: str = DEFAULT_CONFIG
     device: str = 'cpu'
@@ -52,6 +53,7 @@ class WorkerSettings:
     threads: Optional[int] = None
     channels_last: bool = False
     interleave: bool = False
+    compile: bool = False
 
 
 def run_worker(settings, model_name, variants, batch, size):
@@ -67,7 +69,8 @@ def run_worker(settings, model_name, variants, batch, size):
     if settings.threads:
         torch.set_num_threads(settings.threads)
     steps = {v: build_steps(model_name, v, batch, size, settings.config,
-                            settings.device, settings.channels_last)
+                            settings.device, settings.channels_last,
+                            settings.compile)
              for v in variants}
     results = {v: dict(model=model_name, variant=v, batch=batch, size=size)
                for v in variants}
@@ -99,22 +102,42 @@ def run_worker(settings, model_name, variants, batch, size):
     return [results[v] for v in variants]
 
 
-def worker_command(settings, model, variants, batch, size):
-    """The command line of a worker process (this package's
-    ``__main__`` run by this Python)."""
-    return [sys.executable, '-m', __package__,
-            json.dumps(dataclasses.asdict(settings)), model, variants,
+#: A worker of another ``dn_mmdet`` (``worker_env(root=...)``): this
+#: package's code, loaded from its files under another name, measures the
+#: ``dn_mmdet`` first on ``PYTHONPATH``.
+_LAUNCH_BESIDE = (
+    'import importlib.util, sys; '
+    'spec = importlib.util.spec_from_file_location("dn_benchmark", {init!r}, '
+    'submodule_search_locations=[{here!r}]); '
+    'package = importlib.util.module_from_spec(spec); '
+    'sys.modules["dn_benchmark"] = package; spec.loader.exec_module(package); '
+    'from dn_benchmark.worker import main; main(sys.argv[1:])')
+
+
+def worker_command(settings, model, variants, batch, size, beside=False):
+    """The command line of a worker process: this package's ``__main__``
+    run by this Python, or with ``beside`` this package's files under
+    another name (for a worker whose ``dn_mmdet`` is another checkout's,
+    which may not have this package)."""
+    args = [json.dumps(dataclasses.asdict(settings)), model, variants,
             str(batch), str(size)]
+    if not beside:
+        return [sys.executable, '-m', __package__] + args
+    here = osp.dirname(osp.abspath(__file__))
+    launch = _LAUNCH_BESIDE.format(init=osp.join(here, '__init__.py'),
+                                   here=here)
+    return [sys.executable, '-c', launch] + args
 
 
-def worker_env(keep_freed_memory=False):
+def worker_env(keep_freed_memory=False, root=None):
     """The environment of a worker process: this one's, warnings off, the
     ``dn_mmdet`` this process imported first on ``PYTHONPATH`` (the worker
-    measures the same code), and with ``keep_freed_memory`` glibc keeping
-    freed memory (``MALLOC_MMAP_MAX_=0``, no trimming: no page faults for
-    fresh activations, which otherwise dominate CPU inference)."""
+    measures the same code; ``root``: another checkout's instead), and with
+    ``keep_freed_memory`` glibc keeping freed memory
+    (``MALLOC_MMAP_MAX_=0``, no trimming: no page faults for fresh
+    activations, which otherwise dominate CPU inference)."""
     import dn_mmdet
-    root = osp.dirname(osp.dirname(osp.abspath(dn_mmdet.__file__)))
+    root = root or osp.dirname(osp.dirname(osp.abspath(dn_mmdet.__file__)))
     env = dict(os.environ, PYTHONWARNINGS='ignore')
     env['PYTHONPATH'] = os.pathsep.join(
         [root] + [p for p in [env.get('PYTHONPATH')] if p])

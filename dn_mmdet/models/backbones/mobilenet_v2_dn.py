@@ -25,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
-from ...norm import DynamicNorm2d
+from ...norm import fuse_norm_act
 from ...utils.checkpoint import format_mismatch, state_dict_mismatch
 from ...utils.compat import safe_checkpoint_loading
 
@@ -220,9 +220,9 @@ class MobileNetV2DN(BaseModule):
             raise ValueError(f'MobileNetV2DN: unknown tap(s) {bad} in '
                              f'out_taps; valid taps: {self.valid_taps}')
         self.out_taps = out_taps
-        # DN applies the ReLU6 in its affine pass at inference (one pass
-        # instead of two, which pays back DN's pooling pass).
-        DynamicNorm2d.fuse_activations(self)
+        # Fused by construction: DN applies the ReLU6 in its output pass (one
+        # pass instead of two, which pays back DN's pooling pass).
+        fuse_norm_act(self)
         self._freeze_stages()
 
     @property
