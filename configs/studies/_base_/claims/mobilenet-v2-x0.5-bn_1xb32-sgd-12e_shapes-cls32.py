@@ -27,6 +27,12 @@ model = dict(
     # mmpretrain keeps the last conv at 1280 channels below width 1.
     head=dict(in_channels=1280))
 
+# DenseNAS's input normalisation (ImageNet mean and std), not the shapes
+# detector's std 1: with pixel values of +-128 the stem conv's gradients
+# are ~60 times larger, and SGD at the recipe's lr left BN at chance.
+data_preprocessor = dict(
+    num_classes=5, mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
+
 data_root = 'data/shapes_cls32/'
 train_pipeline = [
     dict(type='LoadImageFromFile'),
