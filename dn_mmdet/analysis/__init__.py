@@ -1,5 +1,6 @@
-"""Measurement tools' libraries (benchmarks, profiles).
+"""Libraries of the analysis tools (``tools/analysis``): benchmarks,
+profiles, the normaliser study.
 
-Not imported by ``import dn_mmdet``: the tools under ``tools/analysis``
-import what they use from here.
+Not imported by ``import dn_mmdet``: they pull in plotting and process
+supervision that a model user does not need; the tools import what they use.
 """

@@ -1,6 +1,7 @@
-"""tools/analysis/norm_study.py: a study of real training runs (tiny shapes
-data, two epochs of a few iterations), killed mid-grid and resumed, its
-results, table and plots; the spec checks; the report's arithmetic."""
+"""tools/analysis/norm_study.py and dn_mmdet.analysis.study: a study of real
+training runs (tiny shapes data, two epochs of a few iterations), killed
+mid-grid and resumed, its results, table and plots; the spec checks; the
+report's arithmetic."""
 import json
 import signal
 import subprocess
@@ -20,13 +21,22 @@ DN_NORM_CFG = dict(type='DN', r=16, g='oup', eps=1e-3)
 
 
 @pytest.fixture(scope='module')
-def norm_study(load_tool):
-    return load_tool('analysis/norm_study')
+def norm_study():
+    """The study library (spec, options, records, runner)."""
+    from dn_mmdet.analysis import study
+    return study
 
 
 @pytest.fixture(scope='module')
-def report(load_tool):
-    return load_tool('analysis/norm_study_report')
+def report():
+    from dn_mmdet.analysis.study import report
+    return report
+
+
+@pytest.fixture(scope='module')
+def study_cli(load_tool):
+    """tools/analysis/norm_study.py (the command line)."""
+    return load_tool('analysis/norm_study')
 
 
 @pytest.fixture(scope='module')
@@ -509,12 +519,12 @@ def test_report_marks_all_diverged_cells(report):
     assert '| BN | 30.0 | NaN †1/1 (1 to run) |' in table
 
 
-def test_dry_run_lists_every_command(tmp_path, tiny, capsys, norm_study):
+def test_dry_run_lists_every_command(tmp_path, tiny, capsys, study_cli):
     spec = write_spec(tmp_path / 'spec.py',
                       tiny,
                       batch_sizes=[4, 2],
                       lr_mults=[1, 2.5])
-    assert norm_study.main(
+    assert study_cli.main(
         [str(spec), '--work-dir',
          str(tmp_path / 'out'), '--dry-run']) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -536,11 +546,12 @@ def test_one_study_directory_one_study(tmp_path, tiny, norm_study):
                                    str(tmp_path / 'out'))
     second = norm_study.StudyRunner(norm_study.Study(str(spec)),
                                     str(tmp_path / 'out'))
-    lock = first._lock()
-    with pytest.raises(RuntimeError, match='another norm_study .* is running'):
-        second._lock()
+    lock = first.lock()
+    with pytest.raises(norm_study.StudyError,
+                       match='another norm_study .* is running'):
+        second.lock()
     lock.close()
-    second._lock().close()
+    second.lock().close()
 
 
 def test_report_of_a_full_grid(report):
@@ -560,3 +571,140 @@ def test_report_of_a_full_grid(report):
     dn_row = next(line for line in table.splitlines()
                   if line.startswith('| DN-B | 22.0'))
     assert dn_row.endswith('|  |')
+
+
+# ---------------------------------------------------------------------- #
+# Processes: a two-process study killed, a run still alive, lost results
+# ---------------------------------------------------------------------- #
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_sigkill_of_a_two_process_study_leaves_no_training(
+        tmp_path, tiny, tool_env):
+    """gpus=2 launches torch.distributed.run, whose workers live in
+    sessions of their own: before the watchdog, SIGKILL of the study left
+    them training under PID 1."""
+    spec = write_spec(tmp_path / 'spec.py', tiny, norms=['bn'], gpus=2)
+    out = tmp_path / 'study'
+    run_dir = out / 'runs' / 'bn_bs2_lr1x_seed0'
+    env = dict(tool_env, PORT=str(_free_port()))
+    study = subprocess.Popen(_study_cmd(spec, out),
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL,
+                             cwd=tmp_path,
+                             env=env)
+    log = run_dir / 'train.log'
+    deadline = time.time() + 300
+    # Both ranks are up once the training logs its first iteration.
+    while not (log.is_file() and 'Epoch(train)' in log.read_text()):
+        assert study.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, 'the run did not start training'
+        time.sleep(0.2)
+    assert len(_processes_writing(run_dir)) >= 3  # launcher and two ranks
+    study.send_signal(signal.SIGKILL)
+    study.wait()
+    deadline = time.time() + 60
+    while _processes_writing(run_dir) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_writing(run_dir) == []
+
+
+def test_a_run_still_training_is_not_started_beside(tmp_path, tiny,
+                                                    norm_study):
+    """A run whose recorded process group still has a process working in
+    its directory is refused, naming the group and its pids."""
+    spec = write_spec(tmp_path / 'spec.py', tiny, norms=['bn'])
+    runner = norm_study.StudyRunner(norm_study.Study(str(spec)),
+                                    str(tmp_path / 'out'))
+    run = runner.study.runs()[0]
+    run_dir = Path(runner.run_dir(run))
+    run_dir.mkdir(parents=True)
+    alive = subprocess.Popen(
+        [sys.executable, '-c', 'import time; time.sleep(120)',
+         str(run_dir)],
+        start_new_session=True)
+    try:
+        (run_dir / 'norm_study_run.json').write_text(
+            json.dumps(dict(pgid=alive.pid, segments=[[1.0, None]])))
+        with pytest.raises(norm_study.StudyError,
+                           match=rf'still running \(process group '
+                           rf'{alive.pid}, pids {alive.pid}\).*kill -- '
+                           rf'-{alive.pid}'):
+            runner.run()
+        assert alive.poll() is None
+        assert not (run_dir / 'train.log').exists()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_report_only_without_runs_keeps_committed_results(
+        tmp_path, study_cli, norm_study):
+    """--report-only on a folder of committed results (no runs/) used to
+    overwrite them with pending rows."""
+    import shutil
+    committed = REPO / 'docs/studies/norm_study_mobilenetv2_shapes_cls'
+    folder = tmp_path / 'results'
+    shutil.copytree(committed, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    spec = REPO / 'configs/studies/norm_study_mobilenetv2_shapes_cls.py'
+    with pytest.raises(SystemExit, match='has no runs/ folder'):
+        study_cli.main([str(spec), '--work-dir', str(folder),
+                        '--report-only'])
+    # Any writer refuses to drop a run with an outcome, runs/ or not.
+    (folder / 'runs').mkdir()
+    runner = norm_study.StudyRunner(norm_study.Study(str(spec)), str(folder))
+    with pytest.raises(norm_study.StudyError,
+                       match=r'holds 20 run\(s\) with an outcome'):
+        runner.write_results()
+    with pytest.raises(norm_study.StudyError, match='holds 20 run'):
+        runner.run()
+    assert {name: (folder / name).read_bytes() for name in before} == before
+
+
+def test_a_seeded_run_reproduces(tmp_path, load_tool, tool_env):
+    """The same classification run twice (one thread, deterministic, data
+    loaded in the training process): the same curve, bit for bit."""
+    from dn_mmdet.analysis.study import read_curve
+    root = tmp_path / 'cls'
+    load_tool('misc/make_shapes_cls_dataset').generate_shapes_cls_dataset(
+        str(root), num_train=16, num_val=8, seed=0, size=32)
+    options = {
+        'train_cfg.max_epochs': 2,
+        'param_scheduler.1.T_max': 1,
+        'param_scheduler.1.end': 2,
+        'default_hooks.logger.interval': 1,
+    }
+    for loader in ('train', 'val', 'test'):
+        options[f'{loader}_dataloader.dataset.data_root'] = f'{root}/'
+        options[f'{loader}_dataloader.dataset.classes'] = \
+            f'{root}/meta/classes.txt'
+    lines = [
+        f"_base_ = ['{NORMS_BASE}']",
+        "base_config = 'configs/studies/_base_/claims/"
+        "mobilenet-v2-x0.5-bn_1xb32-sgd-12e_shapes-cls32.py'",
+        "metric = 'accuracy/top1'", "norms = ['dnb-r16-g1']",
+        'batch_sizes = [4]', 'threads = 1', f'cfg_options = {options!r}'
+    ]
+    spec = tmp_path / 'spec.py'
+    spec.write_text('\n'.join(lines) + '\n')
+    curves, losses = [], []
+    for out in ('a', 'b'):
+        done = subprocess.run(_study_cmd(spec, tmp_path / out),
+                              capture_output=True,
+                              text=True,
+                              cwd=tmp_path,
+                              env=tool_env)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        run_dir = str(tmp_path / out / 'runs' / 'dnb-r16-g1_bs4_lr1x_seed0')
+        curves.append(read_curve(run_dir, 'accuracy/top1'))
+        losses.append(read_curve(run_dir, 'loss'))
+    assert sorted(curves[0]) == [1, 2]
+    assert curves[0] == curves[1]
+    # Every iteration's loss, not only the coarse 8-image accuracy.
+    assert len(losses[0]) == 8
+    assert losses[0] == losses[1]
