@@ -72,9 +72,9 @@ class CheckedCocoDataset(CocoDataset):
     ``filter_cfg`` that removes every image is an error too.
 
     Args:
-        check_images (bool): Check every image file (the header only, ~0.1 ms
-            an image). Images on a storage backend (``backend_args``) are not
-            checked. Defaults to True.
+        check_images (bool): Check every image file (its header only, so
+            a data set on slow storage may turn it off). Images on a storage
+            backend (``backend_args``) are not checked. Defaults to True.
         **kwargs: Arguments of :class:`mmdet.datasets.CocoDataset`.
     """
 
