@@ -9,8 +9,9 @@ torch's weights-only default is switched on explicitly, by
 ``dn_mmdet.utils.safe_checkpoint_loading()`` around a run (the tools do
 this) or the ``SafeCheckpointLoaderHook`` of the project's runtime configs.
 """
-from .version import __version__
+
 from .utils import torchvision_compat
+from .version import __version__
 
 # Registering needs mmdet.models, which imports mmpretrain and with it
 # torchvision: where torchvision's C++ extension cannot load beside this
@@ -18,9 +19,11 @@ from .utils import torchvision_compat
 # operators its import needs. Does nothing where the extension loads.
 torchvision_compat.define_missing_ops()
 
-from . import norm  # noqa: F401,E402
-from . import models  # noqa: F401,E402
-from . import datasets  # noqa: F401,E402
-from . import engine  # noqa: F401,E402
+from . import (
+    datasets,  # noqa: F401,E402
+    engine,  # noqa: F401,E402
+    models,  # noqa: F401,E402
+    norm,  # noqa: F401,E402
+)
 
 __all__ = ['__version__']

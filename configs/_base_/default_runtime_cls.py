@@ -18,6 +18,7 @@ default_hooks = dict(
     # DN applies the clamp of its ConvModule in its own output pass, where
     # that provably computes the same (dn_mmdet.norm.fuse_norm_act).
     fuse_norm_act=dict(type='mmdet.FuseNormActHook'),
-    visualization=dict(type='VisualizationHook', enable=False))
+    visualization=dict(type='VisualizationHook', enable=False),
+)
 
 visualizer = dict(type='UniversalVisualizer')

@@ -23,7 +23,11 @@ seeds = [0, 1, 2]
 cfg_options = {'default_hooks.checkpoint.save_best': None}
 
 claims = [
-    dict(key='det-dnb', kind='effect', source='DN paper (COCO detection)',
-         text='the detector with DN-B (16, oup) in its backbone beats BN',
-         terms=[(1, 'dnb-r16-goup', 16, 1), (-1, 'bn', 16, 1)]),
+    dict(
+        key='det-dnb',
+        kind='effect',
+        source='DN paper (COCO detection)',
+        text='the detector with DN-B (16, oup) in its backbone beats BN',
+        terms=[(1, 'dnb-r16-goup', 16, 1), (-1, 'bn', 16, 1)],
+    ),
 ]

@@ -45,5 +45,7 @@ cfg_options = {
 
 presets = dict(
     # A check of the pipeline (3 runs, a few minutes), not evidence.
-    quick=dict(norms=['bn', 'dnb-r16-goup'], batch_sizes=[32], lr_mults=[1],
-               seeds=[0]), )
+    quick=dict(
+        norms=['bn', 'dnb-r16-goup'], batch_sizes=[32], lr_mults=[1], seeds=[0]
+    ),
+)

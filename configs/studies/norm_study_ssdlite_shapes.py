@@ -50,15 +50,17 @@ cfg_options = {
 presets = dict(
     # About 15 minutes: the norms that exist today, batch 16 and 2, one
     # seed. A check of the pipeline, not evidence.
-    quick=dict(norms=['bn', 'gn', 'dnb-r16-goup'],
-               batch_sizes=[16, 2],
-               seeds=[0],
-               cfg_options={
-                   'train_cfg.max_epochs': 2,
-                   'param_scheduler.1.end': 2,
-                   'param_scheduler.1.T_max': 2,
-                   'train_dataloader.dataset.indices': 320,
-               }),
+    quick=dict(
+        norms=['bn', 'gn', 'dnb-r16-goup'],
+        batch_sizes=[16, 2],
+        seeds=[0],
+        cfg_options={
+            'train_cfg.max_epochs': 2,
+            'param_scheduler.1.end': 2,
+            'param_scheduler.1.T_max': 2,
+            'train_dataloader.dataset.indices': 320,
+        },
+    ),
     # About 8 hours (overnight): 6 epochs over 1,000 images, 5x the default's
     # training, for differences in mAP rather than in early training.
     long=dict(
@@ -68,5 +70,6 @@ presets = dict(
             'param_scheduler.1.end': 6,
             'param_scheduler.1.T_max': 6,
             'train_dataloader.dataset.indices': 1000,
-        }),
+        }
+    ),
 )

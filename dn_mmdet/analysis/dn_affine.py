@@ -22,6 +22,7 @@ within a class.
 The figure is drawn on its own ``matplotlib.figure.Figure`` (no pyplot):
 the process's matplotlib backend is left as it is.
 """
+
 import math
 from typing import Dict, List, Sequence
 
@@ -35,6 +36,7 @@ _Records = Dict[str, Dict[str, List[torch.Tensor]]]
 def dn_b_layers(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
     """The model's DN-B layers by qualified name, in definition order."""
     from dn_mmdet.norm import DynamicNorm2d
+
     return {
         name: m
         for name, m in model.named_modules()
@@ -42,8 +44,9 @@ def dn_b_layers(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
     }
 
 
-def select_layers(model: torch.nn.Module,
-                  wanted: Sequence[str]) -> Dict[str, torch.nn.Module]:
+def select_layers(
+    model: torch.nn.Module, wanted: Sequence[str]
+) -> Dict[str, torch.nn.Module]:
     """``wanted`` names (``'first'``/``'last'`` for the first/last DN-B
     layer) -> ``{name: layer}``.
 
@@ -52,9 +55,11 @@ def select_layers(model: torch.nn.Module,
     """
     layers = dn_b_layers(model)
     if not layers:
-        raise ValueError('the model has no DN-B layer '
-                         "(norm_cfg type 'DN' with mode 'B'); DN-C shares "
-                         'one affine across the batch')
+        raise ValueError(
+            'the model has no DN-B layer '
+            "(norm_cfg type 'DN' with mode 'B'); DN-C shares "
+            'one affine across the batch'
+        )
     names = list(layers)
     selected = {}
     for want in wanted:
@@ -63,7 +68,8 @@ def select_layers(model: torch.nn.Module,
             raise ValueError(
                 f'{want!r} is not a DN-B layer of the model; '
                 f'its DN-B layers are {names[0]!r} ... {names[-1]!r} '
-                f'({len(names)} in all)')
+                f'({len(names)} in all)'
+            )
         selected[name] = layers[name]
     return selected
 
@@ -84,15 +90,19 @@ def image_class(info: dict, dataset_name: str, index: int) -> int:
             label = int(inst['bbox_label'])
             area[label] = area.get(label, 0.0) + (x2 - x1) * (y2 - y1)
         return max(area, key=area.get) if area else -1
-    raise ValueError(f'sample {index} of {dataset_name} has '
-                     "neither 'gt_label' (classification) nor 'instances' "
-                     '(detection)')
+    raise ValueError(
+        f'sample {index} of {dataset_name} has '
+        "neither 'gt_label' (classification) nor 'instances' "
+        '(detection)'
+    )
 
 
-def images_by_class(dataset,
-                    classes: Sequence[str] = None,
-                    max_images: int = 50,
-                    default_count: int = 4) -> Dict[str, List[int]]:
+def images_by_class(
+    dataset,
+    classes: Sequence[str] = None,
+    max_images: int = 50,
+    default_count: int = 4,
+) -> Dict[str, List[int]]:
     """Dataset indices of up to ``max_images`` images of each class.
 
     Args:
@@ -107,34 +117,40 @@ def images_by_class(dataset,
     all_classes = list(dataset.metainfo['classes'])
     for c in classes or []:
         if c not in all_classes:
-            raise ValueError(f'unknown class {c!r}; the '
-                             f'classes of {name} are {all_classes}')
+            raise ValueError(
+                f'unknown class {c!r}; the classes of {name} are {all_classes}'
+            )
     found: Dict[int, List[int]] = {}
     for index in range(len(dataset)):
         label = image_class(dataset.get_data_info(index), name, index)
         if label >= 0:
             found.setdefault(label, []).append(index)
     if classes is None:
-        classes = [c for i, c in enumerate(all_classes)
-                   if found.get(i)][:default_count]
+        classes = [c for i, c in enumerate(all_classes) if found.get(i)][
+            :default_count
+        ]
     result = {}
     for c in classes:
         indices = found.get(all_classes.index(c), [])
         if not indices:
-            raise ValueError(f'no image of class {c!r} in '
-                             f'{name} ({len(dataset)} images)')
+            raise ValueError(
+                f'no image of class {c!r} in {name} ({len(dataset)} images)'
+            )
         result[c] = indices[:max_images]
     return result
 
 
-def record_affines(model,
-                   dataset,
-                   layers: Dict[str, torch.nn.Module],
-                   indices: Sequence[int],
-                   batch_size: int = 8):
+def record_affines(
+    model,
+    dataset,
+    layers: Dict[str, torch.nn.Module],
+    indices: Sequence[int],
+    batch_size: int = 8,
+):
     """Run ``model`` on the ``indices`` images; return ``{layer: (alpha,
     lambda)}``, each a (len(indices), C) tensor."""
     from mmengine.dataset import pseudo_collate
+
     records: _Records = {name: dict(alpha=[], lam=[]) for name in layers}
 
     def hook_for(name, layer):
@@ -142,9 +158,11 @@ def record_affines(model,
         def hook(module, args, output):
             alpha_delta, lambda_delta = output
             records[name]['alpha'].append(
-                (alpha_delta + layer.base_scale).detach().float().cpu())
+                (alpha_delta + layer.base_scale).detach().float().cpu()
+            )
             records[name]['lam'].append(
-                (lambda_delta + layer.base_shift).detach().float().cpu())
+                (lambda_delta + layer.base_shift).detach().float().cpu()
+            )
 
         return hook
 
@@ -156,7 +174,8 @@ def record_affines(model,
         with torch.no_grad():
             for start in range(0, len(indices), batch_size):
                 batch = pseudo_collate(
-                    [dataset[i] for i in indices[start:start + batch_size]])
+                    [dataset[i] for i in indices[start : start + batch_size]]
+                )
                 data = model.data_preprocessor(batch, False)
                 model(**data, mode='tensor')
     finally:
@@ -169,7 +188,8 @@ def record_affines(model,
             raise RuntimeError(
                 f'layer {name} ran for {alpha.shape[0]} '
                 f'samples, expected {len(indices)} (is it called once a '
-                'forward?)')
+                'forward?)'
+            )
         result[name] = (alpha, lam)
     return result
 
@@ -180,7 +200,8 @@ def summary_line(layer: str, entry: dict) -> str:
         f'{which} mean {entry[f"{which}_mean"]:.3f}, between-class std '
         f'{entry[f"{which}_between_class_std"]:.4f}, within-class std '
         f'{entry[f"{which}_within_class_std"]:.4f}'
-        for which in ('alpha', 'lambda'))
+        for which in ('alpha', 'lambda')
+    )
 
 
 def summarise(per_class: Dict[str, Dict[str, tuple]]) -> dict:
@@ -199,34 +220,41 @@ def summarise(per_class: Dict[str, Dict[str, tuple]]) -> dict:
             for cls, by_layer in per_class.items():
                 values = by_layer[layer][pos]
                 mean = values.mean(0)
-                std = (values.std(0)
-                       if values.shape[0] > 1 else torch.zeros_like(mean))
+                std = (
+                    values.std(0)
+                    if values.shape[0] > 1
+                    else torch.zeros_like(mean)
+                )
                 stats = entry['classes'].setdefault(
-                    cls, dict(images=values.shape[0]))
+                    cls, dict(images=values.shape[0])
+                )
                 stats[f'{which}_mean'] = mean.tolist()
                 stats[f'{which}_std'] = std.tolist()
                 means.append(mean)
                 within.append(std)
             means = torch.stack(means)
-            entry[f'{which}_between_class_std'] = (means.std(0).mean().item()
-                                                   if len(means) > 1 else 0.0)
-            entry[f'{which}_within_class_std'] = torch.stack(
-                within).mean().item()
+            entry[f'{which}_between_class_std'] = (
+                means.std(0).mean().item() if len(means) > 1 else 0.0
+            )
+            entry[f'{which}_within_class_std'] = (
+                torch.stack(within).mean().item()
+            )
             entry[f'{which}_mean'] = means.mean().item()
-        entry['channels'] = len(entry['classes'][next(
-            iter(per_class))]['alpha_mean'])
+        entry['channels'] = len(
+            entry['classes'][next(iter(per_class))]['alpha_mean']
+        )
         summary[layer] = entry
     return summary
 
 
-def plot_affines(summary: dict,
-                 out: str,
-                 max_channels: int = 320,
-                 title: str = None) -> None:
+def plot_affines(
+    summary: dict, out: str, max_channels: int = 320, title: str = None
+) -> None:
     """Saves the figure of :func:`summarise`'s ``summary`` to ``out``: one
     row per layer, alpha and lambda panels, one line per class (layers wider
     than ``max_channels`` show every k-th channel)."""
     from matplotlib.figure import Figure
+
     rows = len(summary)
     fig = Figure(figsize=(11, 2.8 * rows), dpi=120)
     axes = fig.subplots(rows, 2, squeeze=False)
@@ -235,21 +263,25 @@ def plot_affines(summary: dict,
         step = max(1, math.ceil(channels / max_channels))
         shown = np.arange(0, channels, step)
         for col, (which, symbol) in enumerate(
-            (('alpha', 'alpha (scale)'), ('lambda', 'lambda (shift)'))):
+            (('alpha', 'alpha (scale)'), ('lambda', 'lambda (shift)'))
+        ):
             ax = axes[row, col]
             for index, (cls, stats) in enumerate(entry['classes'].items()):
                 mean = np.asarray(stats[f'{which}_mean'])[shown]
-                ax.plot(shown,
-                        mean,
-                        linewidth=0.8,
-                        color=f'C{index % 10}',
-                        label=f'{cls} ({stats["images"]} images)')
+                ax.plot(
+                    shown,
+                    mean,
+                    linewidth=0.8,
+                    color=f'C{index % 10}',
+                    label=f'{cls} ({stats["images"]} images)',
+                )
             every = '' if step == 1 else f', every {step}th channel'
             ax.set_title(
                 f'{layer} ({channels} channels{every})\n{symbol}: between-'
                 f'class std {entry[f"{which}_between_class_std"]:.3g}, '
                 f'within-class std {entry[f"{which}_within_class_std"]:.3g}',
-                fontsize=7)
+                fontsize=7,
+            )
             ax.set_xlabel('channel')
             ax.set_ylabel(f'mean {which}')
             ax.grid(True, alpha=0.3)
@@ -260,10 +292,9 @@ def plot_affines(summary: dict,
     fig.savefig(out)
 
 
-def build_model_and_dataset(config: str,
-                            checkpoint: str,
-                            split: str,
-                            cfg_options: dict = None):
+def build_model_and_dataset(
+    config: str, checkpoint: str, split: str, cfg_options: dict = None
+):
     """The model (eval, checkpoint loaded strictly) and a split's dataset."""
     from mmengine.registry import DATASETS, MODELS, init_default_scope
     from mmengine.runner import load_checkpoint
@@ -271,20 +302,18 @@ def build_model_and_dataset(config: str,
     import dn_mmdet  # noqa: F401  (registers DN, also without custom_imports)
     from dn_mmdet.utils.compat import safe_checkpoint_loading
     from dn_mmdet.utils.launch import check_file, load_config
+
     cfg = load_config(config, cfg_options)
     check_file(checkpoint, 'Checkpoint')
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     loader = cfg.get(f'{split}_dataloader')
     if not loader or 'dataset' not in loader:
-        raise ValueError(f'{config} has no '
-                         f'{split}_dataloader.dataset')
+        raise ValueError(f'{config} has no {split}_dataloader.dataset')
     model = MODELS.build(cfg.model)
     with safe_checkpoint_loading():
-        load_checkpoint(model,
-                        checkpoint,
-                        map_location='cpu',
-                        strict=True,
-                        logger='silent')
+        load_checkpoint(
+            model, checkpoint, map_location='cpu', strict=True, logger='silent'
+        )
     model.eval()
     dataset = DATASETS.build(loader['dataset'])
     return model, dataset

@@ -6,13 +6,24 @@ embedded shapes data. Their generators (:mod:`.shapes_generator`,
 Importing registers ``CheckedCocoDataset`` and ``ShapesDataset`` in mmdet's
 ``DATASETS``.
 """
+
 from .checked_coco import CheckedCOCO, CheckedCocoDataset
-from .coco_checks import (DatasetCheckError, check_coco_dict, check_image_file,
-                          load_coco_json)
+from .coco_checks import (
+    DatasetCheckError,
+    check_coco_dict,
+    check_image_file,
+    load_coco_json,
+)
 from .shapes_dataset import SHAPES_CLASSES, SHAPES_METAINFO, ShapesDataset
 
 __all__ = [
-    'CheckedCOCO', 'CheckedCocoDataset', 'DatasetCheckError',
-    'check_coco_dict', 'check_image_file', 'load_coco_json',
-    'SHAPES_CLASSES', 'SHAPES_METAINFO', 'ShapesDataset'
+    'CheckedCOCO',
+    'CheckedCocoDataset',
+    'DatasetCheckError',
+    'check_coco_dict',
+    'check_image_file',
+    'load_coco_json',
+    'SHAPES_CLASSES',
+    'SHAPES_METAINFO',
+    'ShapesDataset',
 ]

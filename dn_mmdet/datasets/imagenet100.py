@@ -37,6 +37,7 @@ line) is refused with an error naming the folder or file, and annotation
 files of the same names that the converter did not write are not
 overwritten without ``force``.
 """
+
 import csv
 import os
 import os.path as osp
@@ -67,13 +68,15 @@ def _check_listable(folder: str, name: str) -> None:
         raise ImageNetTreeError(
             f'{path!r}: the file name has a line break, so it cannot be one '
             'line of an annotation file; rename the file (or move it out of '
-            'the tree)')
+            'the tree)'
+        )
     try:
         name.encode('utf-8')
     except UnicodeEncodeError:
         raise ImageNetTreeError(
             f'{path!r}: the file name is not valid UTF-8 and cannot be '
-            'written to an annotation file; rename the file') from None
+            'written to an annotation file; rename the file'
+        ) from None
 
 
 def _images_in(folder: str) -> List[str]:
@@ -83,8 +86,11 @@ def _images_in(folder: str) -> List[str]:
         ImageNetTreeError: An image whose name cannot be an annotation
             line's (see :func:`_check_listable`).
     """
-    names = sorted(n for n in os.listdir(folder)
-                   if _is_image(n) and osp.isfile(osp.join(folder, n)))
+    names = sorted(
+        n
+        for n in os.listdir(folder)
+        if _is_image(n) and osp.isfile(osp.join(folder, n))
+    )
     for name in names:
         _check_listable(folder, name)
     return names
@@ -101,14 +107,16 @@ def find_train_classes(root: str) -> List[str]:
     if not osp.isdir(train_dir):
         raise ImageNetTreeError(
             f'{train_dir}: not a folder; an ImageNet root holds train/<wnid>/ '
-            'class folders and val/')
+            'class folders and val/'
+        )
     wnids = []
     for name in sorted(os.listdir(train_dir)):
         path = osp.join(train_dir, name)
         if not (osp.isdir(path) and WNID_PATTERN.match(name)):
             raise ImageNetTreeError(
                 f'{path}: expected only class folders named by wnid (e.g. '
-                'n01440764) in train/')
+                'n01440764) in train/'
+            )
         wnids.append(name)
     if not wnids:
         raise ImageNetTreeError(f'{train_dir}: no class folders')
@@ -138,33 +146,38 @@ def read_class_list(path: str, available: Sequence[str]) -> List[str]:
                 raise ImageNetTreeError(f'{where}: {wnid} is listed twice')
             if wnid not in known:
                 raise ImageNetTreeError(
-                    f'{where}: {wnid} has no folder in the training set')
+                    f'{where}: {wnid} has no folder in the training set'
+                )
             wnids.append(wnid)
     if not wnids:
         raise ImageNetTreeError(f'{path}: lists no class')
     return wnids
 
 
-def draw_classes(available: Sequence[str], num_classes: int,
-                 seed: int) -> List[str]:
+def draw_classes(
+    available: Sequence[str], num_classes: int, seed: int
+) -> List[str]:
     """``num_classes`` wnids drawn without replacement from ``available``
     (sorted first, so the draw depends only on the seed and the set)."""
     if not 1 <= num_classes <= len(available):
         raise ImageNetTreeError(
             f'cannot draw {num_classes} classes from the {len(available)} '
-            'training folders')
+            'training folders'
+        )
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(available), size=num_classes, replace=False)
     return [sorted(available)[i] for i in picked]
 
 
-def split_class(files: Sequence[str], wnid: str, seed: int,
-                val_fraction: float) -> Tuple[List[str], List[str]]:
+def split_class(
+    files: Sequence[str], wnid: str, seed: int, val_fraction: float
+) -> Tuple[List[str], List[str]]:
     """Shuffle one class's training files (seeded by ``(seed, wnid)``) and
     split them: the first ``int((1 - val_fraction) * n)`` are for training,
     the rest for validation. Both lists are returned sorted."""
     order = np.random.default_rng([seed, int(wnid[1:])]).permutation(
-        len(files))
+        len(files)
+    )
     num_train = int((1 - val_fraction) * len(files))
     train = sorted(files[i] for i in order[:num_train])
     val = sorted(files[i] for i in order[num_train:])
@@ -180,13 +193,15 @@ def _read_loc_solution(path: str) -> Dict[str, str]:
         if header != ['ImageId', 'PredictionString']:
             raise ImageNetTreeError(
                 f'{path}:1: expected the header "ImageId,PredictionString" '
-                f'of LOC_val_solution.csv, got {header}')
+                f'of LOC_val_solution.csv, got {header}'
+            )
         for lineno, row in enumerate(reader, start=2):
             wnid = row[1].split()[0] if len(row) == 2 and row[1] else ''
             if not WNID_PATTERN.match(wnid):
                 raise ImageNetTreeError(
                     f'{path}:{lineno}: expected "<ImageId>,<wnid> <box> ...", '
-                    f'got {",".join(row)!r}')
+                    f'got {",".join(row)!r}'
+                )
             labels[f'{row[0]}.JPEG'] = wnid
     return labels
 
@@ -195,25 +210,30 @@ def _read_devkit_ids(meta_path: str) -> Dict[int, str]:
     """``{ILSVRC2012_ID: wnid}`` from the devkit's ``meta.mat``."""
     if not osp.isfile(meta_path):
         raise ImageNetTreeError(
-            f'{meta_path}: the devkit\'s meta.mat does not exist (it maps '
-            'the ground truth IDs to wnids; give it with --devkit-meta)')
+            f"{meta_path}: the devkit's meta.mat does not exist (it maps "
+            'the ground truth IDs to wnids; give it with --devkit-meta)'
+        )
     try:
         import mat4py  # installed with mmpretrain
+
         synsets = mat4py.loadmat(meta_path)['synsets']
         ids, wnids = synsets['ILSVRC2012_ID'], synsets['WNID']
     except Exception as err:  # mat4py raises its own types
         raise ImageNetTreeError(
-            f'{meta_path}: cannot read the synsets of the devkit\'s meta.mat '
-            f'({type(err).__name__}: {err})') from err
+            f"{meta_path}: cannot read the synsets of the devkit's meta.mat "
+            f'({type(err).__name__}: {err})'
+        ) from err
     return {int(i): str(w) for i, w in zip(ids, wnids)}
 
 
-def _read_devkit_ground_truth(path: str,
-                              meta_path: Optional[str]) -> Dict[str, str]:
+def _read_devkit_ground_truth(
+    path: str, meta_path: Optional[str]
+) -> Dict[str, str]:
     """``{file name: wnid}`` from ``ILSVRC2012_validation_ground_truth.txt``
     (line i is the ILSVRC2012_ID of ``ILSVRC2012_val_<i>.JPEG``)."""
-    id_to_wnid = _read_devkit_ids(meta_path
-                                  or osp.join(osp.dirname(path), 'meta.mat'))
+    id_to_wnid = _read_devkit_ids(
+        meta_path or osp.join(osp.dirname(path), 'meta.mat')
+    )
     labels = {}
     with open(path) as f:
         for lineno, line in enumerate(f, start=1):
@@ -221,32 +241,37 @@ def _read_devkit_ground_truth(path: str,
             if not text.isdigit() or int(text) not in id_to_wnid:
                 raise ImageNetTreeError(
                     f'{path}:{lineno}: expected an ILSVRC2012_ID of '
-                    f'meta.mat, got {text!r}')
-            labels[f'ILSVRC2012_val_{lineno:08d}.JPEG'] = id_to_wnid[int(
-                text)]
+                    f'meta.mat, got {text!r}'
+                )
+            labels[f'ILSVRC2012_val_{lineno:08d}.JPEG'] = id_to_wnid[int(text)]
     return labels
 
 
-def read_val_labels(path: str,
-                    meta_path: Optional[str] = None) -> Dict[str, str]:
+def read_val_labels(
+    path: str, meta_path: Optional[str] = None
+) -> Dict[str, str]:
     """``{val file name: wnid}`` from a ``LOC_val_solution.csv`` or the
     devkit's ``ILSVRC2012_validation_ground_truth.txt``."""
     if not osp.isfile(path):
-        raise ImageNetTreeError(f'{path}: validation label file does not '
-                                'exist')
+        raise ImageNetTreeError(
+            f'{path}: validation label file does not exist'
+        )
     if path.endswith('.csv'):
         return _read_loc_solution(path)
     if path.endswith('.txt'):
         return _read_devkit_ground_truth(path, meta_path)
     raise ImageNetTreeError(
         f'{path}: unknown label file; expected LOC_val_solution.csv or '
-        'ILSVRC2012_validation_ground_truth.txt')
+        'ILSVRC2012_validation_ground_truth.txt'
+    )
 
 
-def collect_test(root: str, wnids: Sequence[str],
-                 val_labels: Optional[str] = None,
-                 devkit_meta: Optional[str] = None
-                 ) -> Dict[str, List[str]]:
+def collect_test(
+    root: str,
+    wnids: Sequence[str],
+    val_labels: Optional[str] = None,
+    devkit_meta: Optional[str] = None,
+) -> Dict[str, List[str]]:
     """The official validation images of ``wnids``: ``{wnid: [paths
     relative to root]}``.
 
@@ -266,37 +291,44 @@ def collect_test(root: str, wnids: Sequence[str],
     if folders and images:
         raise ImageNetTreeError(
             f'{val_dir}: holds both class folders and images (e.g. '
-            f'{images[0]}); expected one or the other')
+            f'{images[0]}); expected one or the other'
+        )
     test: Dict[str, List[str]] = {}
     if folders:
         for wnid in wnids:
             folder = osp.join(val_dir, wnid)
             if wnid not in folders:
-                raise ImageNetTreeError(f'{folder}: missing (val/ has class '
-                                        'folders, but not this class)')
+                raise ImageNetTreeError(
+                    f'{folder}: missing (val/ has class '
+                    'folders, but not this class)'
+                )
             test[wnid] = [f'val/{wnid}/{n}' for n in _images_in(folder)]
     else:
         if not images:
-            raise ImageNetTreeError(f'{val_dir}: no images and no class '
-                                    'folders')
+            raise ImageNetTreeError(
+                f'{val_dir}: no images and no class folders'
+            )
         if val_labels is None:
             raise ImageNetTreeError(
                 f'{val_dir}: flat ({len(images)} images, no class folders); '
                 'give their labels with --val-labels LOC_val_solution.csv or '
-                '--val-labels ILSVRC2012_validation_ground_truth.txt')
+                '--val-labels ILSVRC2012_validation_ground_truth.txt'
+            )
         labels = read_val_labels(val_labels, devkit_meta)
         unlabelled = [n for n in images if n not in labels]
         if unlabelled:
             raise ImageNetTreeError(
                 f'{val_labels}: has no label for {len(unlabelled)} image(s) '
-                f'of {val_dir}, e.g. {unlabelled[0]}')
+                f'of {val_dir}, e.g. {unlabelled[0]}'
+            )
         present = set(images)
         chosen = set(wnids)
         for name, wnid in sorted(labels.items()):
             if wnid in chosen and name not in present:
                 raise ImageNetTreeError(
                     f'{osp.join(val_dir, name)}: labelled {wnid} in '
-                    f'{val_labels}, but the file does not exist')
+                    f'{val_labels}, but the file does not exist'
+                )
         test = {wnid: [] for wnid in wnids}
         for name in images:
             if labels[name] in chosen:
@@ -307,15 +339,17 @@ def collect_test(root: str, wnids: Sequence[str],
     return test
 
 
-def build_imagenet100(root: str,
-                      out_dir: str,
-                      classes_file: Optional[str] = None,
-                      num_classes: int = 100,
-                      seed: int = 0,
-                      val_fraction: float = 0.2,
-                      val_labels: Optional[str] = None,
-                      devkit_meta: Optional[str] = None,
-                      force: bool = False) -> Dict[str, object]:
+def build_imagenet100(
+    root: str,
+    out_dir: str,
+    classes_file: Optional[str] = None,
+    num_classes: int = 100,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    val_labels: Optional[str] = None,
+    devkit_meta: Optional[str] = None,
+    force: bool = False,
+) -> Dict[str, object]:
     """Write the ImageNet-100 annotation files (see the module docstring).
 
     Nothing is written when the tree or a label file is malformed, or when
@@ -349,7 +383,8 @@ def build_imagenet100(root: str,
     """
     if not 0 < val_fraction < 1:
         raise ImageNetTreeError(
-            f'val_fraction must be in (0, 1), got {val_fraction}')
+            f'val_fraction must be in (0, 1), got {val_fraction}'
+        )
     if not osp.isdir(root):
         raise ImageNetTreeError(f'{root}: ImageNet root is not a folder')
     available = find_train_classes(root)
@@ -366,7 +401,8 @@ def build_imagenet100(root: str,
         if len(files) < 2:
             raise ImageNetTreeError(
                 f'{folder}: {len(files)} image(s); a class needs at least 2 '
-                'to be split into train and val')
+                'to be split into train and val'
+            )
         train, val = split_class(files, wnid, seed, val_fraction)
         splits['train'][wnid] = [f'train/{wnid}/{n}' for n in train]
         splits['val'][wnid] = [f'train/{wnid}/{n}' for n in val]
@@ -375,9 +411,10 @@ def build_imagenet100(root: str,
     foreign = [] if force else foreign_annotation_files(out_dir)
     if foreign:
         raise FileExistsError(
-            f"refusing to overwrite {', '.join(map(repr, foreign))}: not "
+            f'refusing to overwrite {", ".join(map(repr, foreign))}: not '
             'written by the ImageNet-100 converter (force=True / --force '
-            'overwrites)')
+            'overwrites)'
+        )
     os.makedirs(out_dir, exist_ok=True)
     _link_images(root, osp.join(out_dir, 'images'))
     with open(osp.join(out_dir, 'classes.txt'), 'w') as f:
@@ -385,8 +422,9 @@ def build_imagenet100(root: str,
     for split, per_class in splits.items():
         with open(osp.join(out_dir, f'{split}.txt'), 'w') as f:
             for label, wnid in enumerate(wnids):
-                f.write(''.join(f'{path} {label}\n'
-                                for path in per_class[wnid]))
+                f.write(
+                    ''.join(f'{path} {label}\n' for path in per_class[wnid])
+                )
     counts: Dict[str, object] = dict(classes=wnids)
     for split, per_class in splits.items():
         counts[split] = {wnid: len(per_class[wnid]) for wnid in wnids}
@@ -430,5 +468,6 @@ def _link_images(root: str, link: str) -> None:
         os.remove(link)
     elif osp.exists(link):
         raise ImageNetTreeError(
-            f'{link}: exists and is not a link; refusing to replace it')
+            f'{link}: exists and is not a link; refusing to replace it'
+        )
     os.symlink(target, link, target_is_directory=True)

@@ -30,6 +30,7 @@ The same seed gives the same files whatever the number of workers.
 the data set of the same parameters, and never overwrites annotation files
 it did not write without ``force``.
 """
+
 import itertools
 import json
 import os
@@ -46,8 +47,10 @@ from .shapes_dataset import SHAPES_CLASSES
 from .shapes_generator import remove_generated_images, render_shapes_image
 
 __all__ = [
-    'generate_shapes_cls_dataset', 'ensure_shapes_cls_dataset',
-    'crop_objects', 'foreign_annotation_files'
+    'generate_shapes_cls_dataset',
+    'ensure_shapes_cls_dataset',
+    'crop_objects',
+    'foreign_annotation_files',
 ]
 
 #: Bumped whenever the crops change, so that stale data is regenerated.
@@ -60,9 +63,9 @@ _JPEG_QUALITY = 90
 _SPLITS = ('train', 'val')
 
 
-def crop_objects(img: np.ndarray, objects: List[dict],
-                 rng: np.random.Generator,
-                 size: int) -> List[Tuple[np.ndarray, int]]:
+def crop_objects(
+    img: np.ndarray, objects: List[dict], rng: np.random.Generator, size: int
+) -> List[Tuple[np.ndarray, int]]:
     """Object-centred square crops of one rendered image.
 
     Args:
@@ -93,21 +96,23 @@ def crop_objects(img: np.ndarray, objects: List[dict],
     return crops
 
 
-def _render_crops(task: Tuple[int, str, int, int]
-                  ) -> List[Tuple[np.ndarray, int]]:
+def _render_crops(
+    task: Tuple[int, str, int, int],
+) -> List[Tuple[np.ndarray, int]]:
     """The crops of source image ``index`` of ``split``."""
     seed, split, index, size = task
-    img, objects = render_shapes_image(seed + SOURCE_SEED_OFFSET, split,
-                                       index)
+    img, objects = render_shapes_image(seed + SOURCE_SEED_OFFSET, split, index)
     # The context draws use their own stream: the source image does not
     # depend on them.
     rng = np.random.default_rng(
-        [seed + SOURCE_SEED_OFFSET, _SPLITS.index(split), index, 1])
+        [seed + SOURCE_SEED_OFFSET, _SPLITS.index(split), index, 1]
+    )
     return crop_objects(img, objects, rng, size)
 
 
-def _crops_in_order(seed: int, split: str, size: int, mapper: Callable
-                    ) -> Iterator[Tuple[np.ndarray, int]]:
+def _crops_in_order(
+    seed: int, split: str, size: int, mapper: Callable
+) -> Iterator[Tuple[np.ndarray, int]]:
     """Crops of source images 0, 1, 2, ... of ``split``, in that order.
 
     ``mapper`` is ``map`` or a pool's ``map``; images are drawn in chunks so
@@ -120,13 +125,15 @@ def _crops_in_order(seed: int, split: str, size: int, mapper: Callable
             yield from crops
 
 
-def generate_shapes_cls_dataset(out_dir: str,
-                                num_train: int = 6000,
-                                num_val: int = 1000,
-                                seed: int = 0,
-                                size: int = 64,
-                                workers: int = 0,
-                                progress: bool = False) -> Dict[str, dict]:
+def generate_shapes_cls_dataset(
+    out_dir: str,
+    num_train: int = 6000,
+    num_val: int = 1000,
+    seed: int = 0,
+    size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+) -> Dict[str, dict]:
     """Write the shape-classification data set (see the module docstring).
 
     Existing files of the same names are overwritten;
@@ -152,8 +159,10 @@ def generate_shapes_cls_dataset(out_dir: str,
     if size < 16:
         raise ValueError(f'size must be >= 16 pixels, got {size}')
     if num_train < 1 or num_val < 1:
-        raise ValueError('num_train and num_val must be >= 1, got '
-                         f'{num_train} and {num_val}')
+        raise ValueError(
+            'num_train and num_val must be >= 1, got '
+            f'{num_train} and {num_val}'
+        )
     meta_dir = osp.join(out_dir, 'meta')
     os.makedirs(meta_dir, exist_ok=True)
     with open(osp.join(meta_dir, 'classes.txt'), 'w') as f:
@@ -161,15 +170,27 @@ def generate_shapes_cls_dataset(out_dir: str,
 
     pool = Pool(workers) if workers > 1 else None
     try:
-        return _write_splits(out_dir, dict(train=num_train, val=num_val),
-                             seed, size, pool.map if pool else map, progress)
+        return _write_splits(
+            out_dir,
+            dict(train=num_train, val=num_val),
+            seed,
+            size,
+            pool.map if pool else map,
+            progress,
+        )
     finally:
         if pool is not None:
             pool.close()
 
 
-def _write_splits(out_dir: str, nums: Dict[str, int], seed: int, size: int,
-                  mapper: Callable, progress: bool) -> Dict[str, dict]:
+def _write_splits(
+    out_dir: str,
+    nums: Dict[str, int],
+    seed: int,
+    size: int,
+    mapper: Callable,
+    progress: bool,
+) -> Dict[str, dict]:
     """Write the crops and annotation file of each split."""
     meta_dir = osp.join(out_dir, 'meta')
     summary = {}
@@ -181,7 +202,8 @@ def _write_splits(out_dir: str, nums: Dict[str, int], seed: int, size: int,
         for i, (crop, label) in enumerate(crops):
             name = f'{split}/{i + 1:06d}.jpg'
             Image.fromarray(crop).save(
-                osp.join(out_dir, name), quality=_JPEG_QUALITY)
+                osp.join(out_dir, name), quality=_JPEG_QUALITY
+            )
             lines.append(f'{name} {label}\n')
             counts[label] += 1
             if progress and ((i + 1) % step == 0 or i + 1 == num):
@@ -194,7 +216,8 @@ def _write_splits(out_dir: str, nums: Dict[str, int], seed: int, size: int,
         summary[split] = dict(
             ann_file=osp.abspath(ann_file),
             num_images=len(lines),
-            class_counts=counts)
+            class_counts=counts,
+        )
     return summary
 
 
@@ -202,7 +225,8 @@ def _write_splits(out_dir: str, nums: Dict[str, int], seed: int, size: int,
 #: lines ``<split>/<6 digits>.jpg <label>``.
 _CLASSES_TEXT = ''.join(f'{name}\n' for name in SHAPES_CLASSES)
 _SPLIT_LINE = {
-    split: re.compile(rf'{split}/\d{{6}}\.jpg \d+\n?') for split in _SPLITS}
+    split: re.compile(rf'{split}/\d{{6}}\.jpg \d+\n?') for split in _SPLITS
+}
 
 
 def _written_by_us(path: str, name: str) -> bool:
@@ -215,7 +239,7 @@ def _written_by_us(path: str, name: str) -> bool:
         return False
     if name == 'classes.txt':
         return text in ('', _CLASSES_TEXT)
-    pattern = _SPLIT_LINE[name[:-len('.txt')]]
+    pattern = _SPLIT_LINE[name[: -len('.txt')]]
     return all(pattern.fullmatch(line) for line in text.splitlines(True))
 
 
@@ -227,8 +251,9 @@ def foreign_annotation_files(out_dir: str) -> List[str]:
     foreign = []
     for name in ('classes.txt',) + tuple(f'{s}.txt' for s in _SPLITS):
         path = osp.join(out_dir, 'meta', name)
-        if osp.lexists(path) and not (osp.isfile(path)
-                                      and _written_by_us(path, name)):
+        if osp.lexists(path) and not (
+            osp.isfile(path) and _written_by_us(path, name)
+        ):
             foreign.append(path)
     return foreign
 
@@ -239,17 +264,20 @@ def _stamp(num_train: int, num_val: int, seed: int, size: int) -> dict:
         num_train=num_train,
         num_val=num_val,
         seed=seed,
-        size=size)
+        size=size,
+    )
 
 
-def ensure_shapes_cls_dataset(out_dir: str,
-                              num_train: int = 6000,
-                              num_val: int = 1000,
-                              seed: int = 0,
-                              size: int = 64,
-                              force: bool = False,
-                              workers: int = 0,
-                              progress: bool = False) -> bool:
+def ensure_shapes_cls_dataset(
+    out_dir: str,
+    num_train: int = 6000,
+    num_val: int = 1000,
+    seed: int = 0,
+    size: int = 64,
+    force: bool = False,
+    workers: int = 0,
+    progress: bool = False,
+) -> bool:
     """Generate the data set unless ``out_dir`` already holds the same one.
 
     The stamp is written last, so an interrupted generation is redone; crops
@@ -279,9 +307,10 @@ def ensure_shapes_cls_dataset(out_dir: str,
     foreign = [] if force else foreign_annotation_files(out_dir)
     if foreign:
         raise FileExistsError(
-            f"refusing to overwrite {', '.join(map(repr, foreign))}: not "
+            f'refusing to overwrite {", ".join(map(repr, foreign))}: not '
             'written by the shapes classification generator (force=True / '
-            '--force overwrites)')
+            '--force overwrites)'
+        )
     if osp.exists(stamp_file):
         os.remove(stamp_file)
     for split in _SPLITS:
@@ -293,9 +322,8 @@ def ensure_shapes_cls_dataset(out_dir: str,
         seed=seed,
         size=size,
         workers=workers,
-        progress=progress)
+        progress=progress,
+    )
     with open(stamp_file, 'w') as f:
         json.dump(stamp, f, indent=2)
     return True
-
-

@@ -22,6 +22,7 @@ later hide parts of earlier ones, and shapes may be cut by the image border),
 in COCO ``[x, y, w, h]`` pixel-edge coordinates: a shape covering pixel
 columns 10..19 gets ``x = 10, w = 10``.
 """
+
 import json
 import math
 import os
@@ -37,8 +38,10 @@ from PIL import Image, ImageDraw
 from .shapes_dataset import SHAPES_CLASSES
 
 __all__ = [
-    'generate_shapes_dataset', 'ensure_shapes_dataset', 'shapes_layout',
-    'render_shapes_image'
+    'generate_shapes_dataset',
+    'ensure_shapes_dataset',
+    'shapes_layout',
+    'render_shapes_image',
 ]
 
 #: Bumped whenever the drawing changes, so that stale data is regenerated.
@@ -89,10 +92,10 @@ def shapes_layout(coco_layout: bool = False) -> Dict[str, Dict[str, str]]:
     """
     suffix = '2017' if coco_layout else ''
     return {
-        split:
-        dict(
+        split: dict(
             ann_file=f'annotations/instances_{split}{suffix}.json',
-            img_dir=f'{split}{suffix}/')
+            img_dir=f'{split}{suffix}/',
+        )
         for split in _SPLIT_CODES
     }
 
@@ -126,9 +129,22 @@ def _unit_polygon(label: int, rng: np.random.Generator) -> np.ndarray:
         # A plus sign whose arm ends touch the circumcircle.
         w = 0.5 * rng.uniform(0.28, 0.4)  # half arm width
         a = math.sqrt(0.25 - w * w)  # half arm length
-        return np.array([(w, a), (w, w), (a, w), (a, -w), (w, -w), (w, -a),
-                         (-w, -a), (-w, -w), (-a, -w), (-a, w), (-w, w),
-                         (-w, a)])
+        return np.array(
+            [
+                (w, a),
+                (w, w),
+                (a, w),
+                (a, -w),
+                (w, -w),
+                (w, -a),
+                (-w, -a),
+                (-w, -w),
+                (-a, -w),
+                (-a, w),
+                (-w, w),
+                (-w, a),
+            ]
+        )
     raise ValueError(f'unknown shape label {label}')
 
 
@@ -136,7 +152,8 @@ def _polygon_area(poly: np.ndarray) -> float:
     """Area of a simple polygon (shoelace formula)."""
     x, y = poly[:, 0], poly[:, 1]
     return 0.5 * abs(
-        float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+        float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+    )
 
 
 def _rasterize(poly: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -168,17 +185,23 @@ def _box_overlap(a: Sequence[int], b: Sequence[int]) -> float:
 # --------------------------------------------------------------------------
 # Drawing
 # --------------------------------------------------------------------------
-def _background(rng: np.random.Generator, width: int,
-                height: int) -> np.ndarray:
+def _background(
+    rng: np.random.Generator, width: int, height: int
+) -> np.ndarray:
     """A float32 (H, W, 3) background: a linear gradient between two random
     colours at a random angle, or a smooth low-contrast colour texture."""
     c0 = rng.uniform(0, 255, 3).astype(np.float32)
     if rng.random() < _TEXTURE_PROB:  # upsampled low-resolution noise
-        grid = c0 + rng.uniform(-_TEXTURE_AMPLITUDE, _TEXTURE_AMPLITUDE,
-                                (rng.integers(3, 9), rng.integers(3, 9), 3))
+        grid = c0 + rng.uniform(
+            -_TEXTURE_AMPLITUDE,
+            _TEXTURE_AMPLITUDE,
+            (rng.integers(3, 9), rng.integers(3, 9), 3),
+        )
         img = cv2.resize(
-            grid.astype(np.float32), (width, height),
-            interpolation=cv2.INTER_CUBIC)
+            grid.astype(np.float32),
+            (width, height),
+            interpolation=cv2.INTER_CUBIC,
+        )
     else:
         c1 = rng.uniform(0, 255, 3).astype(np.float32)
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -189,8 +212,13 @@ def _background(rng: np.random.Generator, width: int,
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
-def _shape_fill(rng: np.random.Generator, bg_colour: np.ndarray,
-                xs: np.ndarray, ys: np.ndarray, scale: float) -> np.ndarray:
+def _shape_fill(
+    rng: np.random.Generator,
+    bg_colour: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    scale: float,
+) -> np.ndarray:
     """Colours (P, 3) of the P pixels ``(xs, ys)`` of one shape: a random
     colour contrasting with the background under it, flat or with a linear
     shading (over a length ``scale``)."""
@@ -207,8 +235,9 @@ def _shape_fill(rng: np.random.Generator, bg_colour: np.ndarray,
     return colour * (1.0 + rng.uniform(0.1, 0.3) * (t[:, None] - 0.5))
 
 
-def _place_shape(rng: np.random.Generator, width: int, height: int,
-                 placed: List[dict]) -> Optional[dict]:
+def _place_shape(
+    rng: np.random.Generator, width: int, height: int, placed: List[dict]
+) -> Optional[dict]:
     """Draw a random shape that obeys the occlusion rules, or None."""
     short = min(width, height)
     log_lo, log_hi = np.log(_SIZE_RANGE[0]), np.log(_SIZE_RANGE[1])
@@ -220,8 +249,9 @@ def _place_shape(rng: np.random.Generator, width: int, height: int,
         margin = 0.35 * size
         cx = rng.uniform(margin, width - margin)
         cy = rng.uniform(margin, height - margin)
-        rot = np.array([[np.cos(angle), -np.sin(angle)],
-                        [np.sin(angle), np.cos(angle)]])
+        rot = np.array(
+            [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+        )
         poly = _unit_polygon(label, rng) @ rot.T * size + (cx, cy)
         mask = _rasterize(poly, width, height)
         area = int(mask.sum())
@@ -230,8 +260,10 @@ def _place_shape(rng: np.random.Generator, width: int, height: int,
         box = _mask_box(mask)
         if any(_box_overlap(box, p['box']) > _MAX_BOX_OVERLAP for p in placed):
             continue
-        if any((p['visible'] & ~mask).sum() < _MIN_VISIBLE_FRACTION * p['area']
-               for p in placed):
+        if any(
+            (p['visible'] & ~mask).sum() < _MIN_VISIBLE_FRACTION * p['area']
+            for p in placed
+        ):
             continue
         return dict(label=label, mask=mask, area=area, box=box, visible=mask)
     return None
@@ -240,7 +272,8 @@ def _place_shape(rng: np.random.Generator, width: int, height: int,
 def _segmentation(mask: np.ndarray) -> List[List[float]]:
     """COCO polygons of the outer contours of a mask (pixel centres)."""
     contours, _ = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     # pycocotools needs at least three points a polygon.
     return [
         c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3
@@ -266,11 +299,15 @@ def render_shapes_image(
     """
     rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
     width, height = (
-        int(v) for v in rng.integers(img_size[0], img_size[1] + 1, size=2))
+        int(v) for v in rng.integers(img_size[0], img_size[1] + 1, size=2)
+    )
     img = _background(rng, width, height)
 
-    num_objects = 0 if rng.random() < _EMPTY_IMAGE_PROB else int(
-        rng.integers(1, _MAX_OBJECTS + 1))
+    num_objects = (
+        0
+        if rng.random() < _EMPTY_IMAGE_PROB
+        else int(rng.integers(1, _MAX_OBJECTS + 1))
+    )
     placed = []
     for _ in range(num_objects):
         shape = _place_shape(rng, width, height, placed)
@@ -280,12 +317,18 @@ def render_shapes_image(
             p['visible'] = p['visible'] & ~shape['mask']
         ys, xs = np.nonzero(shape['mask'])
         bg_colour = img[ys, xs].mean(axis=0)
-        img[ys, xs] = _shape_fill(rng, bg_colour, xs.astype(np.float32),
-                                  ys.astype(np.float32), max(width, height))
+        img[ys, xs] = _shape_fill(
+            rng,
+            bg_colour,
+            xs.astype(np.float32),
+            ys.astype(np.float32),
+            max(width, height),
+        )
         placed.append(shape)
 
-    img += rng.standard_normal(
-        img.shape, dtype=np.float32) * rng.uniform(0, 10)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(
+        0, 10
+    )
     img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
     objects = []
@@ -294,12 +337,11 @@ def render_shapes_image(
         objects.append(
             dict(
                 category_id=p['label'] + 1,
-                bbox=[float(x1),
-                      float(y1),
-                      float(x2 - x1),
-                      float(y2 - y1)],
+                bbox=[float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
                 area=float(p['visible'].sum()),
-                segmentation=_segmentation(p['visible'])))
+                segmentation=_segmentation(p['visible']),
+            )
+        )
     return img, objects
 
 
@@ -312,12 +354,15 @@ def _write_image(task: Tuple[int, str, int, Tuple[int, int], str]) -> dict:
     img, objects = render_shapes_image(seed, split, index, img_size)
     file_name = f'{index + 1:06d}.jpg'
     Image.fromarray(img).save(
-        osp.join(img_dir, file_name), quality=_JPEG_QUALITY)
+        osp.join(img_dir, file_name), quality=_JPEG_QUALITY
+    )
     height, width = img.shape[:2]
     return dict(
         image=dict(
-            id=index + 1, file_name=file_name, width=width, height=height),
-        objects=objects)
+            id=index + 1, file_name=file_name, width=width, height=height
+        ),
+        objects=objects,
+    )
 
 
 def _progress_reporter(total: int) -> Callable[[int], None]:
@@ -326,6 +371,7 @@ def _progress_reporter(total: int) -> Callable[[int], None]:
     bar's carriage returns would make one enormous line)."""
     if sys.stdout.isatty():
         from mmengine.utils import ProgressBar
+
         bar = ProgressBar(total)
 
         def report(done: int) -> None:
@@ -355,7 +401,9 @@ def _coco_dict(split: str, seed: int, results: List[dict]) -> dict:
                     id=len(annotations) + 1,
                     image_id=result['image']['id'],
                     iscrowd=0,
-                    **obj))
+                    **obj,
+                )
+            )
     categories = [
         dict(id=i + 1, name=name, supercategory='shape')
         for i, name in enumerate(SHAPES_CLASSES)
@@ -363,23 +411,27 @@ def _coco_dict(split: str, seed: int, results: List[dict]) -> dict:
     info = dict(
         description=f'dn_mmdet synthetic shapes, {split} split',
         version=str(GENERATOR_VERSION),
-        seed=seed)
+        seed=seed,
+    )
     return dict(
         info=info,
         licenses=[],
         images=images,
         annotations=annotations,
-        categories=categories)
+        categories=categories,
+    )
 
 
-def generate_shapes_dataset(out_dir: str,
-                            num_train: int = 2000,
-                            num_val: int = 300,
-                            seed: int = 0,
-                            img_size: Tuple[int, int] = (200, 320),
-                            coco_layout: bool = False,
-                            workers: int = 0,
-                            progress: bool = False) -> Dict[str, dict]:
+def generate_shapes_dataset(
+    out_dir: str,
+    num_train: int = 2000,
+    num_val: int = 300,
+    seed: int = 0,
+    img_size: Tuple[int, int] = (200, 320),
+    coco_layout: bool = False,
+    workers: int = 0,
+    progress: bool = False,
+) -> Dict[str, dict]:
     """Write the synthetic shapes data set in COCO format.
 
     Existing files of the same names are overwritten; other files in
@@ -406,16 +458,19 @@ def generate_shapes_dataset(out_dir: str,
         images and annotations of each split.
     """
     if img_size[0] < 32 or img_size[1] < img_size[0]:
-        raise ValueError(f'img_size must be (min, max) with 32 <= min <= max, '
-                         f'got {img_size}')
+        raise ValueError(
+            f'img_size must be (min, max) with 32 <= min <= max, '
+            f'got {img_size}'
+        )
     layout = shapes_layout(coco_layout)
     splits = dict(train=num_train, val=num_val)
     tasks = []
     for split, num in splits.items():
         img_dir = osp.join(out_dir, layout[split]['img_dir'])
         os.makedirs(img_dir, exist_ok=True)
-        tasks += [(seed, split, i, tuple(img_size), img_dir)
-                  for i in range(num)]
+        tasks += [
+            (seed, split, i, tuple(img_size), img_dir) for i in range(num)
+        ]
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
 
     report = _progress_reporter(len(tasks)) if progress else None
@@ -436,7 +491,7 @@ def generate_shapes_dataset(out_dir: str,
     summary = {}
     start = 0
     for split, num in splits.items():
-        coco = _coco_dict(split, seed, results[start:start + num])
+        coco = _coco_dict(split, seed, results[start : start + num])
         start += num
         ann_file = osp.join(out_dir, layout[split]['ann_file'])
         with open(ann_file, 'w') as f:
@@ -446,19 +501,26 @@ def generate_shapes_dataset(out_dir: str,
             ann_file=osp.abspath(ann_file),
             img_dir=osp.abspath(osp.join(out_dir, layout[split]['img_dir'])),
             num_images=len(coco['images']),
-            num_annotations=len(coco['annotations']))
+            num_annotations=len(coco['annotations']),
+        )
     return summary
 
 
-def _stamp(num_train: int, num_val: int, seed: int, img_size: Tuple[int, int],
-           coco_layout: bool) -> dict:
+def _stamp(
+    num_train: int,
+    num_val: int,
+    seed: int,
+    img_size: Tuple[int, int],
+    coco_layout: bool,
+) -> dict:
     return dict(
         generator_version=GENERATOR_VERSION,
         num_train=num_train,
         num_val=num_val,
         seed=seed,
         img_size=list(img_size),
-        coco_layout=coco_layout)
+        coco_layout=coco_layout,
+    )
 
 
 def _is_complete(out_dir: str, stamp: dict) -> bool:
@@ -471,8 +533,10 @@ def _is_complete(out_dir: str, stamp: dict) -> bool:
     except (OSError, ValueError):
         return False
     layout = shapes_layout(stamp['coco_layout'])
-    for split, num in (('train', stamp['num_train']), ('val',
-                                                       stamp['num_val'])):
+    for split, num in (
+        ('train', stamp['num_train']),
+        ('val', stamp['num_val']),
+    ):
         if not osp.isfile(osp.join(out_dir, layout[split]['ann_file'])):
             return False
         img_dir = osp.join(out_dir, layout[split]['img_dir'])
@@ -501,15 +565,17 @@ def remove_generated_images(folder: str) -> None:
             os.remove(osp.join(folder, name))
 
 
-def ensure_shapes_dataset(out_dir: str,
-                          num_train: int = 2000,
-                          num_val: int = 300,
-                          seed: int = 0,
-                          img_size: Tuple[int, int] = (200, 320),
-                          coco_layout: bool = False,
-                          force: bool = False,
-                          workers: int = 0,
-                          progress: bool = False) -> bool:
+def ensure_shapes_dataset(
+    out_dir: str,
+    num_train: int = 2000,
+    num_val: int = 300,
+    seed: int = 0,
+    img_size: Tuple[int, int] = (200, 320),
+    coco_layout: bool = False,
+    force: bool = False,
+    workers: int = 0,
+    progress: bool = False,
+) -> bool:
     """Generate the data set unless ``out_dir`` already holds the same one.
 
     A stamp file (``shapes_stamp.json``) records the parameters; it is
@@ -538,7 +604,8 @@ def ensure_shapes_dataset(out_dir: str,
             # E.g. --coco-layout pointed at a real data/coco.
             raise FileExistsError(
                 f"'{ann_file}' exists and is not a shapes annotation file; "
-                'refusing to overwrite it (force=True / --force does)')
+                'refusing to overwrite it (force=True / --force does)'
+            )
     stamp_file = osp.join(out_dir, STAMP_NAME)
     if osp.exists(stamp_file):
         os.remove(stamp_file)
@@ -552,7 +619,8 @@ def ensure_shapes_dataset(out_dir: str,
         img_size=img_size,
         coco_layout=coco_layout,
         workers=workers,
-        progress=progress)
+        progress=progress,
+    )
     with open(stamp_file, 'w') as f:
         json.dump(stamp, f, indent=2)
     return True

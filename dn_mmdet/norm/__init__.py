@@ -5,6 +5,7 @@ SE-then-BN baseline (``SEBN``).
 ``reference.py`` (the straightforward DN that tests and the benchmark hold
 the layer to) is not imported here: nothing in the package uses it.
 """
+
 from .base import NormLayer, name_norm_layers
 from .cen_conv import CenConv2d
 from .dynamic_norm import DynamicNorm2d
@@ -15,7 +16,16 @@ from .se_batch_norm import SEBatchNorm2d
 from .switchable_norm import SwitchNorm2d
 
 __all__ = [
-    'NormLayer', 'name_norm_layers', 'DynamicNorm2d', 'fuse_norm_act',
-    'FusedNormActConvModule', 'SCModule', 'GroupedFC',
-    'fc2_groups', 'SwitchNorm2d', 'MABN2d', 'CenConv2d', 'SEBatchNorm2d'
+    'NormLayer',
+    'name_norm_layers',
+    'DynamicNorm2d',
+    'fuse_norm_act',
+    'FusedNormActConvModule',
+    'SCModule',
+    'GroupedFC',
+    'fc2_groups',
+    'SwitchNorm2d',
+    'MABN2d',
+    'CenConv2d',
+    'SEBatchNorm2d',
 ]

@@ -1,4 +1,5 @@
 """Dynamic Normalization (Liu, Gao and Lv, arXiv 2101.06073)."""
+
 from typing import Optional, Tuple, Union
 
 import torch
@@ -101,18 +102,21 @@ class DynamicNorm2d(BatchNormChildLayer):
         - Input: (N, C, H, W)
         - Output: (N, C, H, W)
     """
+
     _abbr_ = 'dn'
 
-    def __init__(self,
-                 num_features: int,
-                 eps: float = 1e-5,
-                 momentum: Optional[float] = 0.1,
-                 r: int = 16,
-                 g: Union[int, str] = 1,
-                 mode: str = 'B',
-                 act_cfg: Optional[dict] = dict(type='Sigmoid'),
-                 track_running_stats: bool = True,
-                 impl: str = 'auto'):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        r: int = 16,
+        g: Union[int, str] = 1,
+        mode: str = 'B',
+        act_cfg: Optional[dict] = dict(type='Sigmoid'),
+        track_running_stats: bool = True,
+        impl: str = 'auto',
+    ):
         _check_options(num_features, eps, momentum, r, g, mode, impl)
         super().__init__(num_features)
         self.r = r
@@ -120,8 +124,12 @@ class DynamicNorm2d(BatchNormChildLayer):
         self.mode = mode
         self.impl = impl
         self.bn = nn.BatchNorm2d(
-            num_features, eps=eps, momentum=momentum, affine=False,
-            track_running_stats=track_running_stats)
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            affine=False,
+            track_running_stats=track_running_stats,
+        )
         self.sc = SCModule(num_features, r=r, g=g, act_cfg=act_cfg)
         self.register_buffer('base_scale', torch.ones(num_features))
         self.register_buffer('base_shift', torch.zeros(num_features))
@@ -144,10 +152,12 @@ class DynamicNorm2d(BatchNormChildLayer):
         return 1 if group is None else dist.get_world_size(group)
 
     def extra_repr(self) -> str:
-        return (f'{self.num_features}, mode={self.mode}, r={self.r}, '
-                f'g={self.g} (fc2 groups={self.sc.fc2.groups}), '
-                f'eps={self.eps}, momentum={self.momentum}, '
-                f'impl={self.impl}')
+        return (
+            f'{self.num_features}, mode={self.mode}, r={self.r}, '
+            f'g={self.g} (fc2 groups={self.sc.fc2.groups}), '
+            f'eps={self.eps}, momentum={self.momentum}, '
+            f'impl={self.impl}'
+        )
 
     # ------------------------------------------------------------------ #
     # Forward
@@ -191,8 +201,10 @@ class DynamicNorm2d(BatchNormChildLayer):
         if refusal is None:
             return 'op'
         if self.impl == 'op':
-            raise ValueError(f"{self.describe()}: impl='op' cannot compute "
-                             f'this forward: {refusal}')
+            raise ValueError(
+                f"{self.describe()}: impl='op' cannot compute "
+                f'this forward: {refusal}'
+            )
         return 'composite'
 
     def _op_refusal(self, x: Tensor) -> Optional[str]:
@@ -202,24 +214,36 @@ class DynamicNorm2d(BatchNormChildLayer):
         if self.mode != 'B':
             return f'the op computes DN-B, this layer is DN-{self.mode}'
         if not x.is_cpu or x.dtype not in CPU_OP_DTYPES:
-            return ('the op takes float32/float64 CPU input, got '
-                    f'{x.dtype} on {x.device}')
+            return (
+                'the op takes float32/float64 CPU input, got '
+                f'{x.dtype} on {x.device}'
+            )
         if not x.is_contiguous():
             return 'the op takes contiguous input (not channels-last)'
         batch_stats = self.uses_batch_statistics
         if batch_stats and self._sync_group() is not None:
             return 'statistics are synchronised across processes'
         sc = self._modules['sc']
-        if not batch_stats and torch.is_grad_enabled() and (
+        if (
+            not batch_stats
+            and torch.is_grad_enabled()
+            and (
                 x.requires_grad
-                or any(p.requires_grad for p in sc.parameters())):
-            return ('the op has no backward with running statistics '
-                    '(eval under autograd)')
+                or any(p.requires_grad for p in sc.parameters())
+            )
+        ):
+            return (
+                'the op has no backward with running statistics '
+                '(eval under autograd)'
+            )
         if sc.kernel_weights() is None:
-            return ('the SC-Module is not as the op computes it (FC1 with '
-                    'bias, sigmoid, FC2), or forward hooks watch it')
-        if any(t is not None and t.dtype != x.dtype
-               for t in self._op_tensors()):
+            return (
+                'the SC-Module is not as the op computes it (FC1 with '
+                'bias, sigmoid, FC2), or forward hooks watch it'
+            )
+        if any(
+            t is not None and t.dtype != x.dtype for t in self._op_tensors()
+        ):
             return f"the layer's weights and buffers are not all {x.dtype}"
         if not cpu_ops_available():
             return 'the C++ kernel could not be built (see the warning)'
@@ -232,11 +256,15 @@ class DynamicNorm2d(BatchNormChildLayer):
         costs 1-2 us on a slow vCPU, and every forward asks."""
         sc = self._modules['sc']._modules
         own, stats = self._buffers, self._stats()._buffers
-        return (sc['fc1']._parameters['weight'],
-                sc['fc1']._parameters['bias'],
-                sc['fc2']._parameters['weight'], own['base_scale'],
-                own['base_shift'], stats['running_mean'],
-                stats['running_var'])
+        return (
+            sc['fc1']._parameters['weight'],
+            sc['fc1']._parameters['bias'],
+            sc['fc2']._parameters['weight'],
+            own['base_scale'],
+            own['base_shift'],
+            stats['running_mean'],
+            stats['running_var'],
+        )
 
     def _forward_op(self, x: Tensor, bounds: Bounds) -> Tensor:
         """The C++ op (see :meth:`implementation`)."""
@@ -245,20 +273,33 @@ class DynamicNorm2d(BatchNormChildLayer):
         lo, hi = bounds
         if self.uses_batch_statistics:
             y, mean, var = torch.ops.dn_mmdet.dn_b_train(
-                x, w1, b1, w2, groups, base_scale, base_shift, self.eps, lo,
-                hi)[:3]
+                x, w1, b1, w2, groups, base_scale, base_shift, self.eps, lo, hi
+            )[:3]
             self._update_running_stats(mean, var, x.numel() // x.shape[1])
             return y
-        return torch.ops.dn_mmdet.dn_b_inference(x, w1, b1, w2, groups,
-                                                 base_scale, base_shift,
-                                                 r_mean, r_var, self.eps, lo,
-                                                 hi)
+        return torch.ops.dn_mmdet.dn_b_inference(
+            x,
+            w1,
+            b1,
+            w2,
+            groups,
+            base_scale,
+            base_shift,
+            r_mean,
+            r_var,
+            self.eps,
+            lo,
+            hi,
+        )
 
     def _forward_composite(self, x: Tensor, bounds: Bounds) -> Tensor:
         """The composite ops around the SC-Module (see
         :meth:`implementation`)."""
-        ops = (COMPOSITE_FUNCTIONS if torch.jit.is_tracing() else
-               torch.ops.dn_mmdet)
+        ops = (
+            COMPOSITE_FUNCTIONS
+            if torch.jit.is_tracing()
+            else torch.ops.dn_mmdet
+        )
         if self.uses_batch_statistics:
             mean_nc, var_nc = ops.moments(x)
             mean, var, count = self._batch_moments(mean_nc, var_nc, x)
@@ -274,11 +315,14 @@ class DynamicNorm2d(BatchNormChildLayer):
             mean, var = self.bn.running_mean, self.bn.running_var
             pooled = None
             if self.mode == 'B':
-                pooled = x.mean(dim=(2, 3), dtype=torch.promote_types(
-                    x.dtype, torch.float32))
+                pooled = x.mean(
+                    dim=(2, 3),
+                    dtype=torch.promote_types(x.dtype, torch.float32),
+                )
         alpha, lam = self._affine(pooled, mean, var)
-        return ops.normalize_affine(x, mean, var, alpha, lam, self.eps,
-                                    *bounds)
+        return ops.normalize_affine(
+            x, mean, var, alpha, lam, self.eps, *bounds
+        )
 
     def _forward_empty(self, x: Tensor) -> Tensor:
         """An empty output for an input without values. The statistics stay
@@ -298,15 +342,17 @@ class DynamicNorm2d(BatchNormChildLayer):
         alpha_delta, lambda_delta = self.sc(pooled.to(self.base_scale.dtype))
         return alpha_delta + self.base_scale, lambda_delta + self.base_shift
 
-    def _affine(self, pooled: Optional[Tensor], mean: Tensor,
-                var: Tensor) -> Tuple[Tensor, Tensor]:
+    def _affine(
+        self, pooled: Optional[Tensor], mean: Tensor, var: Tensor
+    ) -> Tuple[Tensor, Tensor]:
         """alpha and lambda: (N, C) from the pooled input (DN-B) or (1, C)
         from the statistics the layer normalises with (DN-C)."""
         if self.mode == 'B':
             return self._affine_from_pooled(pooled)
         dtype = self.base_scale.dtype
         alpha_delta, lambda_delta = self.sc.forward_dn_c(
-            mean.to(dtype), (var + self.eps).sqrt().to(dtype), self.mode)
+            mean.to(dtype), (var + self.eps).sqrt().to(dtype), self.mode
+        )
         return alpha_delta + self.base_scale, lambda_delta + self.base_shift
 
     def _sync_group(self):
@@ -314,8 +360,12 @@ class DynamicNorm2d(BatchNormChildLayer):
         SyncBatchNorm child (``sync_bn``) in training, in a distributed run
         of more than one process; else None."""
         bn = self._stats()
-        if not (bn.training and isinstance(bn, nn.SyncBatchNorm)
-                and dist.is_available() and dist.is_initialized()):
+        if not (
+            bn.training
+            and isinstance(bn, nn.SyncBatchNorm)
+            and dist.is_available()
+            and dist.is_initialized()
+        ):
             return None
         group = bn.process_group or dist.group.WORLD
         return group if dist.get_world_size(group) > 1 else None
@@ -338,12 +388,14 @@ class DynamicNorm2d(BatchNormChildLayer):
         if not (bn.training and bn.track_running_stats):
             return 0.0
         bn.num_batches_tracked.add_(1)
-        return (1.0 / float(bn.num_batches_tracked)
-                if bn.momentum is None else bn.momentum)
+        return (
+            1.0 / float(bn.num_batches_tracked)
+            if bn.momentum is None
+            else bn.momentum
+        )
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor,
-                              count) -> None:
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count) -> None:
         """Count the batch, then move the running statistics towards its
         mean and unbiased variance (``count`` values per channel)."""
         factor = self._count_batch()
@@ -364,31 +416,52 @@ class DynamicNorm2d(BatchNormChildLayer):
         """The options that change what the layer computes from the same
         weights: ``mode``, ``r``, ``g``, ``eps`` and the SC-Module's
         activation (its repr)."""
-        return dict(mode=self.mode, r=self.r, g=self.g, eps=self.eps,
-                    act=repr(self.sc.act))
+        return dict(
+            mode=self.mode,
+            r=self.r,
+            g=self.g,
+            eps=self.eps,
+            act=repr(self.sc.act),
+        )
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         record_options(destination, prefix, self.function_options())
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
-                              strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        check_recorded_options(local_metadata, prefix,
-                               self.function_options(), self.describe())
-        super()._load_from_state_dict(state_dict, prefix, local_metadata,
-                                      strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def _load_from_state_dict(
+        self,
+        state_dict,
+        prefix,
+        local_metadata,
+        strict,
+        missing_keys,
+        unexpected_keys,
+        error_msgs,
+    ):
+        check_recorded_options(
+            local_metadata, prefix, self.function_options(), self.describe()
+        )
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
 
     # ------------------------------------------------------------------ #
     # Converters (dn_mmdet/norm/converters.py)
     # ------------------------------------------------------------------ #
     @classmethod
-    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm,
-                       **dn_kwargs) -> 'DynamicNorm2d':
+    def from_batchnorm(
+        cls, bn: nn.modules.batchnorm._BatchNorm, **dn_kwargs
+    ) -> 'DynamicNorm2d':
         """A DN layer computing what ``bn`` computes; see
         :func:`~dn_mmdet.norm.converters.from_batchnorm`."""
         from .converters import from_batchnorm
+
         return from_batchnorm(bn, layer_type=cls, **dn_kwargs)
 
     @classmethod
@@ -397,17 +470,21 @@ class DynamicNorm2d(BatchNormChildLayer):
         inside norm layers such as DN) by an equivalent DN layer; see
         :func:`~dn_mmdet.norm.converters.convert_batchnorm`."""
         from .converters import convert_batchnorm
+
         return convert_batchnorm(module, layer_type=cls, **dn_kwargs)
 
     @classmethod
-    def convert_batchnorm_state_dict(cls, state_dict: dict, prefix: str = '',
-                                     **dn_kwargs) -> dict:
+    def convert_batchnorm_state_dict(
+        cls, state_dict: dict, prefix: str = '', **dn_kwargs
+    ) -> dict:
         """A BN model's state dict as that of the same model built with DN;
         see :func:`~dn_mmdet.norm.converters.convert_batchnorm_state_dict`.
         """
         from .converters import convert_batchnorm_state_dict
-        return convert_batchnorm_state_dict(state_dict, prefix,
-                                            layer_type=cls, **dn_kwargs)
+
+        return convert_batchnorm_state_dict(
+            state_dict, prefix, layer_type=cls, **dn_kwargs
+        )
 
 
 def _all_reduce_moments(mean_nc: Tensor, var_nc: Tensor, group):
@@ -420,6 +497,7 @@ def _all_reduce_moments(mean_nc: Tensor, var_nc: Tensor, group):
     batch adds zeros (and must take part, or the others would wait).
     """
     from torch.distributed.nn.functional import all_reduce
+
     n = mean_nc.new_tensor(float(mean_nc.shape[0]), dtype=torch.float64)
     m1 = mean_nc.double().sum(0)
     m2 = (var_nc.double() + mean_nc.double().pow(2)).sum(0)
@@ -427,27 +505,33 @@ def _all_reduce_moments(mean_nc: Tensor, var_nc: Tensor, group):
     c = mean_nc.shape[1]
     count = total[-1]
     mean = total[:c] / count
-    var = (total[c:2 * c] / count - mean.pow(2)).clamp_min(0)
+    var = (total[c : 2 * c] / count - mean.pow(2)).clamp_min(0)
     return mean.to(mean_nc.dtype), var.to(var_nc.dtype), count.detach()
 
 
 def _check_options(num_features, eps, momentum, r, g, mode, impl) -> None:
     where = f'DN(num_features={num_features!r})'
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ValueError(f'{where}: r (FC1 reduction) must be an int >= 1, '
-                         f'got {r!r}')
-    if g != 'oup' and (not isinstance(g, int) or isinstance(g, bool)
-                       or g < 1):
-        raise ValueError(f"{where}: g (input channels per group of FC2) must "
-                         f"be a positive int or 'oup', got {g!r}")
+        raise ValueError(
+            f'{where}: r (FC1 reduction) must be an int >= 1, got {r!r}'
+        )
+    if g != 'oup' and (not isinstance(g, int) or isinstance(g, bool) or g < 1):
+        raise ValueError(
+            f'{where}: g (input channels per group of FC2) must '
+            f"be a positive int or 'oup', got {g!r}"
+        )
     if mode not in MODES:
-        raise ValueError(f'{where}: unknown mode {mode!r}; expected one of '
-                         f'{MODES} (B = DN-B, C1/C2 = DN-C)')
+        raise ValueError(
+            f'{where}: unknown mode {mode!r}; expected one of '
+            f'{MODES} (B = DN-B, C1/C2 = DN-C)'
+        )
     if impl not in IMPLS:
-        raise ValueError(f'{where}: unknown impl {impl!r}; expected one of '
-                         f'{IMPLS}')
+        raise ValueError(
+            f'{where}: unknown impl {impl!r}; expected one of {IMPLS}'
+        )
     if not eps > 0:
         raise ValueError(f'{where}: eps must be > 0, got {eps!r}')
     if momentum is not None and not 0 <= momentum <= 1:
-        raise ValueError(f'{where}: momentum must be in [0, 1] or None, '
-                         f'got {momentum!r}')
+        raise ValueError(
+            f'{where}: momentum must be in [0, 1] or None, got {momentum!r}'
+        )

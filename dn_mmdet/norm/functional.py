@@ -6,13 +6,16 @@ The forward itself is :meth:`DynamicNorm2d.forward
 <dn_mmdet.norm.DynamicNorm2d.forward>` over the ops of
 :mod:`dn_mmdet.ops.dn_ops`.
 """
+
 import math
 from typing import Optional, Tuple
 
 import torch.nn as nn
 from torch import Tensor
-from torch.nn.modules.module import (_global_forward_hooks,
-                                     _global_forward_pre_hooks)
+from torch.nn.modules.module import (
+    _global_forward_hooks,
+    _global_forward_pre_hooks,
+)
 
 #: A clamp's range, ``(lo, hi)``; ``-inf``/``inf`` where it is open.
 Bounds = Tuple[float, float]

@@ -24,6 +24,7 @@ A fused module still decides on every call: ``activate=False`` or
 one), or children replaced since, and it runs the ``ConvModule``'s own
 forward, unfused.
 """
+
 import copy
 from collections import Counter
 from typing import Optional
@@ -53,8 +54,9 @@ class FusedNormActConvModule(ConvModule):
     ``ConvModule``'s own forward runs.
     """
 
-    def forward(self, x: Tensor, activate: bool = True,
-                norm: bool = True) -> Tensor:
+    def forward(
+        self, x: Tensor, activate: bool = True, norm: bool = True
+    ) -> Tensor:
         bounds = self._fused_bounds() if activate and norm else None
         if bounds is None:
             return super().forward(x, activate, norm)
@@ -82,25 +84,34 @@ class FusedNormActConvModule(ConvModule):
 
 
 def _fusable(module: nn.Module, uses: Counter) -> bool:
-    if (type(module) is not ConvModule or 'forward' in module.__dict__
-            or has_forward_hooks(module) or module._backward_hooks
-            or not (module.with_norm and module.with_activation)):
+    if (
+        type(module) is not ConvModule
+        or 'forward' in module.__dict__
+        or has_forward_hooks(module)
+        or module._backward_hooks
+        or not (module.with_norm and module.with_activation)
+    ):
         return False
     norm, act = module.norm, module.activate
     order = list(module.order)
-    return (type(norm) is DynamicNorm2d and clamp_bounds(act) is not None
-            and order.index('act') == order.index('norm') + 1
-            and uses[id(module)] == uses[id(norm)] == uses[id(act)] == 1)
+    return (
+        type(norm) is DynamicNorm2d
+        and clamp_bounds(act) is not None
+        and order.index('act') == order.index('norm') + 1
+        and uses[id(module)] == uses[id(norm)] == uses[id(act)] == 1
+    )
 
 
 def _fused_copy(module: ConvModule) -> FusedNormActConvModule:
     """A :class:`FusedNormActConvModule` with ``module``'s state and the
     same children (its own copies of the containers that hold them)."""
     fused = FusedNormActConvModule.__new__(FusedNormActConvModule)
-    fused.__dict__.update({
-        key: copy.copy(value) if isinstance(value, (dict, set)) else value
-        for key, value in module.__dict__.items()
-    })
+    fused.__dict__.update(
+        {
+            key: copy.copy(value) if isinstance(value, (dict, set)) else value
+            for key, value in module.__dict__.items()
+        }
+    )
     return fused
 
 
@@ -118,7 +129,8 @@ def fuse_norm_act(model: nn.Module) -> int:
         int: How many modules were fused.
     """
     uses = Counter(
-        id(m) for _, m in model.named_modules(remove_duplicate=False))
+        id(m) for _, m in model.named_modules(remove_duplicate=False)
+    )
     fused = 0
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):

@@ -11,6 +11,7 @@ Nothing in the package uses it. The tests hold every path of
 measures it beside the fast layer (what the fast paths save); it lives in the
 package, not in ``tests/``, so that the tool does not import from the tests.
 """
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -39,15 +40,25 @@ def dynamic_norm_reference(dn: DynamicNorm2d, x: Tensor) -> Tensor:
     momentum = 0.0
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked += 1
-        momentum = (1 / float(bn.num_batches_tracked)
-                    if bn.momentum is None else bn.momentum)
-    x_tilde = F.batch_norm(x, bn.running_mean, bn.running_var, None, None,
-                           use_batch_stats, momentum, dn.eps)
+        momentum = (
+            1 / float(bn.num_batches_tracked)
+            if bn.momentum is None
+            else bn.momentum
+        )
+    x_tilde = F.batch_norm(
+        x,
+        bn.running_mean,
+        bn.running_var,
+        None,
+        None,
+        use_batch_stats,
+        momentum,
+        dn.eps,
+    )
     if dn.mode == 'B':
         alpha, lam = dn.sc(x.mean(dim=(2, 3)))
     else:
-        alpha, lam = dn.sc.forward_dn_c(mean, (var + dn.eps).sqrt(),
-                                        dn.mode)
+        alpha, lam = dn.sc.forward_dn_c(mean, (var + dn.eps).sqrt(), dn.mode)
     alpha = alpha + dn.base_scale
     lam = lam + dn.base_shift
     y = x_tilde * alpha[:, :, None, None] + lam[:, :, None, None]

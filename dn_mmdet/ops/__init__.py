@@ -5,11 +5,21 @@ The C++ kernel (``csrc/dn_cpu.cpp``) is compiled when the package is
 installed, else on first use (see :mod:`.ext_loader`); where neither works,
 DN warns once and uses the composite ops.
 """
-from .dn_ops import (COMPOSITE_FUNCTIONS, CPU_OP_DTYPES, cpu_ops_available,
-                     dn_cpu, load_cpu_ops)
+
+from .dn_ops import (
+    COMPOSITE_FUNCTIONS,
+    CPU_OP_DTYPES,
+    cpu_ops_available,
+    dn_cpu,
+    load_cpu_ops,
+)
 from .ext_loader import CompiledExtension
 
 __all__ = [
-    'dn_cpu', 'CompiledExtension', 'COMPOSITE_FUNCTIONS', 'CPU_OP_DTYPES',
-    'cpu_ops_available', 'load_cpu_ops'
+    'dn_cpu',
+    'CompiledExtension',
+    'COMPOSITE_FUNCTIONS',
+    'CPU_OP_DTYPES',
+    'cpu_ops_available',
+    'load_cpu_ops',
 ]

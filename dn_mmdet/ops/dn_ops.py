@@ -32,6 +32,7 @@ takes them:
 
 ``lo``/``hi`` are ``-inf``/``inf`` for no clamp.
 """
+
 import math
 from types import SimpleNamespace
 
@@ -50,9 +51,11 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # Kept alive for as long as the process: dropping it unregisters the ops.
 _LIB = torch.library.Library('dn_mmdet', 'FRAGMENT')
 _LIB.define('moments(Tensor x) -> (Tensor mean, Tensor var)')
-_LIB.define('normalize_affine(Tensor x, Tensor mean, Tensor var, '
-            'Tensor alpha, Tensor lam, float eps, float lo, float hi) '
-            '-> Tensor')
+_LIB.define(
+    'normalize_affine(Tensor x, Tensor mean, Tensor var, '
+    'Tensor alpha, Tensor lam, float eps, float lo, float hi) '
+    '-> Tensor'
+)
 
 
 def _moments(x: Tensor):
@@ -63,17 +66,27 @@ def _moments(x: Tensor):
     return mean, var
 
 
-def _normalize_affine(x: Tensor, mean: Tensor, var: Tensor, alpha: Tensor,
-                      lam: Tensor, eps: float, lo: float, hi: float):
+def _normalize_affine(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    alpha: Tensor,
+    lam: Tensor,
+    eps: float,
+    lo: float,
+    hi: float,
+):
     dtype = torch.promote_types(alpha.dtype, torch.float32)
     invstd = torch.rsqrt(var.to(dtype) + eps)
     scale = alpha.to(dtype) * invstd
     shift = lam.to(dtype) - mean.to(dtype) * scale
-    y = torch.addcmul(shift[:, :, None, None], x.to(dtype),
-                      scale[:, :, None, None])
+    y = torch.addcmul(
+        shift[:, :, None, None], x.to(dtype), scale[:, :, None, None]
+    )
     if lo > -math.inf or hi < math.inf:
-        y = y.clamp(None if lo == -math.inf else lo,
-                    None if hi == math.inf else hi)
+        y = y.clamp(
+            None if lo == -math.inf else lo, None if hi == math.inf else hi
+        )
     return y.to(x.dtype)
 
 
@@ -83,8 +96,9 @@ _LIB.impl('normalize_affine', _normalize_affine, 'CompositeImplicitAutograd')
 #: The composite ops as plain functions, for ``torch.jit`` tracing (the ONNX
 #: exporter): a traced call of ``torch.ops.dn_mmdet.*`` would be an op
 #: that ONNX does not know, a plain call is its ATen ops.
-COMPOSITE_FUNCTIONS = SimpleNamespace(moments=_moments,
-                                      normalize_affine=_normalize_affine)
+COMPOSITE_FUNCTIONS = SimpleNamespace(
+    moments=_moments, normalize_affine=_normalize_affine
+)
 
 
 @torch.compiler.assume_constant_result
@@ -124,28 +138,63 @@ def _register_cpu_ops() -> None:
         def per_sample():
             return x.new_empty((n, c))
 
-        return (torch.empty_like(x), x.new_empty(c), x.new_empty(c),
-                x.new_empty(c), per_sample(),
-                x.new_empty((n, fc1_weight.shape[0])), per_sample(),
-                per_sample(), per_sample())
+        return (
+            torch.empty_like(x),
+            x.new_empty(c),
+            x.new_empty(c),
+            x.new_empty(c),
+            per_sample(),
+            x.new_empty((n, fc1_weight.shape[0])),
+            per_sample(),
+            per_sample(),
+            per_sample(),
+        )
 
     @register_fake('dn_mmdet::dn_b_train_backward', lib=_LIB)
-    def _(grad_y, x, mean, invstd, pooled, hidden, alpha, scale, shift,
-          fc1_weight, fc2_weight, *args):
-        return (torch.empty_like(x), torch.empty_like(fc1_weight),
-                fc1_weight.new_empty(fc1_weight.shape[0]),
-                torch.empty_like(fc2_weight))
+    def _(
+        grad_y,
+        x,
+        mean,
+        invstd,
+        pooled,
+        hidden,
+        alpha,
+        scale,
+        shift,
+        fc1_weight,
+        fc2_weight,
+        *args,
+    ):
+        return (
+            torch.empty_like(x),
+            torch.empty_like(fc1_weight),
+            fc1_weight.new_empty(fc1_weight.shape[0]),
+            torch.empty_like(fc2_weight),
+        )
 
     torch.library.register_autograd(
-        'dn_mmdet::dn_b_train', _dn_b_train_backward,
-        setup_context=_dn_b_train_setup, lib=_LIB)
+        'dn_mmdet::dn_b_train',
+        _dn_b_train_backward,
+        setup_context=_dn_b_train_setup,
+        lib=_LIB,
+    )
 
 
 def _dn_b_train_setup(ctx, inputs, output) -> None:
     x, fc1_weight, _, fc2_weight, fc2_groups, _, _, _, lo, hi = inputs
     _, mean, _, invstd, pooled, hidden, alpha, scale, shift = output
-    ctx.save_for_backward(x, mean, invstd, pooled, hidden, alpha, scale,
-                          shift, fc1_weight, fc2_weight)
+    ctx.save_for_backward(
+        x,
+        mean,
+        invstd,
+        pooled,
+        hidden,
+        alpha,
+        scale,
+        shift,
+        fc1_weight,
+        fc2_weight,
+    )
     ctx.constants = (fc2_groups, lo, hi)
 
 
@@ -154,7 +203,7 @@ def _dn_b_train_backward(ctx, grad_y, *unused_grads):
     # differentiated through: the layer uses them without autograd.
     fc2_groups, lo, hi = ctx.constants
     saved = ctx.saved_tensors
-    grad_x, grad_w1, grad_b1, grad_w2 = (
-        torch.ops.dn_mmdet.dn_b_train_backward(grad_y.contiguous(), *saved,
-                                               fc2_groups, lo, hi))
-    return (grad_x, grad_w1, grad_b1, grad_w2) + (None, ) * 6
+    grad_x, grad_w1, grad_b1, grad_w2 = torch.ops.dn_mmdet.dn_b_train_backward(
+        grad_y.contiguous(), *saved, fc2_groups, lo, hi
+    )
+    return (grad_x, grad_w1, grad_b1, grad_w2) + (None,) * 6

@@ -30,6 +30,7 @@ later load of that directory waits for it forever.)
 This module imports only the standard library and torch, so that
 ``setup.py`` can load it before the package's dependencies are installed.
 """
+
 import contextlib
 import glob
 import hashlib
@@ -77,8 +78,9 @@ class ExtensionSpec:
             (:func:`cpu_isa`) if not given.
     """
 
-    def __init__(self, base_name: str, source: str,
-                 isa: Optional[str] = None) -> None:
+    def __init__(
+        self, base_name: str, source: str, isa: Optional[str] = None
+    ) -> None:
         self.source = osp.join(HERE, source)
         self.isa = isa or cpu_isa()
         self.cflags = ['-O3', '-fopenmp']
@@ -94,10 +96,14 @@ class ExtensionSpec:
         digest = hashlib.sha256()
         with open(self.source, 'rb') as f:
             digest.update(f.read())
-        for part in (self.cflags, self.ldflags,
-                     sysconfig.get_config_var('EXT_SUFFIX'),
-                     torch.__version__, torch.version.git_version,
-                     torch._C._GLIBCXX_USE_CXX11_ABI):
+        for part in (
+            self.cflags,
+            self.ldflags,
+            sysconfig.get_config_var('EXT_SUFFIX'),
+            torch.__version__,
+            torch.version.git_version,
+            torch._C._GLIBCXX_USE_CXX11_ABI,
+        ):
             digest.update(repr(part).encode())
         return digest.hexdigest()[:12]
 
@@ -136,7 +142,8 @@ class CompiledExtension:
                 warnings.warn(
                     f'dn_mmdet: could not build {self.description}, using '
                     f'ATen kernels instead ({self.error.splitlines()[0]}). '
-                    "Build DN layers with impl='composite' to skip trying.")
+                    "Build DN layers with impl='composite' to skip trying."
+                )
         return self.library is not None
 
     def _find_or_build(self):
@@ -146,9 +153,12 @@ class CompiledExtension:
             torch.ops.load_library(installed.origin)
             return installed.origin, 'installed'
         from torch.utils import cpp_extension
+
         root = osp.join(
             os.environ.get('TORCH_EXTENSIONS_DIR')
-            or cpp_extension.get_default_build_root(), 'dn_mmdet')
+            or cpp_extension.get_default_build_root(),
+            'dn_mmdet',
+        )
         return build_in_cache(spec, root, self.description)
 
 
@@ -171,12 +181,16 @@ def build_in_cache(spec: ExtensionSpec, root: str, description: str):
         for stale in glob.glob(osp.join(root, f'.{spec.name}.*')):
             shutil.rmtree(stale, ignore_errors=True)
         from mmengine.logging import print_log
+
         print_log(
             f'dn_mmdet: building {description} (once per machine, source '
-            f'and torch version; ~40 s) into {target}', logger='current')
+            f'and torch version; ~40 s) into {target}',
+            logger='current',
+        )
         building = tempfile.mkdtemp(prefix=f'.{spec.name}.', dir=root)
         try:
             from torch.utils import cpp_extension
+
             # Loads the library too (torch.ops.load_library).
             library = cpp_extension.load(
                 name=spec.name,
@@ -185,7 +199,8 @@ def build_in_cache(spec: ExtensionSpec, root: str, description: str):
                 extra_cflags=spec.cflags,
                 extra_ldflags=spec.ldflags,
                 is_python_module=False,
-                verbose=False)
+                verbose=False,
+            )
             with open(osp.join(building, _MANIFEST), 'w') as f:
                 json.dump(dict(file=osp.basename(library)), f)
             os.rename(building, target)
@@ -213,8 +228,11 @@ def _exclusive_lock(path: str, description: str):
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 from mmengine.logging import print_log
+
                 print_log(
                     f'dn_mmdet: waiting for another process that is '
-                    f'building {description} ({path})', logger='current')
+                    f'building {description} ({path})',
+                    logger='current',
+                )
                 fcntl.flock(f, fcntl.LOCK_EX)
         yield

@@ -1,5 +1,6 @@
 """Argument types of the tools' command lines, with usage errors that
 name the option and the value (argparse prefixes ``argument --name:``)."""
+
 import argparse
 
 
@@ -20,7 +21,8 @@ def int_at_least(minimum):
             value = None
         if value is None or value < minimum:
             raise argparse.ArgumentTypeError(
-                f'expected a whole number >= {minimum}, got {text!r}')
+                f'expected a whole number >= {minimum}, got {text!r}'
+            )
         return value
 
     parse.__name__ = f'int >= {minimum}'

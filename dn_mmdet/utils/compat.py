@@ -63,6 +63,7 @@ for the duration of a ``with`` block; the tools wrap their run in it and
 :class:`~dn_mmdet.engine.hooks.SafeCheckpointLoaderHook` does the same for
 a runner built from the project's configs.
 """
+
 import contextlib
 import glob
 import os.path as osp
@@ -76,13 +77,17 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
-    'SAFE_GLOBALS', 'safe_global_names', 'load_from_local',
-    'safe_checkpoint_loading', 'CheckpointReadError'
+    'SAFE_GLOBALS',
+    'safe_global_names',
+    'load_from_local',
+    'safe_checkpoint_loading',
+    'CheckpointReadError',
 ]
 
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint file is empty, truncated or not a checkpoint."""
+
 
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 
@@ -109,7 +114,8 @@ def _history_buffer_getattr(obj: Any, name: str) -> Callable:
     raise pickle.UnpicklingError(
         f'getattr({obj!r}, {name!r}) is not allowed when loading a '
         'checkpoint: only the statistics methods '
-        f'{_HISTORY_BUFFER_METHODS} of HistoryBuffer may be referenced.')
+        f'{_HISTORY_BUFFER_METHODS} of HistoryBuffer may be referenced.'
+    )
 
 
 # Boolean, signed/unsigned integer and floating numpy dtypes, by type code
@@ -131,15 +137,18 @@ def _numpy_entries() -> List[_ENTRY]:
     entries += sorted(dtype_classes - {np.dtype}, key=lambda c: c.__name__)
     # Under both the numpy >= 2 and the numpy 1.x module name.
     for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
-        entries += [(reconstruct, f'{module}._reconstruct'),
-                    (scalar, f'{module}.scalar')]
+        entries += [
+            (reconstruct, f'{module}._reconstruct'),
+            (scalar, f'{module}.scalar'),
+        ]
     return entries
 
 
 #: The globals added to torch's weights-only allow-list (see module doc).
 SAFE_GLOBALS: Tuple[_ENTRY, ...] = tuple(
-    [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')] +
-    _numpy_entries())
+    [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')]
+    + _numpy_entries()
+)
 
 
 def _entry_name(entry: _ENTRY) -> str:
@@ -177,7 +186,8 @@ def _disallowed_globals(filename: str) -> List[str]:
     """Globals of a checkpoint that the allow-list refuses (static scan)."""
     try:
         return sorted(
-            torch.serialization.get_unsafe_globals_in_checkpoint(filename))
+            torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+        )
     except Exception:  # legacy (non-zip) format: no static scan available
         return []
 
@@ -204,11 +214,15 @@ def _unreadable_reason(filename: str, err: Exception) -> Optional[str]:
             with zipfile.ZipFile(filename) as archive:
                 broken = archive.testzip()
         except (zipfile.BadZipFile, OSError, EOFError):
-            return (f'the file ({size} bytes) is truncated or corrupt (an '
-                    'incomplete zip archive)')
+            return (
+                f'the file ({size} bytes) is truncated or corrupt (an '
+                'incomplete zip archive)'
+            )
         if broken is not None:
-            return (f'the file ({size} bytes) is corrupt (its record '
-                    f'{broken} fails its checksum)')
+            return (
+                f'the file ({size} bytes) is corrupt (its record '
+                f'{broken} fails its checksum)'
+            )
         return None
     if not head.startswith(b'\x80'):  # nor a pickle (the legacy format)
         return f'the file ({size} bytes) is not a PyTorch checkpoint'
@@ -220,10 +234,14 @@ def _unreadable_reason(filename: str, err: Exception) -> Optional[str]:
 def _other_checkpoints(filename: str) -> List[str]:
     folder = osp.dirname(osp.abspath(filename))
     return sorted(
-        (p for p in glob.glob(osp.join(folder, '*.pth'))
-         if not osp.samefile(p, filename)),
+        (
+            p
+            for p in glob.glob(osp.join(folder, '*.pth'))
+            if not osp.samefile(p, filename)
+        ),
         key=osp.getmtime,
-        reverse=True)
+        reverse=True,
+    )
 
 
 def load_from_local(filename: str, map_location=None) -> Any:
@@ -261,8 +279,12 @@ def load_from_local(filename: str, map_location=None) -> Any:
         broken = _unreadable_reason(filename, err)
         if broken is not None:
             others = [osp.basename(p) for p in _other_checkpoints(filename)]
-            hint = (' Other checkpoints in its folder, newest first: '
-                    f'{", ".join(others[:5])}.' if others else '')
+            hint = (
+                ' Other checkpoints in its folder, newest first: '
+                f'{", ".join(others[:5])}.'
+                if others
+                else ''
+            )
             detail = str(err).split('. ')[0]  # not torch's generic advice
             torch_says = type(err).__name__ + (f': {detail}' if detail else '')
             raise CheckpointReadError(
@@ -270,20 +292,25 @@ def load_from_local(filename: str, map_location=None) -> Any:
                 f'({torch_says}). If it was cut short '
                 'while being written or copied, copy or download it again; '
                 'or use another checkpoint (--resume PATH, load_from=PATH).'
-                f'{hint}') from err
+                f'{hint}'
+            ) from err
         if not isinstance(err, pickle.UnpicklingError):
             raise  # a readable file: e.g. a bad map_location
         with _unpickling_allowed_globals():  # list only what stays refused
             disallowed = _disallowed_globals(filename)
-        reason = (f'it references globals that are not allowed: {disallowed}'
-                  if disallowed else _unpickler_reason(err))
+        reason = (
+            f'it references globals that are not allowed: {disallowed}'
+            if disallowed
+            else _unpickler_reason(err)
+        )
         raise pickle.UnpicklingError(
             f'Refusing to load checkpoint {filename}: {reason}. Checkpoints '
-            'are loaded with torch\'s weights-only unpickler, which permits '
+            "are loaded with torch's weights-only unpickler, which permits "
             'tensors, plain containers and the types listed in '
             'dn_mmdet.utils.compat.SAFE_GLOBALS. If you trust this file and '
             'the globals are plain data types, add them with '
-            'torch.serialization.add_safe_globals.') from None
+            'torch.serialization.add_safe_globals.'
+        ) from None
 
 
 @contextlib.contextmanager
@@ -304,8 +331,9 @@ def safe_checkpoint_loading() -> Iterator[None]:
     """
     previous = CheckpointLoader._schemes.get('')
     # Plain paths (prefix ''), the scheme of mmengine's load_from_local.
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local,
-                                     force=True)
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=load_from_local, force=True
+    )
     try:
         yield
     finally:

@@ -12,6 +12,7 @@ lock file of a dead run is simply taken over; the file is never deleted (an
 unlink would let a third run lock a new file while a second still holds the
 old one).
 """
+
 import fcntl
 import os
 import os.path as osp
@@ -61,8 +62,9 @@ class WorkDirLock:
             raise WorkDirInUseError(
                 f'work dir {self.work_dir} is in use by {who} (lock file '
                 f'{self.path}): two runs in one work dir overwrite each '
-                'other\'s checkpoints and logs. Wait for that run to end, '
-                'stop it, or pass another --work-dir.') from None
+                "other's checkpoints and logs. Wait for that run to end, "
+                'stop it, or pass another --work-dir.'
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
         self._fd = fd

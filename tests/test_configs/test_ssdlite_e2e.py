@@ -4,6 +4,7 @@ A few images of the embedded shapes data in COCO layout stand in for COCO;
 the configs run unchanged except for paths, batch size and length, through
 mmengine's Runner, the whole FNA pipeline and pycocotools' COCO evaluation.
 """
+
 import glob
 import json
 import math
@@ -28,7 +29,8 @@ def coco_root(tmp_path_factory, shapes_generator):
     # One batch (of 2) an epoch and one a validation: the configs' whole
     # pipeline, at their input size (320), for the least time.
     shapes_generator.generate_shapes_dataset(
-        root, num_train=2, num_val=2, coco_layout=True)
+        root, num_train=2, num_val=2, coco_layout=True
+    )
     return root + '/'
 
 
@@ -43,12 +45,14 @@ def _small_run_cfg(config, data_root, work_dir):
     cfg.train_dataloader.update(loader)
     cfg.train_dataloader.dataset.times = 1
     cfg.train_dataloader.dataset.dataset.update(
-        data_root=data_root, metainfo=metainfo)
+        data_root=data_root, metainfo=metainfo
+    )
     cfg.val_dataloader.update(loader)
     cfg.val_dataloader.dataset.update(data_root=data_root, metainfo=metainfo)
     cfg.test_dataloader = cfg.val_dataloader
     cfg.val_evaluator.ann_file = osp.join(
-        data_root, 'annotations/instances_val2017.json')
+        data_root, 'annotations/instances_val2017.json'
+    )
     cfg.test_evaluator = cfg.val_evaluator
     cfg.train_cfg.max_epochs = 2
     cfg.default_hooks.logger.interval = 1
@@ -63,7 +67,7 @@ def _small_run_cfg(config, data_root, work_dir):
 
 def _records(work_dir):
     """The run's scalars.json path and its records."""
-    path, = glob.glob(osp.join(work_dir, '*/vis_data/scalars.json'))
+    (path,) = glob.glob(osp.join(work_dir, '*/vis_data/scalars.json'))
     with open(path) as f:
         return path, [json.loads(line) for line in f if line.strip()]
 
@@ -99,19 +103,20 @@ def test_plot_map_from_real_runs(trained, tmp_path, load_tool):
 
     scalars, records = _records(trained['dn'])
     expected = {
-        r['step']: r['coco/bbox_mAP']
-        for r in records if 'coco/bbox_mAP' in r
+        r['step']: r['coco/bbox_mAP'] for r in records if 'coco/bbox_mAP' in r
     }
     # A work dir and a scalars.json file give the same curve.
     assert plot_map.read_metric(trained['dn']) == expected
     assert plot_map.read_metric(scalars) == expected
 
     out = str(tmp_path / 'map.png')
-    plot_map.main([trained['bn'], scalars, '--labels', 'BN', 'DN-B',
-                   '--out', out])
+    plot_map.main(
+        [trained['bn'], scalars, '--labels', 'BN', 'DN-B', '--out', out]
+    )
     with open(out, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     import matplotlib.image as mpimg
+
     img = mpimg.imread(out)
     assert img.shape[0] > 100 and img.shape[1] > 100
     assert img[..., :3].std() > 0  # not a blank image

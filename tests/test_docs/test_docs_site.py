@@ -1,6 +1,7 @@
 """The documentation site builds in mkdocs' strict mode (a broken link, a
 missing anchor or a page left out of the nav fails it), and the README stays
 a first visit's length."""
+
 import os
 import subprocess
 import sys
@@ -15,10 +16,23 @@ def test_site_builds_strictly(tmp_path):
     # --strict also on the command line, so that a mkdocs.yml that drops
     # `strict: true` still builds strictly here.
     proc = subprocess.run(
-        [sys.executable, '-m', 'mkdocs', 'build', '--strict', '--config-file',
-         str(REPO / 'mkdocs.yml'), '--site-dir', str(site)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, NO_MKDOCS_2_WARNING='1'))
+        [
+            sys.executable,
+            '-m',
+            'mkdocs',
+            'build',
+            '--strict',
+            '--config-file',
+            str(REPO / 'mkdocs.yml'),
+            '--site-dir',
+            str(site),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, NO_MKDOCS_2_WARNING='1'),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     for page in sorted((REPO / 'docs' / 'en').glob('*.md')):
         built = site / 'en' / page.stem / 'index.html'
@@ -42,4 +56,5 @@ def test_readme_is_short():
     lines = (REPO / 'README.md').read_text().splitlines()
     assert len(lines) <= README_MAX_LINES, (
         f'README.md has {len(lines)} lines; keep it <= {README_MAX_LINES} '
-        'and move detail into docs/en/')
+        'and move detail into docs/en/'
+    )

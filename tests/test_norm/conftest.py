@@ -1,4 +1,5 @@
 """Fixtures of the norm tests (plain helpers are in dn_helpers.py)."""
+
 import pytest
 
 from dn_mmdet.ops import load_cpu_ops

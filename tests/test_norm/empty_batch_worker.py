@@ -5,11 +5,16 @@ Run by test_dynamic_norm_edges.py in a process of its own: a path that
 crashes (DN's fused training node once died of SIGFPE here) must not take
 pytest down with it.
 """
+
 import json
 
 import torch
-from dn_helpers import (EMPTY_BATCH_CASES, forward_in, randomize,
-                        recorded_dn_ops)
+from dn_helpers import (
+    EMPTY_BATCH_CASES,
+    forward_in,
+    randomize,
+    recorded_dn_ops,
+)
 
 from dn_mmdet.norm import DynamicNorm2d
 
@@ -27,7 +32,8 @@ def main() -> None:
             result.update(shape=list(y.shape), dtype=str(y.dtype), ops=ops)
             after = dn.bn.state_dict()
             result['statistics_untouched'] = all(
-                torch.equal(before[k], after[k]) for k in before)
+                torch.equal(before[k], after[k]) for k in before
+            )
             if y.requires_grad:
                 y.sum().backward()
                 result['x_grad_shape'] = list(x.grad.shape)

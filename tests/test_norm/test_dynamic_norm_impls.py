@@ -7,14 +7,14 @@ The matrix: implementation (``impl='auto'``: the C++ op where it applies;
 autograd / eval with autograd x memory format x clamp (a fused ReLU6 or
 none): outputs, input and parameter gradients, running statistics.
 """
+
 import copy
 import subprocess
 import sys
 
 import pytest
 import torch
-from dn_helpers import (CLAMPS, SETTINGS, forward_in, randomize,
-                        recorded_dn_ops)
+from dn_helpers import CLAMPS, SETTINGS, forward_in, randomize, recorded_dn_ops
 
 from dn_mmdet.norm import DynamicNorm2d
 from dn_mmdet.norm.reference import dynamic_norm_reference
@@ -32,23 +32,31 @@ TOL = {
 
 def expected_ops(impl, dtype, setting, channels_last):
     training, autograd = SETTINGS[setting]
-    if (impl == 'auto' and dtype in (torch.float32, torch.float64)
-            and not channels_last and (training or not autograd)):
-        ops = ['dn_mmdet::dn_b_train' if training else
-               'dn_mmdet::dn_b_inference']
+    if (
+        impl == 'auto'
+        and dtype in (torch.float32, torch.float64)
+        and not channels_last
+        and (training or not autograd)
+    ):
+        ops = [
+            'dn_mmdet::dn_b_train' if training else 'dn_mmdet::dn_b_inference'
+        ]
         return ops + (['dn_mmdet::dn_b_train_backward'] if autograd else [])
     return (['dn_mmdet::moments'] if training else []) + [
-        'dn_mmdet::normalize_affine']
+        'dn_mmdet::normalize_affine'
+    ]
 
 
 @pytest.mark.parametrize('impl', ['auto', 'composite'])
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @pytest.mark.parametrize('setting', list(SETTINGS))
-@pytest.mark.parametrize('channels_last', [False, True],
-                         ids=['contiguous', 'channels_last'])
+@pytest.mark.parametrize(
+    'channels_last', [False, True], ids=['contiguous', 'channels_last']
+)
 @pytest.mark.parametrize('clamp', ['none', 'relu6'])
-def test_every_implementation_equals_the_reference(impl, dtype, setting,
-                                                   channels_last, clamp):
+def test_every_implementation_equals_the_reference(
+    impl, dtype, setting, channels_last, clamp
+):
     torch.manual_seed(0)
     dn = randomize(DynamicNorm2d(16, r=4, g=2, impl=impl)).to(dtype)
     ref = copy.deepcopy(dn).double()
@@ -63,29 +71,34 @@ def test_every_implementation_equals_the_reference(impl, dtype, setting,
             y.backward(grad.to(dtype))
     assert ops == expected_ops(impl, dtype, setting, channels_last)
     assert y.dtype == dtype
-    assert y.is_contiguous(memory_format=torch.channels_last
-                           if channels_last else torch.contiguous_format)
+    assert y.is_contiguous(
+        memory_format=torch.channels_last
+        if channels_last
+        else torch.contiguous_format
+    )
     ref.train(training)
     x_ref = x.detach().double().requires_grad_(autograd)
     y_ref = dynamic_norm_reference(ref, x_ref).clamp(*CLAMPS[clamp])
     tol = TOL[dtype]
     torch.testing.assert_close(y.detach().double(), y_ref.detach(), **tol)
     for name, buf in dn.bn.named_buffers():
-        torch.testing.assert_close(buf.double(),
-                                   ref.bn.get_buffer(name).double(), **tol)
+        torch.testing.assert_close(
+            buf.double(), ref.bn.get_buffer(name).double(), **tol
+        )
     if autograd:
         y_ref.backward(grad.double())
         torch.testing.assert_close(x.grad.double(), x_ref.grad, **tol)
         for (name, p), p_ref in zip(dn.named_parameters(), ref.parameters()):
-            torch.testing.assert_close(p.grad.double(), p_ref.grad, **tol,
-                                       msg=name)
+            torch.testing.assert_close(
+                p.grad.double(), p_ref.grad, **tol, msg=name
+            )
 
 
 def test_global_hook_registries_stay_empty_in_a_fresh_process():
     """``import dn_mmdet`` and a DN model's forward and backward (train and
     eval) add nothing to torch's process-wide hooks (on main, the import
     added three registration hooks and the first forward a pre-hook)."""
-    code = '''
+    code = """
 import torch
 import torch.nn.modules.module as m
 def sizes():
@@ -101,9 +114,13 @@ with torch.no_grad():
 after = sizes()
 assert before == after and len(before) >= 6, (before, after)
 print('ok', sorted(before))
-'''
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                          text=True, timeout=300)
+"""
+    proc = subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '_global_forward_pre_hooks' in proc.stdout
 
@@ -121,12 +138,14 @@ def test_functional_call_uses_the_weights_it_is_given():
     with torch.no_grad():
         dn(x)  # a first call, which main cached
         state = dict(other.named_parameters(), **dict(other.named_buffers()))
-        y_other = torch.func.functional_call(dn, state, (x, ))
+        y_other = torch.func.functional_call(dn, state, (x,))
         y_own = dn(x)
-        torch.testing.assert_close(y_other, dynamic_norm_reference(other, x),
-                                   rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(y_own, dynamic_norm_reference(dn, x),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            y_other, dynamic_norm_reference(other, x), rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            y_own, dynamic_norm_reference(dn, x), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize('mean', [1e3, 1e4])
@@ -138,7 +157,8 @@ def test_large_channel_means_as_accurate_as_batchnorm(mean, impl):
     109% at 1e4). Channels-last input: the composite under 'auto'."""
     torch.manual_seed(0)
     x = (torch.randn(4, 8, 16, 16) + mean).to(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     dn = DynamicNorm2d(8, momentum=1.0, impl=impl)
     bn = torch.nn.BatchNorm2d(8, momentum=1.0, affine=False)
     truth = torch.nn.BatchNorm2d(8, momentum=1.0, affine=False).double()
@@ -146,10 +166,12 @@ def test_large_channel_means_as_accurate_as_batchnorm(mean, impl):
     y_dn, y_bn = dn(x).double(), bn(x).double()
     bn_error = (y_bn - y_true).abs().max()
     assert (y_dn - y_true).abs().max() <= max(2 * bn_error, 1e-4)
-    torch.testing.assert_close(dn.bn.running_var.double(), truth.running_var,
-                               rtol=1e-3, atol=0)
-    torch.testing.assert_close(dn.bn.running_mean.double(),
-                               truth.running_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        dn.bn.running_var.double(), truth.running_var, rtol=1e-3, atol=0
+    )
+    torch.testing.assert_close(
+        dn.bn.running_mean.double(), truth.running_mean, rtol=1e-6, atol=0
+    )
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
@@ -157,12 +179,14 @@ def test_half_precision_model_trains_as_batchnorm_does(dtype):
     """``.half()`` / ``.bfloat16()`` DN models train (main: a dtype error),
     as BN models do on the CPU."""
     torch.manual_seed(0)
-    bn_model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3),
-                                   torch.nn.BatchNorm2d(8)).to(dtype)
+    bn_model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)
+    ).to(dtype)
     x = torch.randn(2, 3, 8, 8, dtype=dtype)
     bn_model(x).float().square().mean().backward()  # BN does
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3),
-                                DynamicNorm2d(8, r=2)).to(dtype)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), DynamicNorm2d(8, r=2)
+    ).to(dtype)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(2):
         loss = model(x).float().square().mean()

@@ -1,5 +1,6 @@
 """fuse_norm_act: a clamp folded into the DN layer before it, explicitly and
 only where the model then computes exactly what it computed before."""
+
 import copy
 
 import pytest
@@ -10,20 +11,37 @@ from mmcv.cnn import ConvModule
 
 import dn_mmdet  # noqa: F401  (registers DN and the backbone)
 from dn_mmdet.models.backbones import MobileNetV2DN
-from dn_mmdet.norm import (DynamicNorm2d, FusedNormActConvModule,
-                           fuse_norm_act)
+from dn_mmdet.norm import DynamicNorm2d, FusedNormActConvModule, fuse_norm_act
 from dn_mmdet.norm.functional import clamp_bounds
 
 
-def conv_stack(norm_cfg=dict(type='DN', g='oup'), act_cfg=dict(type='ReLU6'),
-               order=('conv', 'norm', 'act')):
+def conv_stack(
+    norm_cfg=dict(type='DN', g='oup'),
+    act_cfg=dict(type='ReLU6'),
+    order=('conv', 'norm', 'act'),
+):
     torch.manual_seed(8)
     model = nn.Sequential(
-        ConvModule(3, 16, 3, padding=1, norm_cfg=norm_cfg, act_cfg=act_cfg,
-                   order=order),
+        ConvModule(
+            3,
+            16,
+            3,
+            padding=1,
+            norm_cfg=norm_cfg,
+            act_cfg=act_cfg,
+            order=order,
+        ),
         ConvModule(16, 24, 1, norm_cfg=norm_cfg, act_cfg=None),
-        ConvModule(24, 8, 3, padding=1, norm_cfg=norm_cfg, act_cfg=act_cfg,
-                   order=order))
+        ConvModule(
+            24,
+            8,
+            3,
+            padding=1,
+            norm_cfg=norm_cfg,
+            act_cfg=act_cfg,
+            order=order,
+        ),
+    )
     for m in model.modules():
         if isinstance(m, DynamicNorm2d):
             randomize(m)
@@ -34,8 +52,9 @@ def outputs_and_grads(model, x, **kwargs):
     x = x.clone().requires_grad_(True)
     y = model[0](x, **kwargs) if kwargs else model(x)
     y.square().sum().backward()
-    grads = [None if p.grad is None else p.grad.clone()
-             for p in model.parameters()]
+    grads = [
+        None if p.grad is None else p.grad.clone() for p in model.parameters()
+    ]
     model.zero_grad()
     return y.detach(), x.grad, grads
 
@@ -54,8 +73,11 @@ def test_fusion_keeps_outputs_grads_and_keys(training):
     model = conv_stack()
     fused = copy.deepcopy(model)
     assert fuse_norm_act(fused) == 2
-    assert [type(m) for m in fused] == [FusedNormActConvModule, ConvModule,
-                                        FusedNormActConvModule]
+    assert [type(m) for m in fused] == [
+        FusedNormActConvModule,
+        ConvModule,
+        FusedNormActConvModule,
+    ]
     assert list(fused.state_dict()) == list(model.state_dict())
     model.train(training), fused.train(training)
     x = torch.randn(3, 3, 10, 10)
@@ -91,7 +113,6 @@ def test_relu_subclass_with_its_own_forward_is_not_fused():
     """Main fused an ``nn.ReLU`` subclass as a bare clamp."""
 
     class LeakyishReLU(nn.ReLU):
-
         def forward(self, x):
             return torch.where(x > 0, x, 0.1 * x)
 
@@ -113,18 +134,20 @@ def test_forward_hook_on_the_dn_sees_its_output_before_the_clamp():
     fuse_norm_act(model)
     seen, seen_ref = [], []
     # clones: the ConvModule's ReLU6 then runs in place on the output
-    model[0].norm.register_forward_hook(
-        lambda m, a, y: seen.append(y.clone()))
+    model[0].norm.register_forward_hook(lambda m, a, y: seen.append(y.clone()))
     reference[0].norm.register_forward_hook(
-        lambda m, a, y: seen_ref.append(y.clone()))
+        lambda m, a, y: seen_ref.append(y.clone())
+    )
     x = torch.randn(2, 3, 8, 8)
     assert_same(outputs_and_grads(model, x), outputs_and_grads(reference, x))
     torch.testing.assert_close(seen[0], seen_ref[0])
     assert seen[0].min() < 0  # not clamped: the ConvModule's ReLU6 follows
 
 
-@pytest.mark.parametrize('kwargs', [dict(activate=False), dict(norm=False),
-                                    dict(activate=False, norm=False)])
+@pytest.mark.parametrize(
+    'kwargs',
+    [dict(activate=False), dict(norm=False), dict(activate=False, norm=False)],
+)
 def test_activate_and_norm_flags_keep_their_meaning(kwargs):
     """Main's fused ConvModule kept its clamp with ``activate=False`` and
     lost it with ``norm=False``."""
@@ -132,8 +155,10 @@ def test_activate_and_norm_flags_keep_their_meaning(kwargs):
     reference = copy.deepcopy(model)
     fuse_norm_act(model)
     x = torch.randn(2, 3, 8, 8)
-    assert_same(outputs_and_grads(model, x, **kwargs),
-                outputs_and_grads(reference, x, **kwargs))
+    assert_same(
+        outputs_and_grads(model, x, **kwargs),
+        outputs_and_grads(reference, x, **kwargs),
+    )
     if not kwargs.get('activate', True):
         assert model[0](x, **kwargs).min() < 0
 
@@ -143,7 +168,6 @@ def test_module_with_arguments_is_left_as_built():
     made with others; only ConvModules are fused, by their own flags."""
 
     class Block(nn.Module):
-
         def __init__(self):
             super().__init__()
             self.dn = randomize(DynamicNorm2d(8, r=2))
@@ -177,8 +201,9 @@ def test_mobilenet_v2_dn_is_fused_by_construction_and_exact():
     computes what the unfused one does (a no-op forward hook on each DN
     makes its module run unfused)."""
     model = MobileNetV2DN(norm_cfg=dict(type='DN', r=16, g=1))
-    fused = [m for m in model.modules()
-             if isinstance(m, FusedNormActConvModule)]
+    fused = [
+        m for m in model.modules() if isinstance(m, FusedNormActConvModule)
+    ]
     assert len(fused) == 35
     for m in model.modules():
         if isinstance(m, DynamicNorm2d):

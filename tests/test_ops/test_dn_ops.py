@@ -2,6 +2,7 @@
 an op (``torch.library.opcheck``: schema, fake kernel, autograd
 registration, AOT dispatch), the C++ ops' own checks and arithmetic, and the
 fallback where the kernel cannot be built."""
+
 import copy
 import math
 import warnings
@@ -23,12 +24,17 @@ def cpu_ops():
     assert dn_cpu.origin in ('installed', 'cache', 'compiled')
 
 
-def sc_weights(channels=8, hidden=4, groups=2, dtype=torch.float32,
-               requires_grad=False):
+def sc_weights(
+    channels=8, hidden=4, groups=2, dtype=torch.float32, requires_grad=False
+):
     gen = torch.Generator().manual_seed(0)
-    shapes = [(hidden, channels), (hidden, ), (2 * channels, hidden // groups)]
-    return [(torch.randn(s, generator=gen, dtype=dtype) * 0.5)
-            .requires_grad_(requires_grad) for s in shapes]
+    shapes = [(hidden, channels), (hidden,), (2 * channels, hidden // groups)]
+    return [
+        (torch.randn(s, generator=gen, dtype=dtype) * 0.5).requires_grad_(
+            requires_grad
+        )
+        for s in shapes
+    ]
 
 
 def train_args(dtype=torch.float32, requires_grad=True):
@@ -45,28 +51,46 @@ def test_opcheck_cpu_ops(dtype):
     x, w1, b1, w2, groups, scale, shift = [
         a.detach() if torch.is_tensor(a) else a for a in args[:7]
     ]
-    mean, var = torch.randn(8, dtype=dtype), torch.rand(8, dtype=dtype) + .5
+    mean, var = torch.randn(8, dtype=dtype), torch.rand(8, dtype=dtype) + 0.5
     torch.library.opcheck(
         torch.ops.dn_mmdet.dn_b_inference.default,
-        (x, w1, b1, w2, groups, scale, shift, mean, var, 1e-5, -INF, INF))
-    saved = torch.ops.dn_mmdet.dn_b_train(x, w1, b1, w2, groups, scale,
-                                          shift, 1e-5, 0.0, 6.0)
+        (x, w1, b1, w2, groups, scale, shift, mean, var, 1e-5, -INF, INF),
+    )
+    saved = torch.ops.dn_mmdet.dn_b_train(
+        x, w1, b1, w2, groups, scale, shift, 1e-5, 0.0, 6.0
+    )
     y, mean, _, invstd, pooled, hidden, alpha, scale_, shift_ = saved
     torch.library.opcheck(
         torch.ops.dn_mmdet.dn_b_train_backward.default,
-        (torch.randn_like(y), x, mean, invstd, pooled, hidden, alpha, scale_,
-         shift_, w1, w2, groups, 0.0, 6.0))
+        (
+            torch.randn_like(y),
+            x,
+            mean,
+            invstd,
+            pooled,
+            hidden,
+            alpha,
+            scale_,
+            shift_,
+            w1,
+            w2,
+            groups,
+            0.0,
+            6.0,
+        ),
+    )
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 def test_opcheck_composite_ops(dtype):
     x = torch.randn(3, 8, 5, 4, dtype=dtype, requires_grad=True)
-    torch.library.opcheck(torch.ops.dn_mmdet.moments.default, (x, ))
+    torch.library.opcheck(torch.ops.dn_mmdet.moments.default, (x,))
     alpha = torch.randn(3, 8, requires_grad=True)
     lam = torch.randn(1, 8, requires_grad=True)
     torch.library.opcheck(
         torch.ops.dn_mmdet.normalize_affine.default,
-        (x, torch.randn(8), torch.rand(8) + .5, alpha, lam, 1e-5, 0.0, 6.0))
+        (x, torch.randn(8), torch.rand(8) + 0.5, alpha, lam, 1e-5, 0.0, 6.0),
+    )
 
 
 def test_train_op_gradients_in_float64():
@@ -80,8 +104,9 @@ def test_train_op_gradients_in_float64():
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('g', [1, 2, 'oup'])
-@pytest.mark.parametrize('bounds', [(-INF, INF), (0.0, INF), (0.0, 6.0),
-                                    (-0.5, 0.7)])
+@pytest.mark.parametrize(
+    'bounds', [(-INF, INF), (0.0, INF), (0.0, 6.0), (-0.5, 0.7)]
+)
 def test_inference_op_equals_reference(dtype, g, bounds):
     torch.manual_seed(2)
     dn = DynamicNorm2d(24, r=4, g=g).to(dtype).eval()
@@ -103,11 +128,21 @@ def test_inference_op_equals_reference(dtype, g, bounds):
 def test_clamp_keeps_nan_and_bounds():
     """With FC2 at zero, unit statistics and eps 0, the op is the clamp;
     a NaN stays NaN (its sample's pooled mean is NaN too)."""
-    x = torch.tensor([[-3.0, -0.25, 0.5, 7.0, 1.0],
-                      [-1.0, 0.0, 1.0, 2.0, float('nan')]]).view(2, 1, 1, 5)
+    x = torch.tensor(
+        [[-3.0, -0.25, 0.5, 7.0, 1.0], [-1.0, 0.0, 1.0, 2.0, float('nan')]]
+    ).view(2, 1, 1, 5)
     one, zero = torch.ones(1), torch.zeros(1)
-    args = (torch.ones(1, 1), one, torch.zeros(2, 1), 1, one, zero, zero,
-            one, 0.0)
+    args = (
+        torch.ones(1, 1),
+        one,
+        torch.zeros(2, 1),
+        1,
+        one,
+        zero,
+        zero,
+        one,
+        0.0,
+    )
     y = torch.ops.dn_mmdet.dn_b_inference(x, *args, 0.0, 6.0)
     assert y[0].flatten().tolist() == [0.0, 0.0, 0.5, 6.0, 1.0]
     assert torch.isnan(y[1]).all()
@@ -120,24 +155,88 @@ def test_kernel_rejects_mismatched_parameters():
     x = torch.randn(2, 3, 4, 4)
     c = torch.ones(3)
     with pytest.raises(RuntimeError, match='do not fit 3 channels'):
-        ops.dn_b_inference(x, torch.ones(1, 4), torch.ones(1),
-                           torch.ones(6, 1), 1, c, c, c, c, 1e-5, 0.0, 6.0)
+        ops.dn_b_inference(
+            x,
+            torch.ones(1, 4),
+            torch.ones(1),
+            torch.ones(6, 1),
+            1,
+            c,
+            c,
+            c,
+            c,
+            1e-5,
+            0.0,
+            6.0,
+        )
     with pytest.raises(RuntimeError, match="x's dtype"):
-        ops.dn_b_inference(x, torch.ones(1, 3).double(), torch.ones(1),
-                           torch.ones(6, 1), 1, c, c, c, c, 1e-5, 0.0, 6.0)
-    with pytest.raises(RuntimeError, match="mean and var must be"):
-        ops.dn_b_inference(x, torch.ones(1, 3), torch.ones(1),
-                           torch.ones(6, 1), 1, c, c, c.double(), c, 1e-5,
-                           0.0, 6.0)
+        ops.dn_b_inference(
+            x,
+            torch.ones(1, 3).double(),
+            torch.ones(1),
+            torch.ones(6, 1),
+            1,
+            c,
+            c,
+            c,
+            c,
+            1e-5,
+            0.0,
+            6.0,
+        )
+    with pytest.raises(RuntimeError, match='mean and var must be'):
+        ops.dn_b_inference(
+            x,
+            torch.ones(1, 3),
+            torch.ones(1),
+            torch.ones(6, 1),
+            1,
+            c,
+            c,
+            c.double(),
+            c,
+            1e-5,
+            0.0,
+            6.0,
+        )
     with pytest.raises(RuntimeError, match='do not fit 3 channels'):
-        ops.dn_b_train(x, torch.ones(1, 4), torch.ones(1), torch.ones(6, 1),
-                       1, c, c, 1e-5, -INF, INF)
-    saved = ops.dn_b_train(x, torch.ones(1, 3), torch.ones(1),
-                           torch.ones(6, 1), 1, c, c, 1e-5, -INF, INF)
+        ops.dn_b_train(
+            x,
+            torch.ones(1, 4),
+            torch.ones(1),
+            torch.ones(6, 1),
+            1,
+            c,
+            c,
+            1e-5,
+            -INF,
+            INF,
+        )
+    saved = ops.dn_b_train(
+        x,
+        torch.ones(1, 3),
+        torch.ones(1),
+        torch.ones(6, 1),
+        1,
+        c,
+        c,
+        1e-5,
+        -INF,
+        INF,
+    )
     _, mean, _, *rest = saved
-    with pytest.raises(RuntimeError, match="grad_y must be"):
-        ops.dn_b_train_backward(x[:1], x, mean, *rest, torch.ones(1, 3),
-                                torch.ones(6, 1), 1, -INF, INF)
+    with pytest.raises(RuntimeError, match='grad_y must be'):
+        ops.dn_b_train_backward(
+            x[:1],
+            x,
+            mean,
+            *rest,
+            torch.ones(1, 3),
+            torch.ones(6, 1),
+            1,
+            -INF,
+            INF,
+        )
 
 
 def test_build_failure_warns_once_and_falls_back(monkeypatch):

@@ -1,5 +1,6 @@
 """Loading a checkpoint, or importing dn_mmdet, changes nothing in the
 process beyond what it is for (the loaded object; the registrations)."""
+
 import json
 import os
 import subprocess
@@ -22,23 +23,23 @@ def crafted_checkpoint(tmp_path, monkeypatch):
     """A checkpoint of allow-listed globals only whose log buffer carries a
     statistics table mapping 'max' to HistoryBuffer.min."""
     with monkeypatch.context() as patch:
-        patch.setitem(HistoryBuffer._statistics_methods, 'max',
-                      HistoryBuffer.min)
+        patch.setitem(
+            HistoryBuffer._statistics_methods, 'max', HistoryBuffer.min
+        )
         buffer = HistoryBuffer([1, 2, 3], [1, 1, 1])
         path = tmp_path / 'crafted.pth'
-        torch.save(dict(message_hub=dict(log_scalars=dict(loss=buffer))),
-                   path)
+        torch.save(dict(message_hub=dict(log_scalars=dict(loss=buffer))), path)
     assert HistoryBuffer([1, 2, 3], [1, 1, 1]).statistics('max') == 3
     # Only allow-listed globals: the weights-only loader accepts the file.
     referenced = torch.serialization.get_unsafe_globals_in_checkpoint(
-        str(path))
+        str(path)
+    )
     assert 'builtins.getattr' in referenced
     assert set(referenced) <= set(compat.safe_global_names())
     return path
 
 
-def test_loading_a_checkpoint_keeps_the_statistics_methods(
-        crafted_checkpoint):
+def test_loading_a_checkpoint_keeps_the_statistics_methods(crafted_checkpoint):
     loaded = compat.load_from_local(str(crafted_checkpoint))
     buffer = loaded['message_hub']['log_scalars']['loss']
     assert isinstance(buffer, HistoryBuffer)
@@ -79,7 +80,7 @@ def test_safe_checkpoint_loading_puts_the_previous_loader_back():
     assert CheckpointLoader._schemes[''] is previous
 
 
-_IMPORT_STATE = '''
+_IMPORT_STATE = """
 import json, sys, torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -111,7 +112,7 @@ stand_ins = sorted(
     and not getattr(module, '__file__', None))
 print(json.dumps(dict(before=before, after=after, stand_ins=stand_ins,
                       allowed=allowed)))
-'''
+"""
 
 
 def test_importing_dn_mmdet_only_registers():
@@ -119,15 +120,22 @@ def test_importing_dn_mmdet_only_registers():
     table are as before ``import dn_mmdet``, torch's allow-list gains no
     global of dn_mmdet's (before: the whole SAFE_GLOBALS, and the loader
     replaced), and no stand-in module is put in sys.modules."""
-    proc = subprocess.run([sys.executable, '-c', _IMPORT_STATE],
-                          capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env=dict(os.environ,
-                                             PYTHONPATH=str(REPO)))
+    proc = subprocess.run(
+        [sys.executable, '-c', _IMPORT_STATE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout.splitlines()[-1])
     assert record['after'] == record['before']
-    assert all(m.startswith('torch.') for m in record['allowed']), \
-        record['allowed']
-    assert record['before']['schemes'][''] == \
-        'mmengine.runner.checkpoint.load_from_local'
+    assert all(m.startswith('torch.') for m in record['allowed']), record[
+        'allowed'
+    ]
+    assert (
+        record['before']['schemes']['']
+        == 'mmengine.runner.checkpoint.load_from_local'
+    )
     assert record['stand_ins'] == []

@@ -1,6 +1,7 @@
 """tools/dist_train.sh and tools/dist_test.sh from a plain shell (the
 project's environment not activated): two processes train the DN-B shapes
 config on CPU with gloo, then evaluate its checkpoint."""
+
 import re
 import subprocess
 
@@ -16,26 +17,37 @@ PLAIN_PATH = '/usr/local/bin:/usr/bin:/bin'
 
 
 def _run(script, args, env, cwd):
-    proc = subprocess.run(['bash', str(REPO / 'tools' / script), *args],
-                          capture_output=True,
-                          text=True,
-                          cwd=cwd,
-                          env=dict(env, PORT=str(free_port())),
-                          timeout=600)
+    proc = subprocess.run(
+        ['bash', str(REPO / 'tools' / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(env, PORT=str(free_port())),
+        timeout=600,
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU path')
-def test_dist_train_and_test_from_a_plain_shell(shapes_data, shapes_config,
-                                                shapes_options, tool_env,
-                                                tmp_path):
+def test_dist_train_and_test_from_a_plain_shell(
+    shapes_data, shapes_config, shapes_options, tool_env, tmp_path
+):
     env = dict(tool_env, PATH=PLAIN_PATH)
     options = shapes_options(shapes_data, max_epochs=1)
     work_dir = tmp_path / 'dist'
-    code, log = _run('dist_train.sh', [
-        shapes_config('dn'), '2', '--work-dir',
-        str(work_dir), '--cfg-options', *options
-    ], env, tmp_path)
+    code, log = _run(
+        'dist_train.sh',
+        [
+            shapes_config('dn'),
+            '2',
+            '--work-dir',
+            str(work_dir),
+            '--cfg-options',
+            *options,
+        ],
+        env,
+        tmp_path,
+    )
     assert code == 0, log[-4000:]
     assert 'command not found' not in log
     assert "using the 'gloo' backend" in log
@@ -48,13 +60,24 @@ def test_dist_train_and_test_from_a_plain_shell(shapes_data, shapes_config,
     checkpoint = work_dir / 'epoch_1.pth'
     state = load_from_local(checkpoint)['state_dict']
     assert all(
-        torch.isfinite(v).all() for v in state.values()
-        if v.is_floating_point())
+        torch.isfinite(v).all()
+        for v in state.values()
+        if v.is_floating_point()
+    )
 
-    code, log = _run('dist_test.sh', [
-        shapes_config('dn'),
-        str(checkpoint), '2', '--work-dir',
-        str(tmp_path / 'test'), '--cfg-options', *options
-    ], env, tmp_path)
+    code, log = _run(
+        'dist_test.sh',
+        [
+            shapes_config('dn'),
+            str(checkpoint),
+            '2',
+            '--work-dir',
+            str(tmp_path / 'test'),
+            '--cfg-options',
+            *options,
+        ],
+        env,
+        tmp_path,
+    )
     assert code == 0, log[-4000:]
     assert re.search(r'^bbox mAP: \d\.\d{4}$', log, re.M), log[-3000:]

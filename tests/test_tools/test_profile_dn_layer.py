@@ -3,6 +3,7 @@ process, its argument checks, and the package's profile
 (dn_mmdet.analysis.benchmark.layer_profile, .in_model) at toy shapes (the
 figures are measured, not asserted: only that each row is complete and
 its derived columns follow from the measured ones)."""
+
 import re
 import runpy
 import subprocess
@@ -31,13 +32,29 @@ def _cells(line):
 
 def test_profile_cli_prints_a_row_per_shape(tool_env):
     proc = subprocess.run(
-        [sys.executable, str(TOOL), '--shapes', '2x8x3x3', '3x20x5x4',
-         '--rounds', '1', '--calls', '1'], capture_output=True, text=True,
-        env=tool_env, timeout=300)
+        [
+            sys.executable,
+            str(TOOL),
+            '--shapes',
+            '2x8x3x3',
+            '3x20x5x4',
+            '--rounds',
+            '1',
+            '--calls',
+            '1',
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    rows = [line for line in out.splitlines() if line.startswith('| 2x8x3x3')
-            or line.startswith('| 3x20x5x4')]
+    rows = [
+        line
+        for line in out.splitlines()
+        if line.startswith('| 2x8x3x3') or line.startswith('| 3x20x5x4')
+    ]
     assert len(rows) == 2
     for line in rows:
         cells = _cells(line)
@@ -53,8 +70,11 @@ def test_profile_cli_prints_a_row_per_shape(tool_env):
 def test_profile_table_sums_its_shapes():
     """Several shapes (e.g. MobileNetV2's norm inputs of --cases) get a
     row of their sum."""
-    lines = list(layer_profile.profile_table(
-        'MobileNetV2 2x8', [(2, 8, 8, 8), (2, 16, 4, 4)], 1, 1, 1))
+    lines = list(
+        layer_profile.profile_table(
+            'MobileNetV2 2x8', [(2, 8, 8, 8), (2, 16, 4, 4)], 1, 1, 1
+        )
+    )
     assert lines[0].startswith('\nMobileNetV2 2x8: inference')
     assert lines[1] == layer_profile.HEADER
     rows = [line for line in lines if line.startswith('| 2x')]
@@ -64,22 +84,32 @@ def test_profile_table_sums_its_shapes():
     # the sum of the measured columns (each printed rounded)
     for column in (0, 1, 5, 6, 7, 10):
         assert total[column] == pytest.approx(
-            sum(_cells(r)[column] for r in rows), abs=1.0)
+            sum(_cells(r)[column] for r in rows), abs=1.0
+        )
 
 
-@pytest.mark.parametrize('argv,message', [
-    ([], 'give --shapes or --cases'),
-    (['--shapes', '2x8x3'], "'2x8x3': expected 4 positive integers"),
-    (['--cases', '2x0'], "'2x0': expected 2 positive integers"),
-    (['--in-model', '--shapes', '2x8x3x3'], '--in-model takes --cases'),
-    # were tracebacks (torch.set_num_threads, median of no rounds)
-    (['--cases', '2x8', '--threads', '0'], "argument --threads: expected a "
-     "whole number >= 1, got '0'"),
-    (['--cases', '2x8', '--rounds', '0'], "argument --rounds: expected a "
-     "whole number >= 1, got '0'"),
-    (['--cases', '2x8', '--calls', '-1'], "argument --calls: expected a "
-     "whole number >= 1, got '-1'"),
-])
+@pytest.mark.parametrize(
+    'argv,message',
+    [
+        ([], 'give --shapes or --cases'),
+        (['--shapes', '2x8x3'], "'2x8x3': expected 4 positive integers"),
+        (['--cases', '2x0'], "'2x0': expected 2 positive integers"),
+        (['--in-model', '--shapes', '2x8x3x3'], '--in-model takes --cases'),
+        # were tracebacks (torch.set_num_threads, median of no rounds)
+        (
+            ['--cases', '2x8', '--threads', '0'],
+            "argument --threads: expected a whole number >= 1, got '0'",
+        ),
+        (
+            ['--cases', '2x8', '--rounds', '0'],
+            "argument --rounds: expected a whole number >= 1, got '0'",
+        ),
+        (
+            ['--cases', '2x8', '--calls', '-1'],
+            "argument --calls: expected a whole number >= 1, got '-1'",
+        ),
+    ],
+)
 def test_profile_rejects_bad_arguments(cli, capsys, argv, message):
     with pytest.raises(SystemExit) as exit:
         cli.parse_args(argv)
@@ -94,8 +124,13 @@ def test_layer_timer_counts_a_layer_with_the_activation_after_it():
     instead of its forward."""
     ticks = iter(range(1000))
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU6(),
-        torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(4))
+        torch.nn.Conv2d(3, 4, 1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU6(),
+        torch.nn.Conv2d(4, 4, 1),
+        torch.nn.ReLU(),
+        torch.nn.BatchNorm2d(4),
+    )
     timer = in_model.NormLayerTimer(model, clock=lambda: next(ticks))
     assert timer.layers == [model[1], model[5]]
     x = torch.randn(2, 3, 5, 5)
@@ -112,6 +147,7 @@ def test_layer_timer_counts_a_layer_with_the_activation_after_it():
 
 def test_norm_layers_leave_out_dn_parts():
     from dn_mmdet.norm import DynamicNorm2d
+
     dn = DynamicNorm2d(8)
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(8), dn)
     assert in_model.norm_layers(model) == [model[0], dn]
@@ -122,15 +158,17 @@ def test_in_model_rows_for_every_norm_layer():
     with its SC-Module's bytes, derived columns that follow from the
     measured ones, and the whole-forward and weight-read lines."""
     rows, totals, sc_tensors = in_model.profile_in_model(
-        'mmdet-mobilenetv2', 1, 32, rounds=1)
+        'mmdet-mobilenetv2', 1, 32, rounds=1
+    )
     lines = in_model.format_in_model(
-        'title', rows, totals, in_model.read_ms(sc_tensors, 1), 1, 1)
+        'title', rows, totals, in_model.read_ms(sc_tensors, 1), 1, 1
+    )
     out = '\n'.join(lines)
     assert out.startswith('\ntitle, inside inference forward passes')
-    rows = [line for line in lines
-            if line.startswith('| ') and line[2].isdigit()]
-    dn_model = build_model('mmdet-mobilenetv2', dict(type='DN', r=16,
-                                                     g='oup'))
+    rows = [
+        line for line in lines if line.startswith('| ') and line[2].isdigit()
+    ]
+    dn_model = build_model('mmdet-mobilenetv2', dict(type='DN', r=16, g='oup'))
     layers = in_model.norm_layers(dn_model)
     assert len(rows) == len(layers) == 52
     for line, layer in zip(rows, layers):

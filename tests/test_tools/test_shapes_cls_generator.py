@@ -1,6 +1,7 @@
 """The embedded classification data (dn_mmdet.datasets.shapes_cls_generator:
 real JPEG crops in mmpretrain CustomDataset format, deterministic) and its
 command line tools/misc/make_shapes_cls_dataset.py."""
+
 import hashlib
 import os
 import os.path as osp
@@ -18,8 +19,10 @@ from PIL import Image
 from dn_mmdet.datasets import SHAPES_CLASSES
 from dn_mmdet.datasets import shapes_cls_generator as gen
 
-TOOL = Path(__file__).resolve().parents[2] / \
-    'tools/misc/make_shapes_cls_dataset.py'
+TOOL = (
+    Path(__file__).resolve().parents[2]
+    / 'tools/misc/make_shapes_cls_dataset.py'
+)
 
 
 @pytest.fixture(scope='module')
@@ -43,20 +46,25 @@ def digest(root):
 def generated(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('shapes_cls'))
     summary = gen.generate_shapes_cls_dataset(
-        root, num_train=30, num_val=10, seed=0, size=32)
+        root, num_train=30, num_val=10, seed=0, size=32
+    )
     return root, summary
 
 
 def test_files_and_mmpretrain_reads_them(generated):
     root, summary = generated
-    assert open(osp.join(root, 'meta', 'classes.txt')).read().split() == \
-        list(SHAPES_CLASSES)
+    assert open(osp.join(root, 'meta', 'classes.txt')).read().split() == list(
+        SHAPES_CLASSES
+    )
     for split, num in (('train', 30), ('val', 10)):
         assert summary[split]['num_images'] == num
         assert sum(summary[split]['class_counts']) == num
         dataset = CustomDataset(
-            data_root=root, ann_file=f'meta/{split}.txt', data_prefix='',
-            classes=osp.join(root, 'meta', 'classes.txt'))
+            data_root=root,
+            ann_file=f'meta/{split}.txt',
+            data_prefix='',
+            classes=osp.join(root, 'meta', 'classes.txt'),
+        )
         assert len(dataset) == num
         labels = [dataset.get_data_info(i)['gt_label'] for i in range(num)]
         assert set(labels) <= set(range(len(SHAPES_CLASSES)))
@@ -71,11 +79,13 @@ def test_deterministic_whatever_the_workers(generated, tmp_path):
     root, _ = generated
     again = str(tmp_path / 'again')
     gen.generate_shapes_cls_dataset(
-        again, num_train=30, num_val=10, seed=0, size=32, workers=2)
+        again, num_train=30, num_val=10, seed=0, size=32, workers=2
+    )
     assert digest(again) == digest(root)
     other = str(tmp_path / 'other')
     gen.generate_shapes_cls_dataset(
-        other, num_train=30, num_val=10, seed=1, size=32)
+        other, num_train=30, num_val=10, seed=1, size=32
+    )
     assert digest(other) != digest(root)
 
 
@@ -86,7 +96,8 @@ def test_crops_are_centred_on_their_shape():
     img[40:60, 170:200] = 255  # the object: a 30 x 20 box at the right edge
     rng = np.random.default_rng(0)
     [(crop, label)] = gen.crop_objects(
-        img, [dict(bbox=[170, 40, 30, 20], category_id=3)], rng, size=24)
+        img, [dict(bbox=[170, 40, 30, 20], category_id=3)], rng, size=24
+    )
     assert label == 2 and crop.shape == (24, 24, 3)
     bright = crop.mean(axis=2) > 127
     rows = np.flatnonzero(bright.any(axis=1))
@@ -99,8 +110,18 @@ def test_crops_are_centred_on_their_shape():
 
 def test_ensure_is_idempotent_and_cli(cli, tmp_path, capsys):
     out = str(tmp_path / 'cls')
-    argv = ['--out', out, '--num-train', '12', '--num-val', '4', '--size',
-            '16', '--workers', '0']
+    argv = [
+        '--out',
+        out,
+        '--num-train',
+        '12',
+        '--num-val',
+        '4',
+        '--size',
+        '16',
+        '--workers',
+        '0',
+    ]
     cli.main(argv)
     assert 'wrote 12 train and 4 val images (16x16)' in capsys.readouterr().out
     stamp = osp.getmtime(osp.join(out, gen.STAMP_NAME))
@@ -108,22 +129,45 @@ def test_ensure_is_idempotent_and_cli(cli, tmp_path, capsys):
     assert 'is up to date' in capsys.readouterr().out
     assert osp.getmtime(osp.join(out, gen.STAMP_NAME)) == stamp
     # other parameters: regenerated, no stale crops left
-    cli.main(['--out', out, '--num-train', '8', '--num-val', '4', '--size',
-              '16', '--workers', '0'])
+    cli.main(
+        [
+            '--out',
+            out,
+            '--num-train',
+            '8',
+            '--num-val',
+            '4',
+            '--size',
+            '16',
+            '--workers',
+            '0',
+        ]
+    )
     assert len(os.listdir(osp.join(out, 'train'))) == 8
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['--size', '8'], "argument --size: expected a whole number >= 16, got "
-     "'8'"),
-    (['--num-train', '0'], 'argument --num-train: expected a whole number '
-     '>= 1'),
-    # a negative seed was numpy's traceback (SeedSequence)
-    (['--seed', '-1'], "argument --seed: expected a whole number >= 0, got "
-     "'-1'"),
-    (['--workers', '-2'], 'argument --workers: expected a whole number >= '
-     '0'),
-])
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (
+            ['--size', '8'],
+            "argument --size: expected a whole number >= 16, got '8'",
+        ),
+        (
+            ['--num-train', '0'],
+            'argument --num-train: expected a whole number >= 1',
+        ),
+        # a negative seed was numpy's traceback (SeedSequence)
+        (
+            ['--seed', '-1'],
+            "argument --seed: expected a whole number >= 0, got '-1'",
+        ),
+        (
+            ['--workers', '-2'],
+            'argument --workers: expected a whole number >= 0',
+        ),
+    ],
+)
 def test_cli_rejects_bad_arguments(cli, capsys, argv, message):
     with pytest.raises(SystemExit) as exit:
         cli.parse_args(argv)
@@ -131,8 +175,7 @@ def test_cli_rejects_bad_arguments(cli, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_a_users_annotation_files_are_not_overwritten(cli, tmp_path,
-                                                      tool_env):
+def test_a_users_annotation_files_are_not_overwritten(cli, tmp_path, tool_env):
     """Issue 25: ``--out DIR`` overwrote a user's ``meta/train.txt`` and
     ``meta/classes.txt`` without ``--force``. Now a real run of the tool
     refuses, naming them, and writes nothing; ``--force`` overwrites."""
@@ -142,15 +185,30 @@ def test_a_users_annotation_files_are_not_overwritten(cli, tmp_path,
     classes = out / 'meta' / 'classes.txt'
     train.write_text('cats/001.jpg 0\ndogs/001.jpg 1\n')
     classes.write_text('cat\ndog\n')
-    command = [sys.executable, str(TOOL), '--out', str(out), '--num-train',
-               '4', '--num-val', '2', '--size', '16', '--workers', '0']
-    proc = subprocess.run(command, capture_output=True, text=True,
-                          env=tool_env, timeout=300)
+    command = [
+        sys.executable,
+        str(TOOL),
+        '--out',
+        str(out),
+        '--num-train',
+        '4',
+        '--num-val',
+        '2',
+        '--size',
+        '16',
+        '--workers',
+        '0',
+    ]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env=tool_env, timeout=300
+    )
     assert proc.returncode == 1
     assert 'Traceback' not in proc.stderr
-    assert (f"shapes_cls: error: refusing to overwrite '{classes}', "
-            f"'{train}': not written by the shapes classification "
-            'generator (force=True / --force overwrites)') in proc.stderr
+    assert (
+        f"shapes_cls: error: refusing to overwrite '{classes}', "
+        f"'{train}': not written by the shapes classification "
+        'generator (force=True / --force overwrites)'
+    ) in proc.stderr
     assert train.read_text() == 'cats/001.jpg 0\ndogs/001.jpg 1\n'
     assert classes.read_text() == 'cat\ndog\n'
     assert sorted(p.name for p in out.iterdir()) == ['meta']

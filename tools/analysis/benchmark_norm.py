@@ -67,20 +67,30 @@ non-BN variant gets a line of its own.
 
 The measuring is done by :mod:`dn_mmdet.analysis.benchmark`.
 """
+
 import argparse
 import json
 import os.path as osp
 import sys
 
-from dn_mmdet.analysis.benchmark import (DEFAULT_CONFIG, DEFAULT_MODELS,
-                                         DEFAULT_VARIANTS, MIN_SIZE, MODELS,
-                                         VARIANTS, Sweep, WorkerError,
-                                         WorkerSettings, dn_kernel_status,
-                                         format_before_after, format_table,
-                                         median_over_runs, run_sweep,
-                                         summarise)
+from dn_mmdet.analysis.benchmark import (
+    DEFAULT_CONFIG,
+    DEFAULT_MODELS,
+    DEFAULT_VARIANTS,
+    MIN_SIZE,
+    MODELS,
+    VARIANTS,
+    Sweep,
+    WorkerError,
+    WorkerSettings,
+    dn_kernel_status,
+    format_before_after,
+    format_table,
+    median_over_runs,
+    run_sweep,
+    summarise,
+)
 from dn_mmdet.utils.cli_args import nonnegative_int, positive_int
-
 
 #: The models built from --config (the lone layers take its shapes).
 CONFIG_MODELS = {'layer', 'mobilenetv2dn', 'ssdlite'}
@@ -92,63 +102,111 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Benchmark BN vs DN-B (norm layers, mmdet and project '
         'backbones, SSDLite) over batch sizes and input sizes',
-        allow_abbrev=False)
+        allow_abbrev=False,
+    )
     parser.add_argument(
-        '--models', nargs='+', choices=list(MODELS), default=DEFAULT_MODELS,
-        help='what to measure: ' + '; '.join(
-            f'{k}: {v}' for k, v in MODELS.items()) +
-        f' (default: {" ".join(DEFAULT_MODELS)})')
-    parser.add_argument('--config', default=DEFAULT_CONFIG,
-                        help='detector config of mobilenetv2dn and ssdlite '
-                        '(its backbone norm is replaced)')
-    parser.add_argument('--batch-sizes', nargs='+', type=int, default=[8],
-                        help='batch sizes of the sweep (>= 2)')
-    parser.add_argument('--sizes', nargs='+', type=int, default=[320],
-                        help=f'input sides of the sweep (>= {MIN_SIZE})')
+        '--models',
+        nargs='+',
+        choices=list(MODELS),
+        default=DEFAULT_MODELS,
+        help='what to measure: '
+        + '; '.join(f'{k}: {v}' for k, v in MODELS.items())
+        + f' (default: {" ".join(DEFAULT_MODELS)})',
+    )
     parser.add_argument(
-        '--cases', nargs='+', metavar='BATCHxSIZE',
+        '--config',
+        default=DEFAULT_CONFIG,
+        help='detector config of mobilenetv2dn and ssdlite '
+        '(its backbone norm is replaced)',
+    )
+    parser.add_argument(
+        '--batch-sizes',
+        nargs='+',
+        type=int,
+        default=[8],
+        help='batch sizes of the sweep (>= 2)',
+    )
+    parser.add_argument(
+        '--sizes',
+        nargs='+',
+        type=int,
+        default=[320],
+        help=f'input sides of the sweep (>= {MIN_SIZE})',
+    )
+    parser.add_argument(
+        '--cases',
+        nargs='+',
+        metavar='BATCHxSIZE',
         help='explicit (batch, size) cases, e.g. 2x128 4x224 8x320, in '
-        'place of the product of --batch-sizes and --sizes')
-    parser.add_argument('--threads', type=positive_int, default=None,
-                        help='torch CPU threads (default: torch default)')
-    parser.add_argument('--device', default='auto',
-                        choices=['auto', 'cpu', 'cuda'])
-    parser.add_argument('--repeat', type=positive_int, default=10,
-                        help='timed iterations (the median is reported)')
+        'place of the product of --batch-sizes and --sizes',
+    )
     parser.add_argument(
-        '--runs', type=positive_int, default=1,
+        '--threads',
+        type=positive_int,
+        default=None,
+        help='torch CPU threads (default: torch default)',
+    )
+    parser.add_argument(
+        '--device', default='auto', choices=['auto', 'cpu', 'cuda']
+    )
+    parser.add_argument(
+        '--repeat',
+        type=positive_int,
+        default=10,
+        help='timed iterations (the median is reported)',
+    )
+    parser.add_argument(
+        '--runs',
+        type=positive_int,
+        default=1,
         help='fresh worker processes per case (model, batch, size, '
         'variant), interleaved; the tables show the median over runs '
         '(steadier on a shared or virtual machine), and with --interleave '
-        'the median of each worker\'s own ratio to BN')
+        "the median of each worker's own ratio to BN",
+    )
     parser.add_argument('--warmup', type=nonnegative_int, default=3)
-    parser.add_argument('--variants', nargs='+', default=DEFAULT_VARIANTS,
-                        choices=sorted(VARIANTS))
     parser.add_argument(
-        '--timer', default='wall', choices=['wall', 'cpu'],
+        '--variants',
+        nargs='+',
+        default=DEFAULT_VARIANTS,
+        choices=sorted(VARIANTS),
+    )
+    parser.add_argument(
+        '--timer',
+        default='wall',
+        choices=['wall', 'cpu'],
         help="'wall': elapsed time; 'cpu': this process's CPU time, steady "
-        'on a busy machine (use with --threads 1; CPU device only)')
+        'on a busy machine (use with --threads 1; CPU device only)',
+    )
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument(
-        '--keep-freed-memory', action='store_true',
+        '--keep-freed-memory',
+        action='store_true',
         help='run the workers with glibc keeping freed memory '
         '(MALLOC_MMAP_MAX_=0, no trimming): no page faults for fresh '
-        'activations, which otherwise dominate CPU inference')
+        'activations, which otherwise dominate CPU inference',
+    )
     parser.add_argument(
-        '--interleave', action='store_true',
+        '--interleave',
+        action='store_true',
         help='time all variants of a case in one worker process, their '
         'steps alternating (ratios to BN free of the 10-30%% that fresh '
         'processes differ by on a shared machine); peak memory is then not '
-        'measured (it needs a process per variant)')
+        'measured (it needs a process per variant)',
+    )
     parser.add_argument(
-        '--compile', action='store_true',
-        help='time the models through torch.compile (inductor)')
+        '--compile',
+        action='store_true',
+        help='time the models through torch.compile (inductor)',
+    )
     parser.add_argument(
-        '--before', metavar='CHECKOUT',
+        '--before',
+        metavar='CHECKOUT',
         help='another checkout of dn_mmdet (e.g. `git worktree add '
         '/tmp/dn_before main`): every worker runs again with its dn_mmdet, '
-        'right after this one\'s, and the ratios to BN are shown side by '
-        'side')
+        "right after this one's, and the ratios to BN are shown side by "
+        'side',
+    )
     parser.add_argument('--out', help='also write the results as JSON here')
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -160,37 +218,47 @@ def check_args(parser, args):
     ``--device auto`` and ``--cases``, and keeps each value once, in the
     given order."""
     import torch
+
     if args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error(f'--device cuda: this torch ({torch.__version__}) '
-                     'sees no CUDA device; use --device cpu (or auto)')
+        parser.error(
+            f'--device cuda: this torch ({torch.__version__}) '
+            'sees no CUDA device; use --device cpu (or auto)'
+        )
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.timer == 'cpu' and args.device == 'cuda':
         parser.error('--timer cpu measures CPU work; use wall on CUDA')
-    if not osp.isfile(args.config) and CONFIG_MODELS.intersection(
-            args.models):
+    if not osp.isfile(args.config) and CONFIG_MODELS.intersection(args.models):
         parser.error(f'--config {args.config}: no such file')
     if args.cases:
         try:
-            cases = [tuple(int(v) for v in case.lower().split('x'))
-                     for case in args.cases]
+            cases = [
+                tuple(int(v) for v in case.lower().split('x'))
+                for case in args.cases
+            ]
         except ValueError:
             cases = [()]
         if any(len(case) != 2 for case in cases):
-            parser.error(f'--cases must look like 4x224 (batch x size), got '
-                         f'{" ".join(args.cases)}')
+            parser.error(
+                f'--cases must look like 4x224 (batch x size), got '
+                f'{" ".join(args.cases)}'
+            )
         args.batch_sizes = [b for b, _ in cases]
         args.sizes = [s for _, s in cases]
     else:
         cases = [(b, s) for b in args.batch_sizes for s in args.sizes]
     small = [b for b in args.batch_sizes if b < 2]
     if small:
-        parser.error(f'--batch-sizes must be >= 2 (got {small[0]}): BN and '
-                     'DN train on batch statistics')
+        parser.error(
+            f'--batch-sizes must be >= 2 (got {small[0]}): BN and '
+            'DN train on batch statistics'
+        )
     small = [s for s in args.sizes if s < MIN_SIZE]
     if small:
-        parser.error(f'--sizes must be >= {MIN_SIZE} (got {small[0]}): the '
-                     f'backbones downsample {MIN_SIZE} times')
+        parser.error(
+            f'--sizes must be >= {MIN_SIZE} (got {small[0]}): the '
+            f'backbones downsample {MIN_SIZE} times'
+        )
     args.models = [m for m in MODELS if m in args.models]
     args.cases = list(dict.fromkeys(cases))
     args.batch_sizes = list(dict.fromkeys(args.batch_sizes))
@@ -201,14 +269,24 @@ def check_args(parser, args):
 def sweep_of(args):
     """The :class:`Sweep` the parsed arguments ask for."""
     return Sweep(
-        models=args.models, cases=args.cases, variants=args.variants,
-        runs=args.runs, keep_freed_memory=args.keep_freed_memory,
+        models=args.models,
+        cases=args.cases,
+        variants=args.variants,
+        runs=args.runs,
+        keep_freed_memory=args.keep_freed_memory,
         worker=WorkerSettings(
-            config=args.config, device=args.device, repeat=args.repeat,
-            warmup=args.warmup, timer=args.timer, threads=args.threads,
-            channels_last=args.channels_last, interleave=args.interleave,
-            compile=args.compile),
-        before=args.before)
+            config=args.config,
+            device=args.device,
+            repeat=args.repeat,
+            warmup=args.warmup,
+            timer=args.timer,
+            threads=args.threads,
+            channels_last=args.channels_last,
+            interleave=args.interleave,
+            compile=args.compile,
+        ),
+        before=args.before,
+    )
 
 
 def main(argv=None):
@@ -226,17 +304,26 @@ def main(argv=None):
     table = format_table(results, sweep, kernel_status)
     if 'before' in trees:
         before = median_over_runs(trees['before'])
-        table += (f'\n\nBefore ({args.before}):\n' +
-                  format_table(before, sweep, 'as that checkout chooses') +
-                  '\n\nRatios to BN, before and after:\n' +
-                  format_before_after(before, results))
+        table += (
+            f'\n\nBefore ({args.before}):\n'
+            + format_table(before, sweep, 'as that checkout chooses')
+            + '\n\nRatios to BN, before and after:\n'
+            + format_before_after(before, results)
+        )
     print(table)
     if args.out:
         with open(args.out, 'w') as f:
-            json.dump(dict(args=vars(args), results=results, runs=runs,
-                           summary=summarise(results, args.models,
-                                             args.variants), table=table),
-                      f, indent=2)
+            json.dump(
+                dict(
+                    args=vars(args),
+                    results=results,
+                    runs=runs,
+                    summary=summarise(results, args.models, args.variants),
+                    table=table,
+                ),
+                f,
+                indent=2,
+            )
 
 
 if __name__ == '__main__':

@@ -41,12 +41,19 @@ or ``--work-dir``): ``runs/<run>/`` (each run's work dir and state),
 command, wall and CPU time), ``results.csv``, ``table.md`` and the plots of
 ``norm_study_report.py``. The library is ``dn_mmdet.analysis.study``.
 """
+
 import argparse
 import os.path as osp
 import sys
 
-from dn_mmdet.analysis.study import (SpecError, Study, StudyError,
-                                     StudyRunner, Terminated, train_command)
+from dn_mmdet.analysis.study import (
+    SpecError,
+    Study,
+    StudyError,
+    StudyRunner,
+    Terminated,
+    train_command,
+)
 from dn_mmdet.analysis.study.records import has_checkpoint
 
 
@@ -54,46 +61,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Run a normaliser study (normalisers x batch sizes x lr '
         'multipliers x seeds), resumably, and write its results, table and '
-        'plots')
+        'plots'
+    )
     parser.add_argument('spec', help='study spec (configs/studies/*.py)')
     group = parser.add_mutually_exclusive_group()
-    group.add_argument('--preset',
-                       help="a preset of the spec's `presets` (e.g. quick)")
-    group.add_argument('--quick',
-                       action='store_const',
-                       const='quick',
-                       dest='preset',
-                       help='the `quick` preset')
-    parser.add_argument('--work-dir',
-                        help='study directory (default: '
-                        'work_dirs/norm_study/<spec>[_<preset>])')
+    group.add_argument(
+        '--preset', help="a preset of the spec's `presets` (e.g. quick)"
+    )
+    group.add_argument(
+        '--quick',
+        action='store_const',
+        const='quick',
+        dest='preset',
+        help='the `quick` preset',
+    )
+    parser.add_argument(
+        '--work-dir',
+        help='study directory (default: '
+        'work_dirs/norm_study/<spec>[_<preset>])',
+    )
     parser.add_argument('--norms', nargs='+', help='only these normalisers')
-    parser.add_argument('--batch-sizes',
-                        nargs='+',
-                        type=int,
-                        help='override batch_sizes')
-    parser.add_argument('--lr-mults',
-                        nargs='+',
-                        type=float,
-                        help='override lr_mults')
+    parser.add_argument(
+        '--batch-sizes', nargs='+', type=int, help='override batch_sizes'
+    )
+    parser.add_argument(
+        '--lr-mults', nargs='+', type=float, help='override lr_mults'
+    )
     parser.add_argument('--seeds', nargs='+', type=int, help='override seeds')
-    parser.add_argument('--threads',
-                        type=int,
-                        help="override the spec's threads: CPU threads of "
-                        'each training process (OMP_NUM_THREADS)')
-    parser.add_argument('--progress-interval',
-                        type=float,
-                        default=60.0,
-                        help='seconds between progress lines while a run '
-                        'trains')
-    parser.add_argument('--dry-run',
-                        action='store_true',
-                        help='print the runs and their commands, train '
-                        'nothing')
-    parser.add_argument('--report-only',
-                        action='store_true',
-                        help='write results, table and plots from the runs '
-                        'in the study directory, train nothing')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        help="override the spec's threads: CPU threads of "
+        'each training process (OMP_NUM_THREADS)',
+    )
+    parser.add_argument(
+        '--progress-interval',
+        type=float,
+        default=60.0,
+        help='seconds between progress lines while a run trains',
+    )
+    parser.add_argument(
+        '--dry-run',
+        action='store_true',
+        help='print the runs and their commands, train nothing',
+    )
+    parser.add_argument(
+        '--report-only',
+        action='store_true',
+        help='write results, table and plots from the runs '
+        'in the study directory, train nothing',
+    )
     return parser.parse_args(argv)
 
 
@@ -106,17 +123,26 @@ def main(argv=None) -> int:
     }
     try:
         study = Study(args.spec, args.preset, overrides)
-        out_dir = args.work_dir or osp.join('work_dirs', 'norm_study',
-                                            study.name)
-        runner = StudyRunner(study,
-                             out_dir,
-                             progress_interval=args.progress_interval)
+        out_dir = args.work_dir or osp.join(
+            'work_dirs', 'norm_study', study.name
+        )
+        runner = StudyRunner(
+            study, out_dir, progress_interval=args.progress_interval
+        )
         if args.dry_run:
             for run in study.runs():
                 run_dir = runner.run_dir(run)
-                print(' '.join(
-                    train_command(study, runner.base, run, run_dir,
-                                  has_checkpoint(run_dir))))
+                print(
+                    ' '.join(
+                        train_command(
+                            study,
+                            runner.base,
+                            run,
+                            run_dir,
+                            has_checkpoint(run_dir),
+                        )
+                    )
+                )
             print(f'{len(study.runs())} runs')
             return 0
         if args.report_only:
@@ -126,7 +152,8 @@ def main(argv=None) -> int:
                     'nothing to report from, and writing would replace '
                     'its results with pending rows. Redraw tables and '
                     'plots from its results.json with '
-                    'tools/analysis/norm_study_report.py instead.')
+                    'tools/analysis/norm_study_report.py instead.'
+                )
             runner.write_results(plots=True)
             print(f'results in {runner.out_dir}')
             return 0
@@ -134,9 +161,10 @@ def main(argv=None) -> int:
     except (SpecError, StudyError) as err:
         sys.exit(f'norm_study: error: {err}')
     except (KeyboardInterrupt, Terminated):
-        print('[norm_study] interrupted; run the same command again to '
-              'resume',
-              flush=True)
+        print(
+            '[norm_study] interrupted; run the same command again to resume',
+            flush=True,
+        )
         return 130
     return 1 if failed else 0
 

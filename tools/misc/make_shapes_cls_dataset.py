@@ -12,6 +12,7 @@ data set of the same parameters is left alone (``--force`` regenerates);
 annotation files in ``<out>/meta`` that this tool did not write are never
 overwritten without ``--force``.
 """
+
 import argparse
 import os
 import sys
@@ -25,30 +26,38 @@ from dn_mmdet.utils.cli_args import int_at_least, nonnegative_int, positive_int
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Generate the embedded shape-classification data set '
-        f'({", ".join(SHAPES_CLASSES)}) in mmpretrain CustomDataset format.')
+        f'({", ".join(SHAPES_CLASSES)}) in mmpretrain CustomDataset format.'
+    )
     parser.add_argument(
-        '--out', default='data/shapes_cls', help='output folder (data root)')
+        '--out', default='data/shapes_cls', help='output folder (data root)'
+    )
     parser.add_argument(
-        '--num-train', type=positive_int, default=6000,
-        help='training images')
+        '--num-train', type=positive_int, default=6000, help='training images'
+    )
     parser.add_argument(
-        '--num-val', type=positive_int, default=1000,
-        help='validation images')
-    parser.add_argument('--seed', type=nonnegative_int, default=0,
-                        help='random seed')
+        '--num-val', type=positive_int, default=1000, help='validation images'
+    )
     parser.add_argument(
-        '--size', type=int_at_least(16), default=64,
-        help='side of the crops in pixels (>= 16)')
+        '--seed', type=nonnegative_int, default=0, help='random seed'
+    )
+    parser.add_argument(
+        '--size',
+        type=int_at_least(16),
+        default=64,
+        help='side of the crops in pixels (>= 16)',
+    )
     parser.add_argument(
         '--workers',
         type=nonnegative_int,
         default=min(2, os.cpu_count() or 1),
-        help='processes drawing images (the output does not depend on it)')
+        help='processes drawing images (the output does not depend on it)',
+    )
     parser.add_argument(
         '--force',
         action='store_true',
         help='regenerate even if an identical data set is already there, '
-        'and overwrite annotation files this tool did not write')
+        'and overwrite annotation files this tool did not write',
+    )
     return parser.parse_args(argv)
 
 
@@ -64,16 +73,21 @@ def main(argv=None):
             size=args.size,
             force=args.force,
             workers=args.workers,
-            progress=True)
+            progress=True,
+        )
     except FileExistsError as e:  # a user's annotation files are in the way
         sys.exit(f'shapes_cls: error: {e}')
     if made:
-        print(f'shapes_cls: wrote {args.num_train} train and {args.num_val} '
-              f'val images ({args.size}x{args.size}) to {args.out} in '
-              f'{time.perf_counter() - start:.1f} s')
+        print(
+            f'shapes_cls: wrote {args.num_train} train and {args.num_val} '
+            f'val images ({args.size}x{args.size}) to {args.out} in '
+            f'{time.perf_counter() - start:.1f} s'
+        )
     else:
-        print(f'shapes_cls: {args.out} is up to date (same parameters); '
-              'use --force to regenerate')
+        print(
+            f'shapes_cls: {args.out} is up to date (same parameters); '
+            'use --force to regenerate'
+        )
 
 
 if __name__ == '__main__':

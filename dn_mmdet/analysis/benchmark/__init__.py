@@ -12,22 +12,70 @@ layer profile (``tools/analysis/profile_dn_layer.py``) as a library.
 
 Importing this package imports neither torch nor mmdet; its functions do.
 """
-from .cases import (DEFAULT_CONFIG, DEFAULT_MODELS, DEFAULT_VARIANTS,
-                    DETECTORS, DN_VARIANTS, MIN_SIZE, MODELS, SHAPES_CONFIG,
-                    VARIANTS, build_model, build_steps, norm_cfg_of,
-                    norm_input_shapes, parse_dims)
-from .report import (format_before_after, format_summary_line, format_table,
-                     median_over_runs, ratio_of, summarise)
-from .sweep import (Sweep, WorkerError, dn_kernel_status, estimate_left,
-                    plan_jobs, run_sweep)
+
+from .cases import (
+    DEFAULT_CONFIG,
+    DEFAULT_MODELS,
+    DEFAULT_VARIANTS,
+    DETECTORS,
+    DN_VARIANTS,
+    MIN_SIZE,
+    MODELS,
+    SHAPES_CONFIG,
+    VARIANTS,
+    build_model,
+    build_steps,
+    norm_cfg_of,
+    norm_input_shapes,
+    parse_dims,
+)
+from .report import (
+    format_before_after,
+    format_summary_line,
+    format_table,
+    median_over_runs,
+    ratio_of,
+    summarise,
+)
+from .sweep import (
+    Sweep,
+    WorkerError,
+    dn_kernel_status,
+    estimate_left,
+    plan_jobs,
+    run_sweep,
+)
 from .worker import PAIRED, WorkerSettings, run_worker, worker_command
 
 __all__ = [
-    'DEFAULT_CONFIG', 'DEFAULT_MODELS', 'DEFAULT_VARIANTS', 'DETECTORS',
-    'DN_VARIANTS', 'MIN_SIZE', 'MODELS', 'SHAPES_CONFIG', 'VARIANTS',
-    'build_model', 'build_steps', 'norm_cfg_of', 'norm_input_shapes',
-    'parse_dims', 'format_before_after', 'format_summary_line',
-    'format_table', 'median_over_runs', 'ratio_of', 'summarise', 'Sweep',
-    'WorkerError', 'dn_kernel_status', 'estimate_left', 'plan_jobs',
-    'run_sweep', 'PAIRED', 'WorkerSettings', 'run_worker', 'worker_command'
+    'DEFAULT_CONFIG',
+    'DEFAULT_MODELS',
+    'DEFAULT_VARIANTS',
+    'DETECTORS',
+    'DN_VARIANTS',
+    'MIN_SIZE',
+    'MODELS',
+    'SHAPES_CONFIG',
+    'VARIANTS',
+    'build_model',
+    'build_steps',
+    'norm_cfg_of',
+    'norm_input_shapes',
+    'parse_dims',
+    'format_before_after',
+    'format_summary_line',
+    'format_table',
+    'median_over_runs',
+    'ratio_of',
+    'summarise',
+    'Sweep',
+    'WorkerError',
+    'dn_kernel_status',
+    'estimate_left',
+    'plan_jobs',
+    'run_sweep',
+    'PAIRED',
+    'WorkerSettings',
+    'run_worker',
+    'worker_command',
 ]

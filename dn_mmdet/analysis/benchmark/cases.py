@@ -4,6 +4,7 @@ steps it times of one (model, variant, batch, size) case.
 Models are built through mmengine's registry, as a user's config builds
 them; the variant is the backbone's ``norm_cfg``.
 """
+
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -14,8 +15,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[3] / 'configs'
 DEFAULT_CONFIG = str(CONFIG_DIR / 'ssdlite_mbv2_bn_coco.py')
 #: The shapes detector of the main job (``ssdlite-shapes``).
 SHAPES_CONFIG = str(
-    CONFIG_DIR / 'ssdlite' /
-    'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py')
+    CONFIG_DIR
+    / 'ssdlite'
+    / 'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py'
+)
 
 #: Variant name -> the backbone's ``norm_cfg``.
 VARIANTS = {
@@ -34,14 +37,18 @@ VARIANTS = {
 }
 #: Variants that also change the backbone's convs (not the lone layer).
 CONV_CFGS = {'mabn-cenconv': dict(type='CenConv')}
-DEFAULT_VARIANTS = ['bn', 'dnb-r16-g1', 'dnb-r16-goup',
-                    'dnb-r16-goup-reference']
+DEFAULT_VARIANTS = [
+    'bn',
+    'dnb-r16-g1',
+    'dnb-r16-goup',
+    'dnb-r16-goup-reference',
+]
 #: The fast DN variants: the summary's first line per model.
 DN_VARIANTS = ('dnb-r16-g1', 'dnb-r16-goup')
 
 #: What the benchmark measures, in the order of its tables.
 MODELS = {
-    'layer': 'lone norm layers at the input shapes of MobileNetV2\'s 52',
+    'layer': "lone norm layers at the input shapes of MobileNetV2's 52",
     'mobilenetv2dn': 'MobileNetV2DN, the backbone of --config',
     'mmdet-mobilenetv2': "mmdet's MobileNetV2 backbone, out_indices (4, 7)",
     'resnet18': "mmdet's ResNet-18 backbone, 4 stages out",
@@ -53,10 +60,20 @@ MODELS = {
 #: mmdet backbones as a user's config gives them (norm_cfg added).
 BACKBONES = {
     'mmdet-mobilenetv2': dict(type='mmdet.MobileNetV2', out_indices=(4, 7)),
-    'resnet18': dict(type='mmdet.ResNet', depth=18, out_indices=(0, 1, 2, 3),
-                     norm_eval=False, frozen_stages=-1),
-    'resnet50': dict(type='mmdet.ResNet', depth=50, out_indices=(0, 1, 2, 3),
-                     norm_eval=False, frozen_stages=-1),
+    'resnet18': dict(
+        type='mmdet.ResNet',
+        depth=18,
+        out_indices=(0, 1, 2, 3),
+        norm_eval=False,
+        frozen_stages=-1,
+    ),
+    'resnet50': dict(
+        type='mmdet.ResNet',
+        depth=50,
+        out_indices=(0, 1, 2, 3),
+        norm_eval=False,
+        frozen_stages=-1,
+    ),
 }
 DETECTORS = ('ssdlite', 'ssdlite-shapes')
 DEFAULT_MODELS = ['layer', 'mobilenetv2dn', 'ssdlite']
@@ -72,20 +89,22 @@ def parse_dims(text, count):
         ValueError: naming ``text`` and what was expected.
     """
     parts = text.lower().split('x')
-    if len(parts) != count or not all(p.isdigit() and int(p) > 0
-                                      for p in parts):
-        raise ValueError(f'{text!r}: expected {count} positive integers '
-                         "joined by 'x'")
+    if len(parts) != count or not all(
+        p.isdigit() and int(p) > 0 for p in parts
+    ):
+        raise ValueError(
+            f"{text!r}: expected {count} positive integers joined by 'x'"
+        )
     return tuple(int(p) for p in parts)
 
 
 def build_detector(config, norm_cfg, conv_cfg=None):
     """The detector of ``config`` (loaded as tools/train.py loads it, its
     ``custom_imports`` included) with ``norm_cfg`` in the backbone."""
-    from mmengine.config import Config
-
     from mmdet.registry import MODELS as REGISTRY
     from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
     register_all_modules()
     cfg = Config.fromfile(config)
     cfg.model.backbone.norm_cfg = norm_cfg
@@ -111,10 +130,9 @@ def build_model(model, norm_cfg, conv_cfg=None, config=DEFAULT_CONFIG):
         return build_detector(config, norm_cfg, conv_cfg)
     if model == 'ssdlite-shapes':
         return build_detector(SHAPES_CONFIG, norm_cfg, conv_cfg)
-    from mmengine.utils import import_modules_from_strings
-
     from mmdet.registry import MODELS as REGISTRY
     from mmdet.utils import register_all_modules
+    from mmengine.utils import import_modules_from_strings
 
     # As a config with custom_imports = dict(imports=['dn_mmdet']).
     import_modules_from_strings(['dn_mmdet'])
@@ -129,13 +147,17 @@ def norm_input_shapes(config, size):
     """(C, H, W) of each norm layer's input in MobileNetV2DN (the backbone
     of ``config``) at input side ``size``."""
     import torch
-    backbone = build_model('mobilenetv2dn', dict(type='BN'),
-                           config=config).eval()
+
+    backbone = build_model(
+        'mobilenetv2dn', dict(type='BN'), config=config
+    ).eval()
     shapes = []
     hooks = [
         m.register_forward_pre_hook(
-            lambda mod, inp: shapes.append(tuple(inp[0].shape[1:])))
-        for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            lambda mod, inp: shapes.append(tuple(inp[0].shape[1:]))
+        )
+        for m in backbone.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
     ]
     with torch.no_grad():
         backbone(torch.zeros(1, 3, size, size))
@@ -150,6 +172,7 @@ def norm_cfg_of(variant):
     norm_cfg = dict(VARIANTS[variant])
     if norm_cfg['type'] == 'DNReference':
         from dn_mmdet.norm.reference import DynamicNorm2dReference
+
         norm_cfg['type'] = DynamicNorm2dReference
     return norm_cfg
 
@@ -157,14 +180,23 @@ def norm_cfg_of(variant):
 class Steps(NamedTuple):
     """What a worker times of one variant of a case (see
     :func:`build_steps`)."""
+
     model: object  # the nn.Module (None for the lone layers)
     set_mode: Callable[[bool], object]  # train(True) / eval (False)
     train_step: Callable[[], None]
     infer_step: Optional[Callable[[], None]]  # None for the lone layers
 
 
-def build_steps(model_name, variant, batch, size, config=DEFAULT_CONFIG,
-                device='cpu', channels_last=False, compile=False):
+def build_steps(
+    model_name,
+    variant,
+    batch,
+    size,
+    config=DEFAULT_CONFIG,
+    device='cpu',
+    channels_last=False,
+    compile=False,
+):
     """The :class:`Steps` of one variant of a case.
 
     A backbone's training step is forward, backward of the mean of its
@@ -190,10 +222,10 @@ def build_steps(model_name, variant, batch, size, config=DEFAULT_CONFIG,
     """
     import torch
     from mmcv.cnn import build_norm_layer
+
     torch.manual_seed(0)
     norm_cfg = norm_cfg_of(variant)
-    fmt = (torch.channels_last if channels_last else
-           torch.contiguous_format)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     if model_name == 'layer':
         layers = []
@@ -209,15 +241,17 @@ def build_steps(model_name, variant, batch, size, config=DEFAULT_CONFIG,
 
         return Steps(None, lambda training: None, layer_step, None)
 
-    model = build_model(model_name, norm_cfg, CONV_CFGS.get(variant),
-                        config).to(device)
+    model = build_model(
+        model_name, norm_cfg, CONV_CFGS.get(variant), config
+    ).to(device)
     model = model.to(memory_format=fmt)
     _fuse_norm_act(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     net = torch.compile(model) if compile else model
     if model_name not in DETECTORS:  # a backbone: a tuple of feature maps
-        images = torch.randn(batch, 3, size, size,
-                             device=device).to(memory_format=fmt)
+        images = torch.randn(batch, 3, size, size, device=device).to(
+            memory_format=fmt
+        )
 
         def train_step():
             optimizer.zero_grad()
@@ -228,10 +262,14 @@ def build_steps(model_name, variant, batch, size, config=DEFAULT_CONFIG,
             net(images)
     else:
         from mmdet.testing import demo_mm_inputs
+
         num_classes = model.bbox_head.num_classes
         data = demo_mm_inputs(
-            batch, [[3, size, size]] * batch,
-            num_items=[3] * batch, num_classes=num_classes)
+            batch,
+            [[3, size, size]] * batch,
+            num_items=[3] * batch,
+            num_classes=num_classes,
+        )
         train_batch = model.data_preprocessor(data, True)
         eval_batch = model.data_preprocessor(data, False)
 

@@ -5,6 +5,7 @@ Alone, a layer finds its weights and input in cache from its previous
 call; here each layer runs where it runs in a model, with BN, with DN-B,
 and with DN-B's layers as the C++ op's call alone, in turns.
 """
+
 import statistics
 import time
 
@@ -15,6 +16,7 @@ from torch.nn.modules.conv import _ConvNd
 from dn_mmdet.norm import DynamicNorm2d
 from dn_mmdet.norm.base import NormLayer
 from dn_mmdet.norm.functional import UNBOUNDED, clamp_bounds
+
 from .cases import DEFAULT_CONFIG, build_steps
 
 #: The benchmark's variants built: BN and DN-B.
@@ -30,16 +32,24 @@ EVICT_BYTES = 128 * 2**20
 def _inside_norm_layers(model):
     """ids of the modules inside dn_mmdet's norm layers (a DN layer's
     statistics child and SC-Module): parts, not layers."""
-    return {id(child) for m in model.modules() if isinstance(m, NormLayer)
-            for child in m.modules() if child is not m}
+    return {
+        id(child)
+        for m in model.modules()
+        if isinstance(m, NormLayer)
+        for child in m.modules()
+        if child is not m
+    }
 
 
 def norm_layers(model):
     """The model's norm layers in module order: dn_mmdet's and BatchNorms
     (not those inside dn_mmdet's)."""
     inside = _inside_norm_layers(model)
-    return [m for m in model.modules()
-            if isinstance(m, (NormLayer, _BatchNorm)) and id(m) not in inside]
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, (NormLayer, _BatchNorm)) and id(m) not in inside
+    ]
 
 
 class NormLayerTimer:
@@ -133,9 +143,9 @@ def op_alone(layer):
     groups, eps = layer.sc.fc2.groups, layer.eps
 
     def forward(x, bounds=UNBOUNDED):
-        return torch.ops.dn_mmdet.dn_b_inference(x, w1, b1, w2, groups,
-                                                 scale, shift, mean, var,
-                                                 eps, *bounds)
+        return torch.ops.dn_mmdet.dn_b_inference(
+            x, w1, b1, w2, groups, scale, shift, mean, var, eps, *bounds
+        )
 
     return forward
 
@@ -161,8 +171,7 @@ def read_ms(tensors, rounds):
     return statistics.median(cold), statistics.median(warm)
 
 
-def profile_in_model(model_name, batch, size, rounds,
-                     config=DEFAULT_CONFIG):
+def profile_in_model(model_name, batch, size, rounds, config=DEFAULT_CONFIG):
     """Per norm layer, the median CPU time (us) in ``model_name``'s
     inference forward passes with BN (``'bn'``), with DN-B (``'dn'``) and
     with DN-B's layers as the op alone (``'op'``), the three in turns.
@@ -192,10 +201,14 @@ def profile_in_model(model_name, batch, size, rounds,
     if len(bn_timer.layers) != len(dn_timer.layers):
         raise RuntimeError(
             f'{model_name}: {len(bn_timer.layers)} norm layers with BN but '
-            f'{len(dn_timer.layers)} with DN-B')
+            f'{len(dn_timer.layers)} with DN-B'
+        )
     dn_timer.replacements = [op_alone(layer) for layer in dn_timer.layers]
-    runs = {'bn': (bn_step, bn_timer, False), 'dn': (dn_step, dn_timer, False),
-            'op': (dn_step, dn_timer, True)}
+    runs = {
+        'bn': (bn_step, bn_timer, False),
+        'dn': (dn_step, dn_timer, False),
+        'op': (dn_step, dn_timer, True),
+    }
     per_layer = {run: [] for run in runs}
     totals = {key: {run: [] for run in runs} for key in ('forward', 'norm')}
     with torch.no_grad():
@@ -209,24 +222,33 @@ def profile_in_model(model_name, batch, size, rounds,
                 totals['norm'][run].append(sum(timer.seconds))
                 per_layer[run].append(timer.seconds)
                 timer.replace = False
-    layer_us = {run: [statistics.median(t[1:]) * 1e6
-                      for t in zip(*per_layer[run])] for run in runs}
-    totals = {key: {run: statistics.median(t[1:]) * 1e3
-                    for run, t in by_run.items()}
-              for key, by_run in totals.items()}
+    layer_us = {
+        run: [statistics.median(t[1:]) * 1e6 for t in zip(*per_layer[run])]
+        for run in runs
+    }
+    totals = {
+        key: {run: statistics.median(t[1:]) * 1e3 for run, t in by_run.items()}
+        for key, by_run in totals.items()
+    }
     sc_tensors = [sc_weight_tensors(layer) for layer in dn_timer.layers]
-    rows = [(dn_timer.input_shapes[i],
-             sum(t.numel() * t.element_size() for t in sc_tensors[i]),
-             {run: layer_us[run][i] for run in runs})
-            for i in range(len(dn_timer.layers))]
+    rows = [
+        (
+            dn_timer.input_shapes[i],
+            sum(t.numel() * t.element_size() for t in sc_tensors[i]),
+            {run: layer_us[run][i] for run in runs},
+        )
+        for i in range(len(dn_timer.layers))
+    ]
     return rows, totals, [t for ts in sc_tensors for t in ts]
 
 
 def in_model_row(label, shape, sc_kib, times):
     """A row of :func:`format_in_model`'s table."""
     bn, dn, op = (times[run] for run in IN_MODEL_RUNS)
-    return (f'| {label} | {shape} | {sc_kib:.1f} | {bn:.0f} | {dn:.0f} | '
-            f'{op:.0f} | {dn - bn:+.0f} | {dn - op:.0f} | {op - bn:+.0f} |')
+    return (
+        f'| {label} | {shape} | {sc_kib:.1f} | {bn:.0f} | {dn:.0f} | '
+        f'{op:.0f} | {dn - bn:+.0f} | {dn - op:.0f} | {op - bn:+.0f} |'
+    )
 
 
 def format_in_model(title, rows, totals, read_times, threads, rounds):
@@ -241,25 +263,36 @@ def format_in_model(title, rows, totals, read_times, threads, rounds):
         'right after it (us)\n',
         '| layer | input | SC weights KiB | BN+act | DN | DN op alone | '
         'DN-BN | DN: Python | op alone - BN |',
-        '|---' * 9 + '|']
+        '|---' * 9 + '|',
+    ]
     for i, (shape, nbytes, times) in enumerate(rows):
-        lines.append(in_model_row(i + 1, 'x'.join(map(str, shape)),
-                                  nbytes / 1024, times))
+        lines.append(
+            in_model_row(
+                i + 1, 'x'.join(map(str, shape)), nbytes / 1024, times
+            )
+        )
     sc_bytes = sum(row[1] for row in rows)
     norm, forward = totals['norm'], totals['forward']
-    lines.append(in_model_row(
-        f'all {len(rows)} (median of the sums)', '', sc_bytes / 1024,
-        {k: v * 1e3 for k, v in norm.items()}))
     lines.append(
-        f"\nWhole forward (ms): BN {forward['bn']:.2f}, DN-B "
-        f"{forward['dn']:.2f} ({forward['dn'] / forward['bn']:.2f}x), "
-        f"DN-B as ops alone {forward['op']:.2f} "
-        f"({forward['op'] / forward['bn']:.2f}x); outside the norm layers "
-        f"and their activations: BN {forward['bn'] - norm['bn']:.2f}, "
-        f"DN-B {forward['dn'] - norm['dn']:.2f}.")
+        in_model_row(
+            f'all {len(rows)} (median of the sums)',
+            '',
+            sc_bytes / 1024,
+            {k: v * 1e3 for k, v in norm.items()},
+        )
+    )
+    lines.append(
+        f'\nWhole forward (ms): BN {forward["bn"]:.2f}, DN-B '
+        f'{forward["dn"]:.2f} ({forward["dn"] / forward["bn"]:.2f}x), '
+        f'DN-B as ops alone {forward["op"]:.2f} '
+        f'({forward["op"] / forward["bn"]:.2f}x); outside the norm layers '
+        f'and their activations: BN {forward["bn"] - norm["bn"]:.2f}, '
+        f'DN-B {forward["dn"] - norm["dn"]:.2f}.'
+    )
     cold, warm = read_times
     lines.append(
         f"The SC-Modules' weights, {sc_bytes / 2**20:.2f} MiB: reading "
         f'them took {cold:.2f} ms after evicting the caches '
-        f'({EVICT_BYTES // 2**20} MiB written), {warm:.2f} ms warm.')
+        f'({EVICT_BYTES // 2**20} MiB written), {warm:.2f} ms warm.'
+    )
     return lines

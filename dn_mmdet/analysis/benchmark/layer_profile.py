@@ -14,23 +14,30 @@ At one input shape, in one process, interleaved (:mod:`.timing`):
   halves called directly (``op``); ``dn - op`` is Python's and autograd's
   share.
 """
+
 import torch
 
 from dn_mmdet.norm import DynamicNorm2d
+
 from .timing import interleaved_seconds
 
 #: The columns of :func:`format_row`.
-COLUMNS = ('inference: BN+ReLU6, DN, DN-BN, Python, pool+SC, pass | '
-           'training: BN+ReLU6, DN, DN-BN, Python+autograd, op (us)')
-HEADER = ('| shape | BN+act | DN | DN-BN | Python | pool+SC | pass | '
-          'BN+act | DN | DN-BN | Python+autograd | op |')
+COLUMNS = (
+    'inference: BN+ReLU6, DN, DN-BN, Python, pool+SC, pass | '
+    'training: BN+ReLU6, DN, DN-BN, Python+autograd, op (us)'
+)
+HEADER = (
+    '| shape | BN+act | DN | DN-BN | Python | pool+SC | pass | '
+    'BN+act | DN | DN-BN | Python+autograd | op |'
+)
 
 
 def median_us(fns, rounds, calls):
     """{name: median CPU time of one call in us}, the functions interleaved
     round by round (one untimed call of each first)."""
-    seconds = interleaved_seconds(fns, rounds, warmup=1, calls=calls,
-                                  clock='cpu')
+    seconds = interleaved_seconds(
+        fns, rounds, warmup=1, calls=calls, clock='cpu'
+    )
     return {name: s * 1e6 for name, s in seconds.items()}
 
 
@@ -54,24 +61,41 @@ def profile_shape(shape, rounds, calls):
     fc2_groups = dn.sc.fc2.groups
     sc_weights, base = weights[:3], weights[3:5]
     with torch.no_grad():
-        infer = median_us({
-            'bn': lambda: relu6(bn(x)),
-            'dn': lambda: dn.forward_clamped(x, bounds),
-            'op': lambda: op.dn_b_inference(x, *sc_weights, fc2_groups,
-                                            *base, *weights[5:], eps,
-                                            *bounds),
-            'pass': lambda: bn(x),
-        }, rounds, calls)
+        infer = median_us(
+            {
+                'bn': lambda: relu6(bn(x)),
+                'dn': lambda: dn.forward_clamped(x, bounds),
+                'op': lambda: op.dn_b_inference(
+                    x,
+                    *sc_weights,
+                    fc2_groups,
+                    *base,
+                    *weights[5:],
+                    eps,
+                    *bounds,
+                ),
+                'pass': lambda: bn(x),
+            },
+            rounds,
+            calls,
+        )
 
     bn.train(), dn.train()
     x_grad = x.clone().requires_grad_(True)
 
     def op_step():
-        saved = op.dn_b_train(x, *sc_weights, fc2_groups, *base, eps,
-                              *bounds)
+        saved = op.dn_b_train(x, *sc_weights, fc2_groups, *base, eps, *bounds)
         _, mean, _, *rest = saved
-        op.dn_b_train_backward(grad, x, mean, *rest, sc_weights[0],
-                               sc_weights[2], fc2_groups, *bounds)
+        op.dn_b_train_backward(
+            grad,
+            x,
+            mean,
+            *rest,
+            sc_weights[0],
+            sc_weights[2],
+            fc2_groups,
+            *bounds,
+        )
 
     def train_step(layer, forward):
         # As a training step after optimizer.zero_grad(): gradients are
@@ -80,23 +104,36 @@ def profile_shape(shape, rounds, calls):
         x_grad.grad = None
         forward().backward(grad)
 
-    train = median_us({
-        'bn': lambda: train_step(bn, lambda: relu6(bn(x_grad))),
-        'dn': lambda: train_step(
-            dn, lambda: dn.forward_clamped(x_grad, bounds)),
-        'op': op_step,
-    }, rounds, calls)
+    train = median_us(
+        {
+            'bn': lambda: train_step(bn, lambda: relu6(bn(x_grad))),
+            'dn': lambda: train_step(
+                dn, lambda: dn.forward_clamped(x_grad, bounds)
+            ),
+            'op': op_step,
+        },
+        rounds,
+        calls,
+    )
     return infer, train
 
 
 def format_row(label, infer, train):
     """A table row of :data:`HEADER` from :func:`profile_shape`'s
     figures."""
-    cells = [infer['bn'], infer['dn'], infer['dn'] - infer['bn'],
-             infer['dn'] - infer['op'], infer['op'] - infer['pass'],
-             infer['pass'], train['bn'], train['dn'],
-             train['dn'] - train['bn'], train['dn'] - train['op'],
-             train['op']]
+    cells = [
+        infer['bn'],
+        infer['dn'],
+        infer['dn'] - infer['bn'],
+        infer['dn'] - infer['op'],
+        infer['op'] - infer['pass'],
+        infer['pass'],
+        train['bn'],
+        train['dn'],
+        train['dn'] - train['bn'],
+        train['dn'] - train['op'],
+        train['op'],
+    ]
     return f'| {label} | ' + ' | '.join(f'{v:.0f}' for v in cells) + ' |'
 
 
@@ -110,8 +147,10 @@ def profile_table(title, shapes, rounds, calls, threads):
     """Yields the lines of the profile of ``shapes`` (a title, the table's
     header, a row per shape as it is measured, and with several shapes a
     row of their sum)."""
-    yield (f'\n{title}: {COLUMNS}, CPU time of {threads} thread(s), '
-           f'median of {rounds} rounds of {calls}\n')
+    yield (
+        f'\n{title}: {COLUMNS}, CPU time of {threads} thread(s), '
+        f'median of {rounds} rounds of {calls}\n'
+    )
     yield HEADER
     yield '|---' * 12 + '|'
     total_infer, total_train = {}, {}

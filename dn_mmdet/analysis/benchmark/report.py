@@ -1,18 +1,26 @@
 """The benchmark's results: medians over runs, ratios to BN, the tables
 and the summary of the worst ratios."""
+
 import statistics
 
 from .cases import DN_VARIANTS, MODELS
 from .worker import PAIRED
 
-SUMMARY_KEYS = (('train_ms', 'train'), ('infer_ms', 'infer'),
-                ('train_peak_mib', 'train peak mem'))
+SUMMARY_KEYS = (
+    ('train_ms', 'train'),
+    ('infer_ms', 'infer'),
+    ('train_peak_mib', 'train peak mem'),
+)
 
 
 def case_of(result):
     """(model, batch, size, variant) of a result."""
-    return (result['model'], result['batch'], result['size'],
-            result['variant'])
+    return (
+        result['model'],
+        result['batch'],
+        result['size'],
+        result['variant'],
+    )
 
 
 def median_over_runs(runs):
@@ -46,8 +54,14 @@ def ratio_of(result, base, key):
 
 def bn_base(results, result):
     """BN's result of the same model, batch and size (None: none)."""
-    return next((r for r in results if r['variant'] == 'bn' and
-                 case_of(r)[:3] == case_of(result)[:3]), None)
+    return next(
+        (
+            r
+            for r in results
+            if r['variant'] == 'bn' and case_of(r)[:3] == case_of(result)[:3]
+        ),
+        None,
+    )
 
 
 def summarise(results, models, variants):
@@ -56,8 +70,9 @@ def summarise(results, models, variants):
     variant alone. A list of dicts: model, group, and per figure of
     :data:`SUMMARY_KEYS` ``dict(ratio, batch, size, variant)`` or None."""
     groups = [('DN', [v for v in variants if v in DN_VARIANTS])]
-    groups += [(v, [v]) for v in variants
-               if v != 'bn' and v not in DN_VARIANTS]
+    groups += [
+        (v, [v]) for v in variants if v != 'bn' and v not in DN_VARIANTS
+    ]
     summary = []
     for model in models:
         rows = [r for r in results if r['model'] == model]
@@ -70,10 +85,15 @@ def summarise(results, models, variants):
                 worst = None
                 for r in mine:
                     ratio = ratio_of(r, bn_base(rows, r), key)
-                    if ratio is not None and (worst is None
-                                              or ratio > worst['ratio']):
-                        worst = dict(ratio=ratio, batch=r['batch'],
-                                     size=r['size'], variant=r['variant'])
+                    if ratio is not None and (
+                        worst is None or ratio > worst['ratio']
+                    ):
+                        worst = dict(
+                            ratio=ratio,
+                            batch=r['batch'],
+                            size=r['size'],
+                            variant=r['variant'],
+                        )
                 entry[key] = worst
             summary.append(entry)
     return summary
@@ -81,22 +101,27 @@ def summarise(results, models, variants):
 
 def format_summary_line(entry):
     """``'resnet18: worst train 1.25x (b8 64 dnb-r16-goup), ...'``."""
-    name = entry['model'] + ('' if entry['group'] == 'DN' else
-                             f" [{entry['group']}]")
+    name = entry['model'] + (
+        '' if entry['group'] == 'DN' else f' [{entry["group"]}]'
+    )
     parts = []
     for key, label in SUMMARY_KEYS:
         worst = entry[key]
-        parts.append(f'{label} -' if worst is None else
-                     f"{label} {worst['ratio']:.2f}x (b{worst['batch']} "
-                     f"{worst['size']} {worst['variant']})")
+        parts.append(
+            f'{label} -'
+            if worst is None
+            else f'{label} {worst["ratio"]:.2f}x (b{worst["batch"]} '
+            f'{worst["size"]} {worst["variant"]})'
+        )
     return f'{name}: worst ' + ', '.join(parts)
 
 
 def format_header(sweep, kernel_status):
     """The line saying how the sweep measured."""
     worker = sweep.worker
-    interleaved = (', variants interleaved in one process'
-                   if worker.interleave else '')
+    interleaved = (
+        ', variants interleaved in one process' if worker.interleave else ''
+    )
     return (
         f'batch x size {" ".join(f"{b}x{s}" for b, s in sweep.cases)} px, '
         f'device {worker.device}, '
@@ -105,7 +130,8 @@ def format_header(sweep, kernel_status):
         f'{f" (median of {sweep.runs} runs)" if sweep.runs > 1 else ""}'
         f'{", glibc keeps freed memory" if sweep.keep_freed_memory else ""}'
         f'{interleaved}'
-        f'; DN CPU kernel: {kernel_status}')
+        f'; DN CPU kernel: {kernel_status}'
+    )
 
 
 def format_table(results, sweep, kernel_status):
@@ -122,25 +148,31 @@ def format_table(results, sweep, kernel_status):
 
     for model in sweep.models:
         lines += [
-            '', f'{model}: {MODELS[model]}', '',
+            '',
+            f'{model}: {MODELS[model]}',
+            '',
             '| batch | size | variant | train ms | x BN | train peak MiB | '
             'x BN | infer ms | x BN | infer peak MiB |',
-            '|---|---|---|---|---|---|---|---|---|---|'
+            '|---|---|---|---|---|---|---|---|---|---|',
         ]
         for r in results:
             if r['model'] != model:
                 continue
             lines.append(
-                f"| {r['batch']} | {r['size']} | {r['variant']} | "
-                f"{fmt(r.get('train_ms'))} | {ratio(r, 'train_ms')} | "
-                f"{fmt(r.get('train_peak_mib'))} | "
-                f"{ratio(r, 'train_peak_mib')} | {fmt(r.get('infer_ms'))} | "
-                f"{ratio(r, 'infer_ms')} | {fmt(r.get('infer_peak_mib'))} |")
+                f'| {r["batch"]} | {r["size"]} | {r["variant"]} | '
+                f'{fmt(r.get("train_ms"))} | {ratio(r, "train_ms")} | '
+                f'{fmt(r.get("train_peak_mib"))} | '
+                f'{ratio(r, "train_peak_mib")} | {fmt(r.get("infer_ms"))} | '
+                f'{ratio(r, "infer_ms")} | {fmt(r.get("infer_peak_mib"))} |'
+            )
     summary = summarise(results, sweep.models, sweep.variants)
     if summary:
         dn = [v for v in sweep.variants if v in DN_VARIANTS]
-        lines += ['', 'Worst ratio to BN per model (the first line of a '
-                  f'model: over {" and ".join(dn) or "no DN variant"}):']
+        lines += [
+            '',
+            'Worst ratio to BN per model (the first line of a '
+            f'model: over {" and ".join(dn) or "no DN variant"}):',
+        ]
         lines += [format_summary_line(entry) for entry in summary]
     return '\n'.join(lines)
 
@@ -149,8 +181,11 @@ def format_before_after(before, after):
     """A table of each non-BN variant's ratios to BN in two checkouts'
     results (``median_over_runs`` of ``tree='before'`` and ``'after'``
     runs), case by case: train and inference, before -> after."""
-    lines = ['| model | batch | size | variant | train x BN before | after '
-             '| infer x BN before | after |', '|---' * 8 + '|']
+    lines = [
+        '| model | batch | size | variant | train x BN before | after '
+        '| infer x BN before | after |',
+        '|---' * 8 + '|',
+    ]
     for r in after:
         if r['variant'] == 'bn':
             continue
@@ -158,9 +193,14 @@ def format_before_after(before, after):
         cells = []
         for key in ('train_ms', 'infer_ms'):
             for result, results in ((old, before), (r, after)):
-                ratio = (None if result is None else ratio_of(
-                    result, bn_base(results, result), key))
+                ratio = (
+                    None
+                    if result is None
+                    else ratio_of(result, bn_base(results, result), key)
+                )
                 cells.append('-' if ratio is None else f'{ratio:.2f}')
-        lines.append(f"| {r['model']} | {r['batch']} | {r['size']} | "
-                     f"{r['variant']} | " + ' | '.join(cells) + ' |')
+        lines.append(
+            f'| {r["model"]} | {r["batch"]} | {r["size"]} | '
+            f'{r["variant"]} | ' + ' | '.join(cells) + ' |'
+        )
     return '\n'.join(lines)

@@ -1,6 +1,7 @@
 """The parent side of the benchmark: the plan of worker processes, running
 them with an estimate of the time left, and their results.
 """
+
 import dataclasses
 import json
 import statistics
@@ -28,13 +29,13 @@ class Sweep:
             ``dn_mmdet``, right after this one's; its results have
             ``tree='before'`` (this checkout's ``tree='after'``).
     """
+
     models: List[str]
     cases: List[Tuple[int, int]]
     variants: List[str]
     runs: int = 1
     keep_freed_memory: bool = False
-    worker: WorkerSettings = dataclasses.field(
-        default_factory=WorkerSettings)
+    worker: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
     before: Optional[str] = None
 
 
@@ -49,17 +50,25 @@ def plan_jobs(sweep):
     after the other, so that BN and DN alternate and share the machine's
     state (``variants`` is one name; with ``interleave``, all of them
     joined by commas, for one worker)."""
-    groups = ([','.join(sweep.variants)] if sweep.worker.interleave else
-              sweep.variants)
-    return [(run, model, batch, size, variants)
-            for run in range(sweep.runs) for model in sweep.models
-            for batch, size in sweep.cases for variants in groups]
+    groups = (
+        [','.join(sweep.variants)]
+        if sweep.worker.interleave
+        else sweep.variants
+    )
+    return [
+        (run, model, batch, size, variants)
+        for run in range(sweep.runs)
+        for model in sweep.models
+        for batch, size in sweep.cases
+        for variants in groups
+    ]
 
 
 def dn_kernel_status(device):
     """Whether DN's CPU kernel is in use (built here, once, so that no
     worker pays for the build)."""
     from dn_mmdet.ops import dn_cpu, load_cpu_ops
+
     if device != 'cpu':
         return 'composite (not a CPU run)'
     if load_cpu_ops():
@@ -92,13 +101,17 @@ def estimate_left(jobs, done):
         return job[2] * job[3] * job[3]
 
     def rate(model):
-        mine = [(sec - startup) / pixels(job) for job, sec in done
-                if job[1] == model] or [(sec - startup) / pixels(job)
-                                        for job, sec in done]
+        mine = [
+            (sec - startup) / pixels(job)
+            for job, sec in done
+            if job[1] == model
+        ] or [(sec - startup) / pixels(job) for job, sec in done]
         return statistics.median(mine)
 
-    return sum(seen.get(job[1:], startup + rate(job[1]) * pixels(job))
-               for job in jobs[len(done):])
+    return sum(
+        seen.get(job[1:], startup + rate(job[1]) * pixels(job))
+        for job in jobs[len(done) :]
+    )
 
 
 def run_sweep(sweep, log=print):
@@ -111,37 +124,53 @@ def run_sweep(sweep, log=print):
             of its stderr).
     """
     jobs = plan_jobs(sweep)
-    interleaved = ' (interleaved in each worker)' \
-        if sweep.worker.interleave else ''
-    log(f'{len(jobs)} workers: {len(sweep.models)} model(s) x '
+    interleaved = (
+        ' (interleaved in each worker)' if sweep.worker.interleave else ''
+    )
+    log(
+        f'{len(jobs)} workers: {len(sweep.models)} model(s) x '
         f'{len(sweep.cases)} batch x size case(s) x {len(sweep.variants)} '
-        f'variant(s){interleaved} x {sweep.runs} run(s)')
+        f'variant(s){interleaved} x {sweep.runs} run(s)'
+    )
     trees = [('after', worker_env(sweep.keep_freed_memory), False)]
     if sweep.before:
-        trees.append(('before', worker_env(sweep.keep_freed_memory,
-                                           sweep.before), True))
+        trees.append(
+            ('before', worker_env(sweep.keep_freed_memory, sweep.before), True)
+        )
     runs, done, start = [], [], time.perf_counter()
     for i, job in enumerate(jobs, 1):
         run, model, batch, size, variants = job
         left = estimate_left(jobs, done)
-        eta = ('' if left is None else
-               f' (elapsed {format_duration(time.perf_counter() - start)}, '
-               f'about {format_duration(left)} left)')
-        log(f'[{i}/{len(jobs)}] run {run + 1}: {model} b{batch} {size} '
-            f'{variants} ...{eta}')
+        eta = (
+            ''
+            if left is None
+            else f' (elapsed {format_duration(time.perf_counter() - start)}, '
+            f'about {format_duration(left)} left)'
+        )
+        log(
+            f'[{i}/{len(jobs)}] run {run + 1}: {model} b{batch} {size} '
+            f'{variants} ...{eta}'
+        )
         job_start = time.perf_counter()
         for tree, env, beside in trees:
             proc = subprocess.run(
-                worker_command(sweep.worker, model, variants, batch, size,
-                               beside),
-                capture_output=True, text=True, env=env)
+                worker_command(
+                    sweep.worker, model, variants, batch, size, beside
+                ),
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if proc.returncode != 0:
                 raise WorkerError(
                     f'benchmark worker ({tree}) {model} b{batch} {size} '
-                    f'{variants} failed:\n{proc.stderr[-3000:]}')
+                    f'{variants} failed:\n{proc.stderr[-3000:]}'
+                )
             results = json.loads(proc.stdout.strip().splitlines()[-1])
             runs += [dict(r, tree=tree) for r in results]
         done.append((job, time.perf_counter() - job_start))
-    log(f'all {len(jobs)} workers in '
-        f'{format_duration(time.perf_counter() - start)}')
+    log(
+        f'all {len(jobs)} workers in '
+        f'{format_duration(time.perf_counter() - start)}'
+    )
     return runs

@@ -7,6 +7,7 @@ a time, runs warm-up calls before every measurement and sets torch's
 thread count for it (one by default), so it cannot give these paired
 rounds.
 """
+
 import statistics
 import time
 
@@ -15,8 +16,9 @@ import time
 CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 
 
-def interleaved_seconds(fns, rounds, warmup=1, calls=1, clock='wall',
-                        device='cpu'):
+def interleaved_seconds(
+    fns, rounds, warmup=1, calls=1, clock='wall', device='cpu'
+):
     """``{name: median seconds of one call}`` of the functions, timed in
     turns.
 
@@ -31,8 +33,9 @@ def interleaved_seconds(fns, rounds, warmup=1, calls=1, clock='wall',
             function's calls, so that their kernels are counted.
     """
     if rounds < 1 or calls < 1:
-        raise ValueError(f'rounds and calls must be >= 1, got {rounds} and '
-                         f'{calls}')
+        raise ValueError(
+            f'rounds and calls must be >= 1, got {rounds} and {calls}'
+        )
     now = CLOCKS[clock]
     sync = _cuda_sync if device == 'cuda' else (lambda: None)
     for fn in fns.values():
@@ -52,14 +55,16 @@ def interleaved_seconds(fns, rounds, warmup=1, calls=1, clock='wall',
 
 def _cuda_sync():
     import torch
+
     torch.cuda.synchronize()
 
 
 def time_interleaved(fns, repeat, warmup, device, timer='wall'):
     """``{name: median ms}`` of the functions, one call each a round (see
     :func:`interleaved_seconds`)."""
-    seconds = interleaved_seconds(fns, repeat, warmup, clock=timer,
-                                  device=device)
+    seconds = interleaved_seconds(
+        fns, repeat, warmup, clock=timer, device=device
+    )
     return {name: s * 1e3 for name, s in seconds.items()}
 
 
@@ -87,6 +92,7 @@ class PeakMemory:
 
     def __enter__(self):
         import torch
+
         if self.device == 'cuda':
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -99,10 +105,12 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         import torch
+
         if self.device == 'cuda':
             torch.cuda.synchronize()
-            self.peak_mib = (torch.cuda.max_memory_allocated() -
-                             self.base) / 2**20
+            self.peak_mib = (
+                torch.cuda.max_memory_allocated() - self.base
+            ) / 2**20
         else:
             self.peak_mib = (proc_status_kib('VmHWM') - self.base) / 1024
 

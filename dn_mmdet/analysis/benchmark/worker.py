@@ -9,6 +9,7 @@ memory is that case's own::
 or several joined by commas (``interleave``); the last line the worker
 prints is its results, a JSON list of one dict per variant.
 """
+
 import dataclasses
 import json
 import os
@@ -45,6 +46,7 @@ class WorkerSettings:
             (their ratios to BN paired; no peak memory).
         compile (bool): Models run through ``torch.compile``.
     """
+
     config: str = DEFAULT_CONFIG
     device: str = 'cpu'
     repeat: int = 10
@@ -66,14 +68,26 @@ def run_worker(settings, model_name, variants, batch, size):
     import torch
 
     import dn_mmdet  # noqa: F401  (registers DN, SN, MABN)
+
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    steps = {v: build_steps(model_name, v, batch, size, settings.config,
-                            settings.device, settings.channels_last,
-                            settings.compile)
-             for v in variants}
-    results = {v: dict(model=model_name, variant=v, batch=batch, size=size)
-               for v in variants}
+    steps = {
+        v: build_steps(
+            model_name,
+            v,
+            batch,
+            size,
+            settings.config,
+            settings.device,
+            settings.channels_last,
+            settings.compile,
+        )
+        for v in variants
+    }
+    results = {
+        v: dict(model=model_name, variant=v, batch=batch, size=size)
+        for v in variants
+    }
     phases = [('train', torch.enable_grad, True)]
     if model_name != 'layer':
         phases.append(('infer', torch.no_grad, False))
@@ -84,20 +98,29 @@ def run_worker(settings, model_name, variants, batch, size):
             fns[v] = step.train_step if training else step.infer_step
         with grad_mode():
             if settings.interleave:
-                times = time_interleaved(fns, settings.repeat,
-                                         settings.warmup, settings.device,
-                                         settings.timer)
+                times = time_interleaved(
+                    fns,
+                    settings.repeat,
+                    settings.warmup,
+                    settings.device,
+                    settings.timer,
+                )
                 for v in variants:
                     results[v][f'{phase}_ms'] = times[v]
                     if 'bn' in times:  # paired: BN's steps ran beside these
                         results[v][f'{phase}_ms{PAIRED}'] = (
-                            times[v] / times['bn'])
+                            times[v] / times['bn']
+                        )
                 continue
             for v in variants:
                 with PeakMemory(settings.device) as mem:
                     results[v][f'{phase}_ms'] = time_median(
-                        fns[v], settings.repeat, settings.warmup,
-                        settings.device, settings.timer)
+                        fns[v],
+                        settings.repeat,
+                        settings.warmup,
+                        settings.device,
+                        settings.timer,
+                    )
                 results[v][f'{phase}_peak_mib'] = mem.peak_mib
     return [results[v] for v in variants]
 
@@ -111,7 +134,8 @@ _LAUNCH_BESIDE = (
     'submodule_search_locations=[{here!r}]); '
     'package = importlib.util.module_from_spec(spec); '
     'sys.modules["dn_benchmark"] = package; spec.loader.exec_module(package); '
-    'from dn_benchmark.worker import main; main(sys.argv[1:])')
+    'from dn_benchmark.worker import main; main(sys.argv[1:])'
+)
 
 
 def worker_command(settings, model, variants, batch, size, beside=False):
@@ -119,13 +143,19 @@ def worker_command(settings, model, variants, batch, size, beside=False):
     run by this Python, or with ``beside`` this package's files under
     another name (for a worker whose ``dn_mmdet`` is another checkout's,
     which may not have this package)."""
-    args = [json.dumps(dataclasses.asdict(settings)), model, variants,
-            str(batch), str(size)]
+    args = [
+        json.dumps(dataclasses.asdict(settings)),
+        model,
+        variants,
+        str(batch),
+        str(size),
+    ]
     if not beside:
         return [sys.executable, '-m', __package__] + args
     here = osp.dirname(osp.abspath(__file__))
-    launch = _LAUNCH_BESIDE.format(init=osp.join(here, '__init__.py'),
-                                   here=here)
+    launch = _LAUNCH_BESIDE.format(
+        init=osp.join(here, '__init__.py'), here=here
+    )
     return [sys.executable, '-c', launch] + args
 
 
@@ -137,23 +167,29 @@ def worker_env(keep_freed_memory=False, root=None):
     (``MALLOC_MMAP_MAX_=0``, no trimming: no page faults for fresh
     activations, which otherwise dominate CPU inference)."""
     import dn_mmdet
+
     root = root or osp.dirname(osp.dirname(osp.abspath(dn_mmdet.__file__)))
     env = dict(os.environ, PYTHONWARNINGS='ignore')
     env['PYTHONPATH'] = os.pathsep.join(
-        [root] + [p for p in [env.get('PYTHONPATH')] if p])
+        [root] + [p for p in [env.get('PYTHONPATH')] if p]
+    )
     if keep_freed_memory:
-        env.update(MALLOC_MMAP_MAX_='0',
-                   MALLOC_TRIM_THRESHOLD_=str(2**62))
+        env.update(MALLOC_MMAP_MAX_='0', MALLOC_TRIM_THRESHOLD_=str(2**62))
     return env
 
 
 def main(argv=None):
     """The worker process: runs the case of ``argv`` (see the module's
     docstring) and prints its results as the last line."""
-    settings, model, variants, batch, size = (argv or sys.argv[1:])
+    settings, model, variants, batch, size = argv or sys.argv[1:]
     settings = WorkerSettings(**json.loads(settings))
-    print(json.dumps(run_worker(settings, model, variants.split(','),
-                                int(batch), int(size))))
+    print(
+        json.dumps(
+            run_worker(
+                settings, model, variants.split(','), int(batch), int(size)
+            )
+        )
+    )
 
 
 if __name__ == '__main__':

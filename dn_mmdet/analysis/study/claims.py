@@ -20,15 +20,44 @@ above 0, *contradicted* when it lies below 0, *not confirmed* when it holds
 does. A claim whose cells do not all have every seed's outcome is
 *pending* and states nothing but how many runs it has.
 """
+
 import math
 import statistics
 from typing import Dict, List, Optional, Sequence
 
 # Two-sided 95% critical values of Student's t, df = 1..30.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262,
-         2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101,
-         2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052,
-         2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 DONE = ('finished', 'collapsed', 'diverged')
 
 
@@ -71,10 +100,14 @@ def welch_interval(terms: Sequence[tuple]) -> tuple:
     return effect, effect - half, effect + half
 
 
-def _cell_runs(records: Sequence[dict], norm: str, batch: int,
-               mult: float) -> List[dict]:
+def _cell_runs(
+    records: Sequence[dict], norm: str, batch: int, mult: float
+) -> List[dict]:
     return [
-        r for r in records if r['norm'] == norm and r['batch_size'] == batch
+        r
+        for r in records
+        if r['norm'] == norm
+        and r['batch_size'] == batch
         and float(r['lr_mult']) == float(mult)
     ]
 
@@ -91,25 +124,35 @@ def judge(claim: dict, study: dict, records: Sequence[dict]) -> dict:
     """
     scale = study['metric_scale']
     seeds = len(study['seeds'])
-    cells = [(c, _cell_runs(records, n, b, m))
-             for c, n, b, m in claim['terms']]
+    cells = [
+        (c, _cell_runs(records, n, b, m)) for c, n, b, m in claim['terms']
+    ]
     runs = seeds * len(cells)
-    done = sum(
-        sum(r['status'] in DONE for r in cell) for _, cell in cells)
+    done = sum(sum(r['status'] in DONE for r in cell) for _, cell in cells)
     out = dict(claim, runs=runs, done=done)
     if done < runs:
         return dict(out, verdict='pending')
     if claim['kind'] == 'diverges':
-        (_, cell), = cells
+        ((_, cell),) = cells
         bad = sum(r['status'] in ('diverged', 'collapsed') for r in cell)
-        kept = [r['final'] * scale for r in cell if r.get('final') is not None
-                and r['status'] != 'diverged']
-        verdict = ('confirmed' if 2 * bad > len(cell) else
-                   'contradicted' if bad == 0 else 'not confirmed')
-        return dict(out,
-                    verdict=verdict,
-                    diverged=bad,
-                    scored=statistics.fmean(kept) if kept else None)
+        kept = [
+            r['final'] * scale
+            for r in cell
+            if r.get('final') is not None and r['status'] != 'diverged'
+        ]
+        verdict = (
+            'confirmed'
+            if 2 * bad > len(cell)
+            else 'contradicted'
+            if bad == 0
+            else 'not confirmed'
+        )
+        return dict(
+            out,
+            verdict=verdict,
+            diverged=bad,
+            scored=statistics.fmean(kept) if kept else None,
+        )
     chance = study.get('chance')
     terms = []
     for c, cell in cells:
@@ -117,15 +160,22 @@ def judge(claim: dict, study: dict, records: Sequence[dict]) -> dict:
         for r in cell:
             if r['status'] == 'diverged' or r.get('final') is None:
                 if chance is None:
-                    raise ValueError(f'claim {claim["key"]}: a run without '
-                                     'a metric needs the spec\'s chance')
+                    raise ValueError(
+                        f'claim {claim["key"]}: a run without '
+                        "a metric needs the spec's chance"
+                    )
                 values.append(chance * scale)
             else:
                 values.append(r['final'] * scale)
         terms.append((c, values))
     effect, low, high = welch_interval(terms)
-    verdict = ('confirmed' if low > 0 else
-               'contradicted' if high < 0 else 'not confirmed')
+    verdict = (
+        'confirmed'
+        if low > 0
+        else 'contradicted'
+        if high < 0
+        else 'not confirmed'
+    )
     return dict(out, verdict=verdict, effect=effect, low=low, high=high)
 
 
@@ -143,8 +193,9 @@ def late_gain(records: Sequence[dict], scale: float) -> Optional[float]:
     return statistics.fmean(gains) if gains else None
 
 
-def claims_markdown(study: dict, records: Sequence[dict],
-                    claims: Sequence[dict]) -> str:
+def claims_markdown(
+    study: dict, records: Sequence[dict], claims: Sequence[dict]
+) -> str:
     """The verdict table of ``claims`` (markdown): one row a claim."""
     unit = study['metric_label']
     lines = [
@@ -158,28 +209,37 @@ def claims_markdown(study: dict, records: Sequence[dict],
             verdict = f'pending: {result["done"]} of {result["runs"]} runs'
         elif claim['kind'] == 'diverges':
             scored = result['scored']
-            rest = ('' if scored is None else
-                    f'; the others end at {scored:.1f}')
-            measured = (f'{result["diverged"]} of {result["done"]} runs '
-                        f'diverged or collapsed{rest}')
+            rest = (
+                '' if scored is None else f'; the others end at {scored:.1f}'
+            )
+            measured = (
+                f'{result["diverged"]} of {result["done"]} runs '
+                f'diverged or collapsed{rest}'
+            )
             verdict = result['verdict']
         else:
-            measured = (f'{result["effect"]:+.1f} [{result["low"]:+.1f}, '
-                        f'{result["high"]:+.1f}] ({unit}, 95% interval)')
+            measured = (
+                f'{result["effect"]:+.1f} [{result["low"]:+.1f}, '
+                f'{result["high"]:+.1f}] ({unit}, 95% interval)'
+            )
             verdict = result['verdict']
-        lines.append(f'| {claim["text"]} | {claim["source"]} | {measured} | '
-                     f'{verdict} |')
+        lines.append(
+            f'| {claim["text"]} | {claim["source"]} | {measured} | {verdict} |'
+        )
     return '\n'.join(lines) + '\n'
 
 
 def cell_summary(study: dict, records: Sequence[dict]) -> Dict[tuple, dict]:
     """Per (norm, batch, lr mult): runs done and the late gain (scaled)."""
     out = {}
-    keys = sorted({(r['norm'], r['batch_size'], float(r['lr_mult']))
-                   for r in records})
+    keys = sorted(
+        {(r['norm'], r['batch_size'], float(r['lr_mult'])) for r in records}
+    )
     for key in keys:
         cell = _cell_runs(records, *key)
-        out[key] = dict(done=sum(r['status'] in DONE for r in cell),
-                        runs=len(cell),
-                        late_gain=late_gain(cell, study['metric_scale']))
+        out[key] = dict(
+            done=sum(r['status'] in DONE for r in cell),
+            runs=len(cell),
+            late_gain=late_gain(cell, study['metric_scale']),
+        )
     return out

@@ -5,6 +5,7 @@ between ``<!-- claims:begin -->`` and ``<!-- claims:end -->`` is generated
 from a study's results.json, so a rerun of the report updates the numbers
 and nothing else.
 """
+
 import os
 import os.path as osp
 
@@ -25,8 +26,9 @@ def claims_block(results: dict, study_dir: str, page: str) -> str:
         page (str): The page's path (the plots are linked relative to it).
     """
     study, records = results['study'], results['runs']
-    done = sum(r['status'] in ('finished', 'collapsed', 'diverged')
-               for r in records)
+    done = sum(
+        r['status'] in ('finished', 'collapsed', 'diverged') for r in records
+    )
     rel = osp.relpath(study_dir, osp.dirname(osp.abspath(page)))
     lines = [
         f'Study `{study["name"]}` ({study["spec"]}): {done} of '
@@ -43,15 +45,20 @@ def claims_block(results: dict, study_dir: str, page: str) -> str:
     ]
     labels = study['norms']
     for (norm, batch, mult), cell in cell_summary(study, records).items():
-        gain = ('-' if cell['late_gain'] is None else
-                f'{cell["late_gain"]:+.1f}')
-        lines.append(f'| {labels.get(norm, norm)} | {batch} | '
-                     f'{format_mult(mult)} | {cell["done"]} of '
-                     f'{cell["runs"]} | {gain} |')
+        gain = (
+            '-' if cell['late_gain'] is None else f'{cell["late_gain"]:+.1f}'
+        )
+        lines.append(
+            f'| {labels.get(norm, norm)} | {batch} | '
+            f'{format_mult(mult)} | {cell["done"]} of '
+            f'{cell["runs"]} | {gain} |'
+        )
     lines += ['', f'Full table: [{rel}/table.md]({rel}/table.md).', '']
-    for name, alt in (('metric_vs_epoch.png', 'curves per setting'),
-                      ('metric_vs_batch.png', 'final metric vs batch'),
-                      ('metric_vs_lr.png', 'final metric vs lr')):
+    for name, alt in (
+        ('metric_vs_epoch.png', 'curves per setting'),
+        ('metric_vs_batch.png', 'final metric vs batch'),
+        ('metric_vs_lr.png', 'final metric vs lr'),
+    ):
         if osp.isfile(osp.join(study_dir, name)):
             lines.append(f'![{alt}]({rel}/{name})')
     return '\n'.join(lines) + '\n'

@@ -8,6 +8,7 @@ Every run is one process of the normal training tool::
         optim_wrapper.optimizer.lr=0.0125 randomness.seed=0 \\
         randomness.deterministic=True [--resume]
 """
+
 import os.path as osp
 import sys
 from typing import Any, Dict, List
@@ -43,37 +44,47 @@ class BaseConfig:
 
     def __init__(self, study: Study):
         from mmengine.config import Config
+
         path = study.base_config_path
         if not osp.isfile(path):
-            raise SpecError(f'{study.spec_path}: base_config {path} does not '
-                            'exist')
+            raise SpecError(
+                f'{study.spec_path}: base_config {path} does not exist'
+            )
         cfg = Config.fromfile(path)
         try:
             cfg.merge_from_dict(dict(study.cfg_options))
         except Exception as err:
-            raise SpecError(f'{study.spec_path}: cfg_options cannot be '
-                            f'merged into {path}: {err}') from err
+            raise SpecError(
+                f'{study.spec_path}: cfg_options cannot be '
+                f'merged into {path}: {err}'
+            ) from err
         self.path = path
         self.cfg = cfg
         self.tree = cfg.to_dict()
         try:
             self.lr = float(get_key(self.tree, study.lr_key))
         except (KeyError, TypeError, ValueError):
-            raise SpecError(f'{study.spec_path}: lr_key {study.lr_key!r} is '
-                            f'not a number in {path}') from None
+            raise SpecError(
+                f'{study.spec_path}: lr_key {study.lr_key!r} is '
+                f'not a number in {path}'
+            ) from None
         try:
             get_key(self.tree, study.batch_size_key)
         except KeyError:
-            raise SpecError(f'{study.spec_path}: batch_size_key '
-                            f'{study.batch_size_key!r} is not in '
-                            f'{path}') from None
+            raise SpecError(
+                f'{study.spec_path}: batch_size_key '
+                f'{study.batch_size_key!r} is not in '
+                f'{path}'
+            ) from None
         for key in study.norm_keys:
             try:
                 get_key(self.tree, key)
             except KeyError:
-                raise SpecError(f'{study.spec_path}: norm key {key!r} is not '
-                                f'in {path}; set norm_keys to where the '
-                                'norm_cfg is') from None
+                raise SpecError(
+                    f'{study.spec_path}: norm key {key!r} is not '
+                    f'in {path}; set norm_keys to where the '
+                    'norm_cfg is'
+                ) from None
         train_cfg = cfg.get('train_cfg') or {}
         self.max_epochs = train_cfg.get('max_epochs')
 
@@ -84,6 +95,7 @@ class BaseConfig:
             SpecError: naming the normaliser and the type.
         """
         from mmengine.registry import MODELS, init_default_scope
+
         scope = self.cfg.get('default_scope')
         if scope:
             init_default_scope(scope)
@@ -95,7 +107,8 @@ class BaseConfig:
                     raise SpecError(
                         f'norm {name!r}: {field} type {cfg["type"]!r} is not '
                         f'registered (after importing the custom_imports of '
-                        f'{self.path}); is the layer implemented?')
+                        f'{self.path}); is the layer implemented?'
+                    )
 
 
 def _substitute(value, batch_size: int):
@@ -148,8 +161,10 @@ def run_options(study: Study, base: BaseConfig, run: Run) -> Dict[str, Any]:
     options: Dict[str, Any] = dict(study.cfg_options)
     options.update(study.batch_cfg_options.get(str(run.batch_size), {}))
     entry = _substitute(study.norm_library[run.norm], run.batch_size)
-    for field, keys in (('norm_cfg', study.norm_keys), ('conv_cfg',
-                                                        study.conv_keys)):
+    for field, keys in (
+        ('norm_cfg', study.norm_keys),
+        ('conv_cfg', study.conv_keys),
+    ):
         if field in entry:
             for key in keys:
                 _replace(base.tree, key, entry[field], options)
@@ -184,19 +199,24 @@ def format_option(key: str, value) -> str:
             return repr(v)
         if v is None or isinstance(v, (bool, int, str)):
             return str(v)
-        raise SpecError(f'cfg option {key}: cannot pass a {type(v).__name__}'
-                        f' ({v!r}) on the command line')
+        raise SpecError(
+            f'cfg option {key}: cannot pass a {type(v).__name__}'
+            f' ({v!r}) on the command line'
+        )
 
     formatted = text(value)
     parsed = DictAction._parse_iterable(formatted)
     if _normalise(parsed) != _normalise(value):
-        raise SpecError(f'cfg option {key}={value!r} would be read back as '
-                        f'{parsed!r}; use a value --cfg-options can express')
+        raise SpecError(
+            f'cfg option {key}={value!r} would be read back as '
+            f'{parsed!r}; use a value --cfg-options can express'
+        )
     return f'{key}={formatted}'
 
 
-def train_command(study: Study, base: BaseConfig, run: Run, run_dir: str,
-                  resume: bool) -> List[str]:
+def train_command(
+    study: Study, base: BaseConfig, run: Run, run_dir: str, resume: bool
+) -> List[str]:
     """The ``tools/train.py`` command line of ``run`` (``dist_train.sh``
     with ``gpus`` > 1)."""
     script = study.train_script
@@ -205,8 +225,9 @@ def train_command(study: Study, base: BaseConfig, run: Run, run_dir: str,
     if study.gpus > 1:
         launch = [
             'bash',
-            osp.join(osp.dirname(script), 'dist_train.sh'), base.path,
-            str(study.gpus)
+            osp.join(osp.dirname(script), 'dist_train.sh'),
+            base.path,
+            str(study.gpus),
         ]
     else:
         launch = [sys.executable, script, base.path]

@@ -15,6 +15,7 @@ Outcome of a run:
   ``CocoMetric`` logs none when no box passes the score threshold);
 * ``failed``: any other error (its message is kept; retried next time).
 """
+
 import csv
 import glob
 import json
@@ -33,9 +34,22 @@ LOG_FILE = 'train.log'
 # Outcomes that are final: the run is not redone by a later invocation.
 FINAL = ('finished', 'collapsed', 'diverged')
 CSV_COLUMNS = [
-    'name', 'norm', 'norm_label', 'batch_size', 'lr_mult', 'lr', 'seed',
-    'status', 'final', 'best', 'best_epoch', 'last_epoch', 'wall_s', 'cpu_s',
-    'error', 'work_dir'
+    'name',
+    'norm',
+    'norm_label',
+    'batch_size',
+    'lr_mult',
+    'lr',
+    'seed',
+    'status',
+    'final',
+    'best',
+    'best_epoch',
+    'last_epoch',
+    'wall_s',
+    'cpu_s',
+    'error',
+    'work_dir',
 ]
 
 
@@ -59,13 +73,14 @@ def read_state(run_dir: str) -> dict:
 
 
 def write_state(run_dir: str, state: dict) -> None:
-    atomic_write_text(osp.join(run_dir, STATE_FILE), json.dumps(state,
-                                                                indent=1))
+    atomic_write_text(
+        osp.join(run_dir, STATE_FILE), json.dumps(state, indent=1)
+    )
 
 
 def has_checkpoint(run_dir: str) -> bool:
-    from dn_mmdet.utils.compat import load_from_local
     from dn_mmdet.utils.launch import find_resume_checkpoint
+
     return osp.isdir(run_dir) and find_resume_checkpoint(run_dir) is not None
 
 
@@ -98,8 +113,10 @@ def read_curve(run_dir: str, metric: str) -> Dict[int, float]:
     values: Dict[int, float] = {}
     # Timestamped folders (YYYYmmdd_HHMMSS) sort in time order.
     for path in sorted(
-            glob.glob(osp.join(run_dir, '**', 'vis_data', 'scalars.json'),
-                      recursive=True)):
+        glob.glob(
+            osp.join(run_dir, '**', 'vis_data', 'scalars.json'), recursive=True
+        )
+    ):
         with open(path) as f:
             for line in f:
                 try:
@@ -133,9 +150,11 @@ def ended_status(study: Study, final: Optional[float]) -> dict:
             status='collapsed',
             error=f'no {study.metric} was logged: the validation produced '
             'no result (for a detector: no box above '
-            'model.test_cfg.score_thr)')
-    collapsed = (study.collapse_below is not None and
-                 (not math.isfinite(final) or final <= study.collapse_below))
+            'model.test_cfg.score_thr)',
+        )
+    collapsed = study.collapse_below is not None and (
+        not math.isfinite(final) or final <= study.collapse_below
+    )
     return dict(status='collapsed' if collapsed else 'finished', error=None)
 
 
@@ -147,10 +166,12 @@ def run_outcome(study: Study, run_dir: str, returncode: int) -> dict:
         pick = max if study.rule == 'greater' else min
         best_epoch = pick(curve, key=curve.get)
         last_epoch = max(curve)
-        outcome.update(final=curve[last_epoch],
-                       best=curve[best_epoch],
-                       best_epoch=best_epoch,
-                       last_epoch=last_epoch)
+        outcome.update(
+            final=curve[last_epoch],
+            best=curve[best_epoch],
+            best_epoch=best_epoch,
+            last_epoch=last_epoch,
+        )
     else:
         outcome.update(final=None, best=None, best_epoch=None, last_epoch=None)
     log = osp.join(run_dir, LOG_FILE)
@@ -160,9 +181,11 @@ def run_outcome(study: Study, run_dir: str, returncode: int) -> dict:
     elif nonfinite is not None:
         outcome.update(status='diverged', error=nonfinite)
     else:
-        outcome.update(status='failed',
-                       error=_error_line(log, r'(Error|Exception|error:)')
-                       or f'exit status {returncode}')
+        outcome.update(
+            status='failed',
+            error=_error_line(log, r'(Error|Exception|error:)')
+            or f'exit status {returncode}',
+        )
     outcome['returncode'] = returncode
     return outcome
 
@@ -174,24 +197,26 @@ def keep_checkpoints(run_dir: str, keep: str) -> None:
         return
     from dn_mmdet.utils.compat import load_from_local
     from dn_mmdet.utils.launch import find_resume_checkpoint
+
     latest = find_resume_checkpoint(run_dir)
     for path in glob.glob(osp.join(run_dir, '*.pth')):
         if keep == 'none' or path != latest:
             os.remove(path)
     if keep == 'last' and latest is not None:
         import torch
+
         checkpoint = load_from_local(latest, map_location='cpu')
         slim = {
-            k: checkpoint[k]
-            for k in ('meta', 'state_dict') if k in checkpoint
+            k: checkpoint[k] for k in ('meta', 'state_dict') if k in checkpoint
         }
         tmp = f'{latest}.{os.getpid()}.tmp'
         torch.save(slim, tmp)
         os.replace(tmp, latest)
 
 
-def run_record(study: Study, base: BaseConfig, run: Run, run_dir: str,
-               state: dict) -> dict:
+def run_record(
+    study: Study, base: BaseConfig, run: Run, run_dir: str, state: dict
+) -> dict:
     """What results.json says about ``run``."""
     inside = run_dir.startswith(PROJECT_ROOT + os.sep)
     record = dict(
@@ -199,7 +224,8 @@ def run_record(study: Study, base: BaseConfig, run: Run, run_dir: str,
         **asdict(run),
         norm_label=study.label(run.norm),
         lr=run_lr(study, base, run),
-        work_dir=osp.relpath(run_dir, PROJECT_ROOT) if inside else run_dir)
+        work_dir=osp.relpath(run_dir, PROJECT_ROOT) if inside else run_dir,
+    )
     result = state.get('result')
     if result is None:
         record.update(status='pending', wall_s=wall_time(state))
@@ -221,7 +247,8 @@ def study_summary(study: Study, base: BaseConfig) -> dict:
     return dict(
         name=study.name,
         spec=osp.relpath(spec, PROJECT_ROOT)
-        if spec.startswith(PROJECT_ROOT + os.sep) else spec,
+        if spec.startswith(PROJECT_ROOT + os.sep)
+        else spec,
         preset=study.preset,
         base_config=study.base_config,
         base_lr=base.lr,
@@ -235,10 +262,10 @@ def study_summary(study: Study, base: BaseConfig) -> dict:
         threads=study.threads,
         lr_scaling=study.lr_scaling,
         grid=study.grid,
-        reference=dict(batch_size=study.reference[0],
-                       lr_mult=study.reference[1]),
-        norms={n: study.label(n)
-               for n in study.norms},
+        reference=dict(
+            batch_size=study.reference[0], lr_mult=study.reference[1]
+        ),
+        norms={n: study.label(n) for n in study.norms},
         batch_sizes=study.batch_sizes,
         lr_mults=study.lr_mults,
         seeds=study.seeds,
@@ -258,13 +285,15 @@ def write_csv(path: str, records: Sequence[dict]) -> None:
     os.replace(tmp, path)
 
 
-def runs_lost(old_records: Sequence[dict],
-              new_records: Sequence[dict]) -> List[str]:
+def runs_lost(
+    old_records: Sequence[dict], new_records: Sequence[dict]
+) -> List[str]:
     """Names of the runs with a final outcome in ``old_records`` (the
     results.json on disk) that ``new_records`` would drop or turn back into
     pending: what writing ``new_records`` over it would lose."""
     new = {r['name']: r.get('status') for r in new_records}
     return [
-        r['name'] for r in old_records
+        r['name']
+        for r in old_records
         if r.get('status') in FINAL and new.get(r['name']) not in FINAL
     ]

@@ -18,6 +18,7 @@ Every plot marks chance (the spec's ``chance``, where given) and the
 plateau of the first normaliser at the reference setting (the mean of its
 final metric: the baseline the others are read against).
 """
+
 import math
 import os
 import os.path as osp
@@ -66,26 +67,32 @@ def aggregate(records: Sequence[dict]) -> Dict[tuple, dict]:
         for run in runs:
             count[run['status']] += 1
         scored = [
-            r for r in runs
+            r
+            for r in runs
             if r['status'] in SCORED and r.get('final') is not None
         ]
         walls = [
-            r['wall_s'] for r in runs if r['status'] in SCORED +
-            ('diverged', ) and r.get('wall_s') is not None
+            r['wall_s']
+            for r in runs
+            if r['status'] in SCORED + ('diverged',)
+            and r.get('wall_s') is not None
         ]
-        cells[key] = dict(runs=len(runs),
-                          diverged=count['diverged'],
-                          collapsed=count['collapsed'],
-                          failed=count['failed'],
-                          pending=count['pending'],
-                          scored=len(scored),
-                          final=mean_std([r['final'] for r in scored]),
-                          best=mean_std([r['best'] for r in scored]),
-                          wall=statistics.fmean(walls) if walls else None,
-                          curves=[{
-                              int(e): v
-                              for e, v in r.get('curve', {}).items()
-                          } for r in runs if r.get('curve')])
+        cells[key] = dict(
+            runs=len(runs),
+            diverged=count['diverged'],
+            collapsed=count['collapsed'],
+            failed=count['failed'],
+            pending=count['pending'],
+            scored=len(scored),
+            final=mean_std([r['final'] for r in scored]),
+            best=mean_std([r['best'] for r in scored]),
+            wall=statistics.fmean(walls) if walls else None,
+            curves=[
+                {int(e): v for e, v in r.get('curve', {}).items()}
+                for r in runs
+                if r.get('curve')
+            ],
+        )
     return cells
 
 
@@ -94,17 +101,21 @@ def _settings(study: dict) -> List[tuple]:
     ref_batch = study['reference']['batch_size']
     ref_mult = study['reference']['lr_mult']
     if study['grid'] == 'full':
-        return [(float(b), float(m)) for m in study['lr_mults']
-                for b in study['batch_sizes']]
+        return [
+            (float(b), float(m))
+            for m in study['lr_mults']
+            for b in study['batch_sizes']
+        ]
     cells = [(b, ref_mult) for b in study['batch_sizes']]
-    return [(b, float(m)) for b, m in cells + [(ref_batch, m)
-                                               for m in study['lr_mults'][1:]]]
+    return [
+        (b, float(m))
+        for b, m in cells + [(ref_batch, m) for m in study['lr_mults'][1:]]
+    ]
 
 
-def _fmt(value: Optional[float],
-         std: Optional[float],
-         scale: float,
-         digits: int = 1) -> str:
+def _fmt(
+    value: Optional[float], std: Optional[float], scale: float, digits: int = 1
+) -> str:
     if value is None:
         return '-'
     text = f'{value * scale:.{digits}f}'
@@ -144,12 +155,17 @@ def table_markdown(study: dict, records: Sequence[dict]) -> str:
     scale = study['metric_scale']
     label = study['metric_label']
     settings = _settings(study)
-    lr_note = ('scaled linearly with the batch size'
-               if study['lr_scaling'] == 'linear' else
-               'not scaled with the batch size, as in the paper')
-    collapse = ('' if study['collapse_below'] is None else
-                f' or collapsed (final {study["metric"]} <= '
-                f'{study["collapse_below"]:g})')
+    lr_note = (
+        'scaled linearly with the batch size'
+        if study['lr_scaling'] == 'linear'
+        else 'not scaled with the batch size, as in the paper'
+    )
+    collapse = (
+        ''
+        if study['collapse_below'] is None
+        else f' or collapsed (final {study["metric"]} <= '
+        f'{study["collapse_below"]:g})'
+    )
     lines = [
         f'# Normaliser study `{study["name"]}`',
         '',
@@ -165,8 +181,9 @@ def table_markdown(study: dict, records: Sequence[dict]) -> str:
         f'†k/n: k of n runs diverged (NaN/Inf){collapse}. A diverged run '
         'has no final metric and is left out of the mean.',
         '',
-        '| normaliser | ' + ' | '.join(f'batch {b:g}, lr x{format_mult(m)}'
-                                       for b, m in settings) + ' |',
+        '| normaliser | '
+        + ' | '.join(f'batch {b:g}, lr x{format_mult(m)}' for b, m in settings)
+        + ' |',
         '|---' * (len(settings) + 1) + '|',
     ]
     for norm, norm_label in study['norms'].items():
@@ -189,10 +206,12 @@ def table_markdown(study: dict, records: Sequence[dict]) -> str:
                 bad += f' ({cell["collapsed"]} collapsed)'
             if cell['pending'] or cell['failed']:
                 bad += f', {cell["pending"] + cell["failed"]} to run'
-            lines.append(f'| {norm_label} | {b:g} | {format_mult(m)} | '
-                         f'{_fmt(*cell["final"], scale)} | '
-                         f'{_fmt(*cell["best"], scale)} | {bad} | '
-                         f'{_minutes(cell["wall"])} |')
+            lines.append(
+                f'| {norm_label} | {b:g} | {format_mult(m)} | '
+                f'{_fmt(*cell["final"], scale)} | '
+                f'{_fmt(*cell["best"], scale)} | {bad} | '
+                f'{_minutes(cell["wall"])} |'
+            )
     return '\n'.join(lines) + '\n'
 
 
@@ -202,9 +221,11 @@ def table_markdown(study: dict, records: Sequence[dict]) -> str:
 def plateau(study: dict, cells: Dict[tuple, dict]) -> Optional[float]:
     """Mean final metric (scaled) of the first normaliser at the reference
     setting: the baseline's plateau, None before it has a run."""
-    ref = (study['reference']['batch_size'],
-           float(study['reference']['lr_mult']))
-    cell = cells.get((next(iter(study['norms'])), ) + ref)
+    ref = (
+        study['reference']['batch_size'],
+        float(study['reference']['lr_mult']),
+    )
+    cell = cells.get((next(iter(study['norms'])),) + ref)
     if cell is None or cell['final'][0] is None:
         return None
     return cell['final'][0] * study['metric_scale']
@@ -214,19 +235,23 @@ def _mark_levels(ax, study: dict, cells: Dict[tuple, dict]) -> None:
     """Horizontal lines at chance and at the baseline's plateau."""
     chance = study.get('chance')
     if chance is not None:
-        ax.axhline(chance * study['metric_scale'],
-                   color='0.4',
-                   linestyle='--',
-                   linewidth=0.8,
-                   label='chance')
+        ax.axhline(
+            chance * study['metric_scale'],
+            color='0.4',
+            linestyle='--',
+            linewidth=0.8,
+            label='chance',
+        )
     level = plateau(study, cells)
     if level is not None:
         first = next(iter(study['norms'].values()))
-        ax.axhline(level,
-                   color='0.4',
-                   linestyle=':',
-                   linewidth=0.8,
-                   label=f'{first} plateau (reference)')
+        ax.axhline(
+            level,
+            color='0.4',
+            linestyle=':',
+            linewidth=0.8,
+            label=f'{first} plateau (reference)',
+        )
 
 
 def _sweep_axis(ax, study, cells, points, x_of, xlabel):
@@ -240,7 +265,7 @@ def _sweep_axis(ax, study, cells, points, x_of, xlabel):
         dodge = 1 + 0.025 * (index - (count - 1) / 2)
         xs, ys, errs, crosses = [], [], [], []
         for point in points:
-            cell = cells.get((norm, ) + point)
+            cell = cells.get((norm,) + point)
             if cell is None:
                 continue
             mean, std = cell['final']
@@ -253,22 +278,27 @@ def _sweep_axis(ax, study, cells, points, x_of, xlabel):
             ys.append(mean * scale)
             errs.append((std or 0.0) * scale)
         if xs:
-            ax.errorbar(xs,
-                        ys,
-                        yerr=errs,
-                        marker='o',
-                        markersize=4,
-                        capsize=3,
-                        color=color,
-                        label=norm_label)
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=errs,
+                marker='o',
+                markersize=4,
+                capsize=3,
+                color=color,
+                label=norm_label,
+            )
         if crosses:
-            ax.plot(crosses, [0.0] * len(crosses),
-                    linestyle='none',
-                    marker='X',
-                    markersize=9,
-                    color=color,
-                    clip_on=False,
-                    label=None if xs else f'{norm_label} (diverged)')
+            ax.plot(
+                crosses,
+                [0.0] * len(crosses),
+                linestyle='none',
+                marker='X',
+                markersize=9,
+                color=color,
+                clip_on=False,
+                label=None if xs else f'{norm_label} (diverged)',
+            )
     _mark_levels(ax, study, cells)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(study['metric_label'])
@@ -276,8 +306,9 @@ def _sweep_axis(ax, study, cells, points, x_of, xlabel):
     ax.grid(True, alpha=0.3)
 
 
-def plot_sweeps(study: dict, records: Sequence[dict],
-                out_dir: str) -> List[str]:
+def plot_sweeps(
+    study: dict, records: Sequence[dict], out_dir: str
+) -> List[str]:
     """metric_vs_batch.png and metric_vs_lr.png (where the grid varies
     them). Returns the files written."""
     cells = aggregate(records)
@@ -285,13 +316,22 @@ def plot_sweeps(study: dict, records: Sequence[dict],
     ref_mult = float(study['reference']['lr_mult'])
     written = []
     sweeps = [
-        ('metric_vs_batch.png', 'batch_sizes', [
-            (b, ref_mult) for b in sorted(study['batch_sizes'])
-        ], lambda p: p[0], 'batch size (images per step)',
-         f'lr x{ref_mult:g}'),
-        ('metric_vs_lr.png', 'lr_mults', [
-            (ref_batch, float(m)) for m in sorted(study['lr_mults'])
-        ], lambda p: p[1], 'learning-rate multiplier', f'batch {ref_batch}'),
+        (
+            'metric_vs_batch.png',
+            'batch_sizes',
+            [(b, ref_mult) for b in sorted(study['batch_sizes'])],
+            lambda p: p[0],
+            'batch size (images per step)',
+            f'lr x{ref_mult:g}',
+        ),
+        (
+            'metric_vs_lr.png',
+            'lr_mults',
+            [(ref_batch, float(m)) for m in sorted(study['lr_mults'])],
+            lambda p: p[1],
+            'learning-rate multiplier',
+            f'batch {ref_batch}',
+        ),
     ]
     for filename, key, points, x_of, xlabel, fixed in sweeps:
         if len(study[key]) < 2:
@@ -307,7 +347,8 @@ def plot_sweeps(study: dict, records: Sequence[dict],
             f'{study["name"]}: final {study["metric_label"]} '
             f'({fixed}; mean ± std over seeds)\nX: no run of the '
             'setting ended with a metric (diverged or collapsed)',
-            fontsize=8)
+            fontsize=8,
+        )
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         fig.tight_layout()
@@ -350,17 +391,22 @@ def plot_curves(study: dict, records: Sequence[dict], out_dir: str) -> str:
             stds = [s * scale for s in stds]
             color = f'C{index % 10}'
             bad = f' †{_bad(cell)}' if _bad(cell) else ''
-            ax.plot(epochs,
-                    means,
-                    marker='o',
-                    markersize=3,
-                    color=color,
-                    label=f'{norm_label}{bad}')
-            ax.fill_between(epochs, [m - s for m, s in zip(means, stds)],
-                            [m + s for m, s in zip(means, stds)],
-                            color=color,
-                            alpha=0.15,
-                            linewidth=0)
+            ax.plot(
+                epochs,
+                means,
+                marker='o',
+                markersize=3,
+                color=color,
+                label=f'{norm_label}{bad}',
+            )
+            ax.fill_between(
+                epochs,
+                [m - s for m, s in zip(means, stds)],
+                [m + s for m, s in zip(means, stds)],
+                color=color,
+                alpha=0.15,
+                linewidth=0,
+            )
         ax.set_title(f'batch {batch:g}, lr x{format_mult(mult)}', fontsize=9)
         _mark_levels(ax, study, cells)
         ax.set_xlabel('epoch')
@@ -370,22 +416,22 @@ def plot_curves(study: dict, records: Sequence[dict], out_dir: str) -> str:
             ax.legend(fontsize=6)
     for ax in axes[:, 0]:
         ax.set_ylabel(study['metric_label'])
-    for ax in list(axes.flat)[len(settings):]:
+    for ax in list(axes.flat)[len(settings) :]:
         ax.axis('off')
     fig.suptitle(
         f'{study["name"]}: {study["metric_label"]} per epoch '
         '(mean ± std over seeds; †k: k runs diverged or collapsed)',
-        fontsize=9)
+        fontsize=9,
+    )
     fig.tight_layout()
     path = osp.join(out_dir, 'metric_vs_epoch.png')
     fig.savefig(path)
     return path
 
 
-def write_report(study: dict,
-                 records: Sequence[dict],
-                 out_dir: str,
-                 plots: bool = True) -> List[str]:
+def write_report(
+    study: dict, records: Sequence[dict], out_dir: str, plots: bool = True
+) -> List[str]:
     """table.md and, with ``plots``, the figures. Returns the files."""
     path = osp.join(out_dir, 'table.md')
     tmp = f'{path}.{os.getpid()}.tmp'
@@ -397,5 +443,3 @@ def write_report(study: dict,
         written += plot_sweeps(study, records, out_dir)
         written.append(plot_curves(study, records, out_dir))
     return written
-
-

@@ -7,6 +7,7 @@ by the next invocation. Killing the study, even with SIGKILL, stops its
 training processes (:mod:`.supervise`); a later invocation refuses to start
 a run whose earlier training still lives.
 """
+
 import datetime
 import fcntl
 import json
@@ -22,10 +23,22 @@ from dataclasses import asdict
 from typing import List, Optional
 
 from .options import BaseConfig, run_lr, train_command
-from .records import (FINAL, LOG_FILE, atomic_write_text, close_open_segment,
-                      has_checkpoint, keep_checkpoints, read_state,
-                      run_outcome, run_record, runs_lost, study_summary,
-                      wall_time, write_csv, write_state)
+from .records import (
+    FINAL,
+    LOG_FILE,
+    atomic_write_text,
+    close_open_segment,
+    has_checkpoint,
+    keep_checkpoints,
+    read_state,
+    run_outcome,
+    run_record,
+    runs_lost,
+    study_summary,
+    wall_time,
+    write_csv,
+    write_state,
+)
 from .report import write_report
 from .spec import PROJECT_ROOT, Run, Study, format_mult
 from .supervise import live_processes, stop_group, watched
@@ -63,8 +76,7 @@ def format_seconds(seconds: Optional[float]) -> str:
 
 
 def progress_in_log(log_path: str) -> Optional[tuple]:
-    """(epoch, iteration, iterations an epoch) of the log's last train line.
-    """
+    """(epoch, iteration, iterations an epoch) of the log's last train line."""
     if not osp.isfile(log_path):
         return None
     with open(log_path, 'rb') as f:
@@ -86,18 +98,20 @@ class StudyRunner:
         echo (callable): Where progress lines go.
     """
 
-    def __init__(self,
-                 study: Study,
-                 out_dir: str,
-                 env: Optional[dict] = None,
-                 progress_interval: float = 60.0,
-                 echo=print):
+    def __init__(
+        self,
+        study: Study,
+        out_dir: str,
+        env: Optional[dict] = None,
+        progress_interval: float = 60.0,
+        echo=print,
+    ):
         self.study = study
         self.out_dir = osp.abspath(out_dir)
         self.env = dict(os.environ if env is None else env)
         self.env['PYTHONPATH'] = os.pathsep.join(
-            [PROJECT_ROOT] +
-            [p for p in [self.env.get('PYTHONPATH')] if p])
+            [PROJECT_ROOT] + [p for p in [self.env.get('PYTHONPATH')] if p]
+        )
         if study.threads is not None:
             for key in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
                 self.env[key] = str(study.threads)
@@ -110,8 +124,13 @@ class StudyRunner:
 
     def records(self) -> List[dict]:
         return [
-            run_record(self.study, self.base, run, self.run_dir(run),
-                       read_state(self.run_dir(run)))
+            run_record(
+                self.study,
+                self.base,
+                run,
+                self.run_dir(run),
+                read_state(self.run_dir(run)),
+            )
             for run in self.study.runs()
         ]
 
@@ -137,7 +156,8 @@ class StudyRunner:
                 f'{lost[0]}): their folders are not in {missing} or they '
                 'are not in this grid. Nothing was written. Use another '
                 '--work-dir, or redraw the tables and plots from '
-                'results.json with tools/analysis/norm_study_report.py.')
+                'results.json with tools/analysis/norm_study_report.py.'
+            )
 
     def write_results(self, plots: bool = False) -> List[dict]:
         """results.json, results.csv, table.md (and the plots).
@@ -151,7 +171,8 @@ class StudyRunner:
         summary = study_summary(self.study, self.base)
         atomic_write_text(
             osp.join(self.out_dir, 'results.json'),
-            json.dumps(dict(study=summary, runs=records), indent=1))
+            json.dumps(dict(study=summary, runs=records), indent=1),
+        )
         write_csv(osp.join(self.out_dir, 'results.csv'), records)
         write_report(summary, records, self.out_dir, plots=plots)
         return records
@@ -171,8 +192,10 @@ class StudyRunner:
             lock.seek(0)
             holder = lock.read().strip() or '?'
             lock.close()
-            raise StudyError(f'another norm_study (pid {holder}) is running '
-                             f'in {self.out_dir}') from None
+            raise StudyError(
+                f'another norm_study (pid {holder}) is running '
+                f'in {self.out_dir}'
+            ) from None
         lock.seek(0)
         lock.truncate()
         lock.write(str(os.getpid()))
@@ -203,20 +226,25 @@ class StudyRunner:
             else:
                 todo.append(run)
         total = len(runs)
-        self.echo(f'{self.study.name}: {total} runs '
-                  f'({_count(self.study.norms, "normaliser")} x '
-                  f'{_count(self.study.cells(), "setting")} x '
-                  f'{_count(self.study.seeds, "seed")}) in {self.out_dir}; '
-                  f'{total - len(todo)} done already')
+        self.echo(
+            f'{self.study.name}: {total} runs '
+            f'({_count(self.study.norms, "normaliser")} x '
+            f'{_count(self.study.cells(), "setting")} x '
+            f'{_count(self.study.seeds, "seed")}) in {self.out_dir}; '
+            f'{total - len(todo)} done already'
+        )
         failed = 0
         for index, run in enumerate(todo):
             mean = (sum(done_walls) / len(done_walls)) if done_walls else None
             eta = None if mean is None else mean * (len(todo) - index)
-            self.echo(f'{total - len(todo) + index}/{total} runs done '
-                      f'({diverged} diverged/collapsed, {failed} failed); '
-                      f'ETA {format_seconds(eta)}')
-            outcome, wall = self._run_one(run, total - len(todo) + index + 1,
-                                          total, mean)
+            self.echo(
+                f'{total - len(todo) + index}/{total} runs done '
+                f'({diverged} diverged/collapsed, {failed} failed); '
+                f'ETA {format_seconds(eta)}'
+            )
+            outcome, wall = self._run_one(
+                run, total - len(todo) + index + 1, total, mean
+            )
             if outcome['status'] in FINAL:
                 done_walls.append(wall)
                 diverged += outcome['status'] != 'finished'
@@ -224,9 +252,11 @@ class StudyRunner:
                 failed += 1
             self.write_results()
         self.write_results(plots=True)
-        self.echo(f'{total}/{total} runs done ({diverged} diverged/'
-                  f'collapsed, {failed} failed); results in '
-                  f'{self.out_dir}')
+        self.echo(
+            f'{total}/{total} runs done ({diverged} diverged/'
+            f'collapsed, {failed} failed); results in '
+            f'{self.out_dir}'
+        )
         return failed
 
     def check_not_running(self, run: Run, state: dict) -> None:
@@ -241,10 +271,12 @@ class StudyRunner:
                 f'run {run.name}: its training from an earlier study is '
                 f'still running (process group {pgid}, pids '
                 f'{", ".join(map(str, live))}); stop it (kill -- -{pgid}) '
-                'or let it end, then run the study again')
+                'or let it end, then run the study again'
+            )
 
-    def _run_one(self, run: Run, position: int, total: int,
-                 mean_wall: Optional[float]):
+    def _run_one(
+        self, run: Run, position: int, total: int, mean_wall: Optional[float]
+    ):
         run_dir = self.run_dir(run)
         state = read_state(run_dir)
         self.check_not_running(run, state)
@@ -267,7 +299,8 @@ class StudyRunner:
             f'lr x{format_mult(run.lr_mult)} = {lr:.4g}, '
             f'seed {run.seed})'
             f'{", resuming from its last checkpoint" if resume else ""}'
-            f'; log {osp.join(run_dir, LOG_FILE)}')
+            f'; log {osp.join(run_dir, LOG_FILE)}'
+        )
         returncode = self._train(command, run_dir, state, mean_wall)
         state['segments'][-1][1] = time.time()
         outcome = run_outcome(self.study, run_dir, returncode)
@@ -277,38 +310,53 @@ class StudyRunner:
         write_state(run_dir, state)
         wall = wall_time(state)
         final = outcome.get('final')
-        metric = ('no metric' if final is None else
-                  f'final {self.study.metric} {final:.4g} '
-                  f'(best {outcome["best"]:.4g} at epoch '
-                  f'{outcome["best_epoch"]})')
+        metric = (
+            'no metric'
+            if final is None
+            else f'final {self.study.metric} {final:.4g} '
+            f'(best {outcome["best"]:.4g} at epoch '
+            f'{outcome["best_epoch"]})'
+        )
         error = f': {outcome["error"]}' if outcome.get('error') else ''
-        self.echo(f'run {position}/{total}: {run.name} {outcome["status"]}, '
-                  f'{metric}, {format_seconds(wall)}{error}')
+        self.echo(
+            f'run {position}/{total}: {run.name} {outcome["status"]}, '
+            f'{metric}, {format_seconds(wall)}{error}'
+        )
         return outcome, wall
 
-    def _train(self, command: List[str], run_dir: str, state: dict,
-               mean_wall: Optional[float]) -> int:
+    def _train(
+        self,
+        command: List[str],
+        run_dir: str,
+        state: dict,
+        mean_wall: Optional[float],
+    ) -> int:
         log_path = osp.join(run_dir, LOG_FILE)
         with open(log_path, 'a') as log:
-            log.write(f'\n== norm_study: segment {len(state["segments"])}, '
-                      f'{datetime.datetime.now():%Y-%m-%d %H:%M:%S}\n'
-                      f'== {" ".join(command)}\n')
+            log.write(
+                f'\n== norm_study: segment {len(state["segments"])}, '
+                f'{datetime.datetime.now():%Y-%m-%d %H:%M:%S}\n'
+                f'== {" ".join(command)}\n'
+            )
             log.flush()
             cpu = _children_cpu()
             # A process group of its own under a watchdog, so that stopping
             # the run (or killing the study) reaches every process of it.
-            proc = subprocess.Popen(watched(command),
-                                    stdout=log,
-                                    stderr=subprocess.STDOUT,
-                                    cwd=PROJECT_ROOT,
-                                    env=self.env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                watched(command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                start_new_session=True,
+            )
             state['pgid'] = proc.pid
             write_state(run_dir, state)
             try:
                 returncode = self._wait(proc, log_path, state, mean_wall)
-                state['cpu_s'] = state.get('cpu_s',
-                                           0.0) + _children_cpu() - cpu
+                state['cpu_s'] = (
+                    state.get('cpu_s', 0.0) + _children_cpu() - cpu
+                )
                 return returncode
             except BaseException:
                 # Interrupted (Ctrl-C, SIGTERM): stop the run; the next
@@ -318,8 +366,9 @@ class StudyRunner:
                 write_state(run_dir, state)
                 raise
 
-    def _wait(self, proc, log_path: str, state: dict,
-              mean_wall: Optional[float]) -> int:
+    def _wait(
+        self, proc, log_path: str, state: dict, mean_wall: Optional[float]
+    ) -> int:
         start = state['segments'][-1][0]
         next_report = time.time() + self.progress_interval
         while True:
@@ -334,9 +383,10 @@ class StudyRunner:
             where = ''
             if progress is not None:
                 epoch, it, per_epoch = progress
-                of = (f'/{self.base.max_epochs}'
-                      if self.base.max_epochs else '')
+                of = f'/{self.base.max_epochs}' if self.base.max_epochs else ''
                 where = f'epoch {epoch}{of}, iteration {it}/{per_epoch}, '
-            self.echo(f'  ... {where}{format_seconds(time.time() - start)} '
-                      f'in this segment (a run takes '
-                      f'{format_seconds(mean_wall)} on average)')
+            self.echo(
+                f'  ... {where}{format_seconds(time.time() - start)} '
+                f'in this segment (a run takes '
+                f'{format_seconds(mean_wall)} on average)'
+            )

@@ -4,6 +4,7 @@ A *spec* is an mmengine config under ``configs/studies/`` naming a base
 training config, the normalisers (``configs/studies/_base_/norms.py``) and
 the grid (normalisers x batch sizes x lr multipliers x seeds).
 """
+
 import os.path as osp
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,7 @@ def format_mult(mult: float) -> str:
 @dataclass(frozen=True)
 class Run:
     """One training run of the grid."""
+
     norm: str
     batch_size: int
     lr_mult: float
@@ -91,8 +93,10 @@ class Run:
 
     @property
     def name(self) -> str:
-        return (f'{self.norm}_bs{self.batch_size}_'
-                f'lr{format_mult(self.lr_mult)}x_seed{self.seed}')
+        return (
+            f'{self.norm}_bs{self.batch_size}_'
+            f'lr{format_mult(self.lr_mult)}x_seed{self.seed}'
+        )
 
 
 class Study:
@@ -109,11 +113,14 @@ class Study:
         SpecError: A missing or invalid key, an unknown preset or norm.
     """
 
-    def __init__(self,
-                 spec_path: str,
-                 preset: Optional[str] = None,
-                 overrides: Optional[dict] = None):
+    def __init__(
+        self,
+        spec_path: str,
+        preset: Optional[str] = None,
+        overrides: Optional[dict] = None,
+    ):
         from mmengine.config import Config
+
         if not osp.isfile(spec_path):
             raise SpecError(f'study spec {spec_path} does not exist')
         self.spec_path = spec_path
@@ -121,17 +128,23 @@ class Study:
         raw = Config.fromfile(spec_path).to_dict()
         unknown = sorted(set(raw) - set(SPEC_DEFAULTS))
         if unknown:
-            raise SpecError(f'{spec_path}: unknown key(s) {unknown}; a spec '
-                            f'has {sorted(SPEC_DEFAULTS)}')
+            raise SpecError(
+                f'{spec_path}: unknown key(s) {unknown}; a spec '
+                f'has {sorted(SPEC_DEFAULTS)}'
+            )
         spec = {**SPEC_DEFAULTS, **raw}
         if preset is not None:
             if preset not in spec['presets']:
-                raise SpecError(f'{spec_path}: no preset {preset!r}; presets: '
-                                f'{sorted(spec["presets"]) or "none"}')
+                raise SpecError(
+                    f'{spec_path}: no preset {preset!r}; presets: '
+                    f'{sorted(spec["presets"]) or "none"}'
+                )
             for key, value in spec['presets'][preset].items():
                 if key not in SPEC_DEFAULTS or key == 'presets':
-                    raise SpecError(f'{spec_path}: presets.{preset} sets '
-                                    f'unknown key {key!r}')
+                    raise SpecError(
+                        f'{spec_path}: presets.{preset} sets '
+                        f'unknown key {key!r}'
+                    )
                 if key == 'cfg_options':
                     spec[key] = {**spec[key], **value}
                 else:
@@ -147,50 +160,76 @@ class Study:
 
     def _check(self) -> None:
         where = self.spec_path
-        for key, allowed in (('grid', GRIDS), ('lr_scaling', LR_SCALINGS),
-                             ('keep_checkpoints', KEEP_CHECKPOINTS),
-                             ('rule', ('greater', 'less'))):
+        for key, allowed in (
+            ('grid', GRIDS),
+            ('lr_scaling', LR_SCALINGS),
+            ('keep_checkpoints', KEEP_CHECKPOINTS),
+            ('rule', ('greater', 'less')),
+        ):
             if self.spec[key] not in allowed:
-                raise SpecError(f'{where}: {key} must be one of {allowed}, '
-                                f'got {self.spec[key]!r}')
-        for key, kind in (('batch_sizes', int), ('lr_mults', (int, float)),
-                          ('seeds', int), ('norms', str)):
+                raise SpecError(
+                    f'{where}: {key} must be one of {allowed}, '
+                    f'got {self.spec[key]!r}'
+                )
+        for key, kind in (
+            ('batch_sizes', int),
+            ('lr_mults', (int, float)),
+            ('seeds', int),
+            ('norms', str),
+        ):
             values = self.spec[key]
-            if (not isinstance(values, (list, tuple)) or not values or not all(
+            if (
+                not isinstance(values, (list, tuple))
+                or not values
+                or not all(
                     isinstance(v, kind) and not isinstance(v, bool)
-                    for v in values)):
-                raise SpecError(f'{where}: {key} must be a non-empty list '
-                                f'of {getattr(kind, "__name__", "numbers")}, '
-                                f'got {values!r}')
+                    for v in values
+                )
+            ):
+                raise SpecError(
+                    f'{where}: {key} must be a non-empty list '
+                    f'of {getattr(kind, "__name__", "numbers")}, '
+                    f'got {values!r}'
+                )
             if len(set(values)) != len(values):
                 raise SpecError(f'{where}: {key} has duplicates: {values!r}')
         if any(b < 1 for b in self.batch_sizes):
-            raise SpecError(f'{where}: batch_sizes must be >= 1, got '
-                            f'{self.batch_sizes!r}')
+            raise SpecError(
+                f'{where}: batch_sizes must be >= 1, got {self.batch_sizes!r}'
+            )
         for key in ('gpus', 'threads'):
             value = self.spec[key]
             if value is None and key == 'threads':
                 continue
-            if not isinstance(value, int) or isinstance(value,
-                                                        bool) or value < 1:
-                raise SpecError(f'{where}: {key} must be an int >= 1, got '
-                                f'{value!r}')
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < 1
+            ):
+                raise SpecError(
+                    f'{where}: {key} must be an int >= 1, got {value!r}'
+                )
         for key in self.batch_cfg_options:
             # A key outside batch_sizes is allowed: a preset or --batch-sizes
             # may narrow the grid.
             if not (isinstance(key, str) and key.isdigit()):
-                raise SpecError(f'{where}: batch_cfg_options key {key!r} is '
-                                "not a batch size as a string (e.g. '8')")
+                raise SpecError(
+                    f'{where}: batch_cfg_options key {key!r} is '
+                    "not a batch size as a string (e.g. '8')"
+                )
         if any(not m > 0 for m in self.lr_mults):
-            raise SpecError(f'{where}: lr_mults must be > 0, got '
-                            f'{self.lr_mults!r}')
+            raise SpecError(
+                f'{where}: lr_mults must be > 0, got {self.lr_mults!r}'
+            )
         self._check_norms()
         self._check_claims()
         names = [run.name for run in self.runs()]
         clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
-            raise SpecError(f'{where}: runs {clash} would share a run '
-                            'directory; make the grid values distinct')
+            raise SpecError(
+                f'{where}: runs {clash} would share a run '
+                'directory; make the grid values distinct'
+            )
 
     def _check_norms(self) -> None:
         where = self.spec_path
@@ -199,25 +238,38 @@ class Study:
                 raise SpecError(
                     f'{where}: norm {name!r} is not in norm_library '
                     f'(configs/studies/_base_/norms.py or the spec); known: '
-                    f'{sorted(self.norm_library)}')
+                    f'{sorted(self.norm_library)}'
+                )
             entry = self.norm_library[name]
-            if not isinstance(entry.get('norm_cfg'),
-                              dict) or not entry['norm_cfg'].get('type'):
-                raise SpecError(f'{where}: norm_library[{name!r}] needs a '
-                                f"norm_cfg dict with a 'type'")
+            if not isinstance(entry.get('norm_cfg'), dict) or not entry[
+                'norm_cfg'
+            ].get('type'):
+                raise SpecError(
+                    f'{where}: norm_library[{name!r}] needs a '
+                    f"norm_cfg dict with a 'type'"
+                )
             extra = set(entry) - {
-                'label', 'norm_cfg', 'conv_cfg', 'cfg_options'
+                'label',
+                'norm_cfg',
+                'conv_cfg',
+                'cfg_options',
             }
             if extra:
-                raise SpecError(f'{where}: norm_library[{name!r}] has '
-                                f'unknown key(s) {sorted(extra)}')
+                raise SpecError(
+                    f'{where}: norm_library[{name!r}] has '
+                    f'unknown key(s) {sorted(extra)}'
+                )
         for name, which in self.norm_settings.items():
             if which not in NORM_SETTINGS:
-                raise SpecError(f'{where}: norm_settings[{name!r}] must be '
-                                f'one of {NORM_SETTINGS}, got {which!r}')
+                raise SpecError(
+                    f'{where}: norm_settings[{name!r}] must be '
+                    f'one of {NORM_SETTINGS}, got {which!r}'
+                )
             if which != 'all' and self.grid != 'axes':
-                raise SpecError(f"{where}: norm_settings[{name!r}] needs "
-                                f"grid='axes' (got {self.grid!r})")
+                raise SpecError(
+                    f'{where}: norm_settings[{name!r}] needs '
+                    f"grid='axes' (got {self.grid!r})"
+                )
 
     def _check_claims(self) -> None:
         where = self.spec_path
@@ -227,19 +279,26 @@ class Study:
             if missing:
                 raise SpecError(f'{at} lacks {sorted(missing)}')
             if claim['kind'] not in ('effect', 'diverges'):
-                raise SpecError(f"{at}: kind must be 'effect' or "
-                                f"'diverges', got {claim['kind']!r}")
+                raise SpecError(
+                    f"{at}: kind must be 'effect' or "
+                    f"'diverges', got {claim['kind']!r}"
+                )
             if claim['kind'] == 'diverges' and len(claim['terms']) != 1:
                 raise SpecError(f"{at}: a 'diverges' claim has one term")
             for term in claim['terms']:
                 if len(term) != 4:
-                    raise SpecError(f'{at}: a term is (coefficient, norm, '
-                                    f'batch_size, lr_mult), got {term!r}')
+                    raise SpecError(
+                        f'{at}: a term is (coefficient, norm, '
+                        f'batch_size, lr_mult), got {term!r}'
+                    )
                 _, norm, batch, mult = term
                 if norm not in self.norms or (batch, mult) not in self.cells(
-                        norm):
-                    raise SpecError(f'{at}: ({norm!r}, batch {batch}, lr '
-                                    f'x{mult}) is not a run of this grid')
+                    norm
+                ):
+                    raise SpecError(
+                        f'{at}: ({norm!r}, batch {batch}, lr '
+                        f'x{mult}) is not a run of this grid'
+                    )
 
     # ------------------------------------------------------------------ #
     @property
@@ -269,15 +328,16 @@ class Study:
         batch = [(b, ref_mult) for b in self.batch_sizes]
         lr = [(ref_batch, m) for m in self.lr_mults[1:]]
         which = 'all' if norm is None else self.norm_settings.get(norm, 'all')
-        return dict(all=batch + lr,
-                    batch=batch,
-                    lr=batch[:1] + lr,
-                    reference=batch[:1])[which]
+        return dict(
+            all=batch + lr, batch=batch, lr=batch[:1] + lr, reference=batch[:1]
+        )[which]
 
     def runs(self) -> List[Run]:
         """Every run, seed by seed, then setting by setting."""
         return [
-            Run(norm, batch, float(mult), seed) for seed in self.seeds
-            for batch, mult in self.cells() for norm in self.norms
+            Run(norm, batch, float(mult), seed)
+            for seed in self.seeds
+            for batch, mult in self.cells()
+            for norm in self.norms
             if (batch, mult) in self.cells(norm)
         ]

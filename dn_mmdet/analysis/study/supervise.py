@@ -10,6 +10,7 @@ SIGTERM, then SIGKILL after a grace period. A prctl death signal alone
 reaches only the direct child: a distributed launch's workers would live
 on under PID 1.
 """
+
 import itertools
 import os
 import signal
@@ -35,7 +36,7 @@ def _proc_stat(pid: int):
     except OSError:
         return None
     # The command name (field 2) may hold spaces: split after its ')'.
-    fields = text[text.rindex(')') + 2:].split()
+    fields = text[text.rindex(')') + 2 :].split()
     if fields[0] in ('Z', 'X'):
         return None
     return int(fields[1]), int(fields[2])
@@ -74,9 +75,10 @@ def live_processes(pgid: int, marker: str) -> List[int]:
     """Live processes of process group ``pgid`` whose command line holds
     ``marker`` (a run directory): a run still training."""
     return sorted(
-        pid for pid in _all_pids()
-        if (_proc_stat(pid) or (0, None))[1] == pgid and marker in cmdline(
-            pid))
+        pid
+        for pid in _all_pids()
+        if (_proc_stat(pid) or (0, None))[1] == pgid and marker in cmdline(pid)
+    )
 
 
 def _signal_all(pids: Iterable[int], sig: int) -> None:
@@ -87,9 +89,9 @@ def _signal_all(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-def stop_tree(root: int,
-              also: Iterable[int] = (),
-              grace_s: float = GRACE_S) -> None:
+def stop_tree(
+    root: int, also: Iterable[int] = (), grace_s: float = GRACE_S
+) -> None:
     """SIGTERM every process below ``root`` and in ``also``, SIGKILL what
     is left after ``grace_s`` (processes that appear meanwhile are caught
     too)."""
@@ -102,8 +104,7 @@ def stop_tree(root: int,
             return
         time.sleep(POLL_S)
     seen |= descendants(root)
-    _signal_all([p for p in seen if _proc_stat(p) is not None],
-                signal.SIGKILL)
+    _signal_all([p for p in seen if _proc_stat(p) is not None], signal.SIGKILL)
 
 
 def watch(parent: int, command: List[str]) -> int:
@@ -141,7 +142,9 @@ def watched(command: List[str]) -> List[str]:
     return [
         sys.executable,
         os.path.abspath(__file__),
-        str(os.getpid()), '--', *command
+        str(os.getpid()),
+        '--',
+        *command,
     ]
 
 
@@ -149,8 +152,10 @@ def stop_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     """Stop a watched run: SIGTERM its process group (the watchdog then
     stops what left the group), SIGKILL the group after ``grace_s`` more
     than the watchdog's own grace."""
-    for sig, wait in ((signal.SIGTERM, GRACE_S + grace_s), (signal.SIGKILL,
-                                                            None)):
+    for sig, wait in (
+        (signal.SIGTERM, GRACE_S + grace_s),
+        (signal.SIGKILL, None),
+    ):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -164,8 +169,10 @@ def stop_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
 
 def main(argv: List[str]) -> int:
     if len(argv) < 3 or argv[1] != '--':
-        print('usage: python supervise.py PARENT_PID -- COMMAND...',
-              file=sys.stderr)
+        print(
+            'usage: python supervise.py PARENT_PID -- COMMAND...',
+            file=sys.stderr,
+        )
         return 2
     return watch(int(argv[0]), argv[2:])
 

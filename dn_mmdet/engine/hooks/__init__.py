@@ -1,4 +1,5 @@
 """Training hooks of dn_mmdet (registered in mmdet's ``HOOKS``)."""
+
 from .checkpoint_match_hook import CheckpointMatchHook, CheckpointMismatchError
 from .epoch_seed_hook import EpochSeedHook
 from .expected_duration_hook import ExpectedDurationHook
@@ -8,7 +9,13 @@ from .norm_input_check_hook import NormInputCheckHook
 from .safe_checkpoint_loader_hook import SafeCheckpointLoaderHook
 
 __all__ = [
-    'CheckpointMatchHook', 'CheckpointMismatchError', 'EpochSeedHook',
-    'ExpectedDurationHook', 'FuseNormActHook', 'NonFiniteCheckHook',
-    'NonFiniteError', 'NormInputCheckHook', 'SafeCheckpointLoaderHook'
+    'CheckpointMatchHook',
+    'CheckpointMismatchError',
+    'EpochSeedHook',
+    'ExpectedDurationHook',
+    'FuseNormActHook',
+    'NonFiniteCheckHook',
+    'NonFiniteError',
+    'NormInputCheckHook',
+    'SafeCheckpointLoaderHook',
 ]

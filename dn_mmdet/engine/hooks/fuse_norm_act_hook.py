@@ -1,9 +1,11 @@
 """Fuse DN layers with the clamp after them before a run starts."""
+
+from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from mmdet.registry import HOOKS
 from dn_mmdet.norm import fuse_norm_act
+
 from .utils import unwrap_model
 
 
@@ -23,5 +25,8 @@ class FuseNormActHook(Hook):
     def before_run(self, runner) -> None:
         fused = fuse_norm_act(unwrap_model(runner.model))
         if fused:
-            print_log(f'FuseNormActHook: {fused} DN layers apply their '
-                      'ConvModule\'s clamp', logger='current')
+            print_log(
+                f'FuseNormActHook: {fused} DN layers apply their '
+                "ConvModule's clamp",
+                logger='current',
+            )

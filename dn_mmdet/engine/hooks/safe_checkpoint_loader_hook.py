@@ -1,10 +1,11 @@
 """Load the run's checkpoints with the project's weights-only loader."""
+
 import contextlib
 from typing import Optional
 
+from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
-from mmdet.registry import HOOKS
 from dn_mmdet.utils.compat import safe_checkpoint_loading
 
 

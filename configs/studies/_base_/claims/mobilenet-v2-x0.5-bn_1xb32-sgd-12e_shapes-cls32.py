@@ -21,17 +21,20 @@ model = dict(
         _delete_=True,
         type='MobileNetV2',
         widen_factor=0.5,
-        out_indices=(7, ),
+        out_indices=(7,),
         norm_cfg=dict(type='BN', eps=1e-3),
-        act_cfg=dict(type='ReLU6')),
+        act_cfg=dict(type='ReLU6'),
+    ),
     # mmpretrain keeps the last conv at 1280 channels below width 1.
-    head=dict(in_channels=1280))
+    head=dict(in_channels=1280),
+)
 
 # DenseNAS's input normalisation (ImageNet mean and std), not the shapes
 # detector's std 1: with pixel values of +-128 the stem conv's gradients
 # are ~60 times larger, and SGD at the recipe's lr left BN at chance.
 data_preprocessor = dict(
-    num_classes=5, mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
+    num_classes=5, mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]
+)
 
 data_root = 'data/shapes_cls32/'
 train_pipeline = [
@@ -40,7 +43,8 @@ train_pipeline = [
         type='RandomResizedCrop',
         scale=input_size,
         crop_ratio_range=(0.5, 1.0),
-        backend='pillow'),
+        backend='pillow',
+    ),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
@@ -58,7 +62,9 @@ train_dataloader = dict(
     dataset=dict(
         data_root=data_root,
         classes=data_root + 'meta/classes.txt',
-        pipeline=train_pipeline))
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=100,
     num_workers=0,
@@ -66,17 +72,17 @@ val_dataloader = dict(
     dataset=dict(
         data_root=data_root,
         classes=data_root + 'meta/classes.txt',
-        pipeline=test_pipeline))
+        pipeline=test_pipeline,
+    ),
+)
 test_dataloader = val_dataloader
 
 max_epochs = 12
 optim_wrapper = dict(
     optimizer=dict(
-        _delete_=True,
-        type='SGD',
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=4e-5))
+        _delete_=True, type='SGD', lr=0.1, momentum=0.9, weight_decay=4e-5
+    )
+)
 # A one-epoch linear warm-up (Goyal et al.), then the cosine: without it
 # the first steps at lr 0.1 blew BN's loss up to ~5 and left the network at
 # chance (top-1 20% after 5 epochs).
@@ -87,7 +93,8 @@ param_scheduler = [
         by_epoch=True,
         begin=0,
         end=1,
-        convert_to_iter_based=True),
+        convert_to_iter_based=True,
+    ),
     dict(
         type='CosineAnnealingLR',
         T_max=max_epochs - 1,
@@ -95,10 +102,12 @@ param_scheduler = [
         by_epoch=True,
         begin=1,
         end=max_epochs,
-        convert_to_iter_based=True)
+        convert_to_iter_based=True,
+    ),
 ]
 train_cfg = dict(max_epochs=max_epochs, val_interval=1)
 default_hooks = dict(
     logger=dict(interval=50),
     # The study reads the logs: no best checkpoint, one kept for resuming.
-    checkpoint=dict(interval=1, max_keep_ckpts=1, save_best=None))
+    checkpoint=dict(interval=1, max_keep_ckpts=1, save_best=None),
+)
