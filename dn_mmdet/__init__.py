@@ -19,11 +19,6 @@ from .version import __version__
 # operators its import needs. Does nothing where the extension loads.
 torchvision_compat.define_missing_ops()
 
-from . import (
-    datasets,  # noqa: F401,E402
-    engine,  # noqa: F401,E402
-    models,  # noqa: F401,E402
-    norm,  # noqa: F401,E402
-)
+from . import datasets, engine, models, norm  # noqa: E402,F401
 
 __all__ = ['__version__']

@@ -4,10 +4,13 @@
 # seeds a cell, each run to its plateau in a few CPU-minutes on one thread
 # (the base config says what is scaled).
 #
-#   python tools/misc/make_shapes_cls_dataset.py --out data/shapes_cls32 --size 32 --num-train 3000
-#   nice -n 15 python tools/analysis/norm_study.py configs/studies/norm_study_claims_shapes_cls32.py \
+#   python tools/misc/make_shapes_cls_dataset.py --out data/shapes_cls32 \
+#       --size 32 --num-train 3000
+#   nice -n 15 python tools/analysis/norm_study.py \
+#       configs/studies/norm_study_claims_shapes_cls32.py \
 #       --work-dir docs/studies/norm_study_claims_shapes_cls32
-#   python tools/analysis/norm_study_report.py docs/studies/norm_study_claims_shapes_cls32 \
+#   python tools/analysis/norm_study_report.py \
+#       docs/studies/norm_study_claims_shapes_cls32 \
 #       --claims docs/en/claims_study.md
 _base_ = ['./_base_/norms.py']
 

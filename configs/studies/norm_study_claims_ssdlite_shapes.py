@@ -4,7 +4,8 @@
 # each: bbox mAP mean and 95% interval. About 15-60 CPU-minutes a run.
 # Make the data first: python tools/misc/make_shapes_dataset.py
 #
-#   nice -n 15 python tools/analysis/norm_study.py configs/studies/norm_study_claims_ssdlite_shapes.py \
+#   nice -n 15 python tools/analysis/norm_study.py \
+#       configs/studies/norm_study_claims_ssdlite_shapes.py \
 #       --work-dir docs/studies/norm_study_claims_ssdlite_shapes
 _base_ = ['./_base_/norms.py']
 

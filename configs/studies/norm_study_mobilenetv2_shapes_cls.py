@@ -7,7 +7,8 @@
 # separates the normalisers in minutes where the detector needs hours.
 # Make the data first: python tools/misc/make_shapes_cls_dataset.py
 #
-#   python tools/analysis/norm_study.py configs/studies/norm_study_mobilenetv2_shapes_cls.py
+#   python tools/analysis/norm_study.py \
+#       configs/studies/norm_study_mobilenetv2_shapes_cls.py
 _base_ = ['./_base_/norms.py']
 
 base_config = 'configs/mobilenet_v2/mobilenet-v2-bn_1xb32-cpu_shapes-cls.py'

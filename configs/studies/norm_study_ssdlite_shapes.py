@@ -3,9 +3,11 @@
 # each normaliser in the backbone (the paper changes the backbone alone; the
 # extra layers and the head keep BN), at the recipe's batch 16 and at 4 and
 # 2 with the recipe's lr (the design of DN Table 4), and at 2.5x the lr with
-# batch 16 (Table 8). Make the data first: python tools/misc/make_shapes_dataset.py
+# batch 16 (Table 8). Make the data first:
+# python tools/misc/make_shapes_dataset.py
 #
-#   python tools/analysis/norm_study.py configs/studies/norm_study_ssdlite_shapes.py [--quick]
+#   python tools/analysis/norm_study.py \
+#       configs/studies/norm_study_ssdlite_shapes.py [--quick]
 _base_ = ['./_base_/norms.py']
 
 base_config = 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'

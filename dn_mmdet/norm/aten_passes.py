@@ -77,9 +77,9 @@ def centered_sums(
     """``sum_hw a * (x - center) * scale`` and ``sum_hw a`` per (n, c).
 
     ``center`` and ``scale`` are (N, C). Not differentiable: for fused
-    autograd nodes. On contiguous inputs this is ATen's batch-norm backward reduction
-    over the (1, N*C, H, W) views, asking only for its weight and bias
-    gradients, which are exactly these two sums: one vectorised pass over
+    autograd nodes. On contiguous inputs this is ATen's batch-norm backward
+    reduction over the (1, N*C, H, W) views, asking only for its weight and
+    bias gradients, which are exactly these two sums: one vectorised pass over
     ``a`` and ``x`` with no full-size temporary (``(a * x).sum()`` writes
     one, and on the CPU its allocation alone costs more than the pass).
     """

@@ -40,7 +40,8 @@ class DynamicNorm2d(BatchNormChildLayer):
       pooled over H and W, :math:`\mathrm{GAP}(X)`;
     * DN-C (``mode='C1'`` / ``'C2'``): shared by the batch,
       :math:`(\alpha, \lambda) \in \mathbb{R}^{C}` from
-      :math:`\mathrm{E}[X]` and :math:`\mathrm{Std}[X]=\sqrt{\mathrm{Var}[X]+\epsilon}`,
+      :math:`\mathrm{E}[X]` and
+      :math:`\mathrm{Std}[X]=\sqrt{\mathrm{Var}[X]+\epsilon}`,
       whose branches join after FC1 (C1) or FC2 (C2). The paper reports that
       DN-C does not train (NaN, DN Table 1).
 
@@ -79,7 +80,8 @@ class DynamicNorm2d(BatchNormChildLayer):
     Checkpoint keys (``<prefix>`` is e.g. ``conv.dn`` in a ConvModule)::
 
         <prefix>.bn.running_mean / running_var / num_batches_tracked
-        <prefix>.sc.fc1.weight (h, C) / fc1.bias (h,) / fc2.weight (2C, h/groups)
+        <prefix>.sc.fc1.weight (h, C) / fc1.bias (h,)
+        <prefix>.sc.fc2.weight (2C, h/groups)
         <prefix>.base_scale (C,) / base_shift (C,)
 
     Args:

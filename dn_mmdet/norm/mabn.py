@@ -181,8 +181,10 @@ class MABN2d(BatchNormAffineChildLayer):
 
     Checkpoint keys (``<p>`` is e.g. ``conv.mabn``)::
 
-        <p>.bn.weight / bias / running_var (C,) / running_mean (C,, zero)
-        <p>.bn.num_batches_tracked (t) / <p>.buffer_x2 (m, C) / buffer_gz (m, C)
+        <p>.bn.weight / bias / running_var (C,)
+        <p>.bn.running_mean (C,, zero)
+        <p>.bn.num_batches_tracked (t)
+        <p>.buffer_x2 (m, C) / <p>.buffer_gz (m, C)
 
     Args:
         num_features (int): Channels C.
@@ -317,7 +319,8 @@ class MABN2d(BatchNormAffineChildLayer):
                 f'= {self.window} iterations then averages '
                 f'{self.window * x.shape[0]} images, not real_batch_size='
                 f'{self.real_batch_size}. Set the norm_cfg batch_size to '
-                'train_dataloader.batch_size.'
+                'train_dataloader.batch_size.',
+                stacklevel=2,
             )
 
     # ------------------------------------------------------------------ #

@@ -73,7 +73,7 @@ class GroupedFC(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # The default init of nn.Conv2d / nn.Linear (kaiming uniform, a=sqrt(5)).
+        # nn.Conv2d's and nn.Linear's default: kaiming uniform, a=sqrt(5).
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
         if self.bias is not None:
             bound = 1 / (self.weight.shape[1] ** 0.5)

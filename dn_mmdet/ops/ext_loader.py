@@ -113,8 +113,9 @@ class CompiledExtension:
 
     :meth:`load` finds or builds it once per process and loads it, which
     registers its ops; afterwards :attr:`library` is its file and
-    :attr:`origin` says where it came from. A failure (no C++ compiler, say) warns once and is
-    remembered in :attr:`error`: the callers then use ATen's kernels.
+    :attr:`origin` says where it came from. A failure (no C++ compiler,
+    say) warns once and is remembered in :attr:`error`: the callers then
+    use ATen's kernels.
 
     Args:
         base_name (str): e.g. ``'dn_cpu'``.
@@ -142,7 +143,8 @@ class CompiledExtension:
                 warnings.warn(
                     f'dn_mmdet: could not build {self.description}, using '
                     f'ATen kernels instead ({self.error.splitlines()[0]}). '
-                    "Build DN layers with impl='composite' to skip trying."
+                    "Build DN layers with impl='composite' to skip trying.",
+                    stacklevel=2,
                 )
         return self.library is not None
 

@@ -1,4 +1,5 @@
-"""The SSDLite configs: they parse, build, and differ only where they should."""
+"""The SSDLite configs: they parse, build, and differ only where they
+should."""
 
 import glob
 import os.path as osp

@@ -107,7 +107,8 @@ def sizes():
 before = sizes()
 import dn_mmdet
 from mmcv.cnn import ConvModule
-model = ConvModule(3, 8, 3, norm_cfg=dict(type='DN'), act_cfg=dict(type='ReLU6'))
+model = ConvModule(3, 8, 3, norm_cfg=dict(type='DN'),
+                   act_cfg=dict(type='ReLU6'))
 model(torch.randn(2, 3, 8, 8)).sum().backward()
 with torch.no_grad():
     model.eval()(torch.randn(2, 3, 8, 8))

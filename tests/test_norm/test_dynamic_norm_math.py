@@ -46,11 +46,11 @@ def dn_formula(dn, x, training):
         var = dn.bn.running_var.double()
     x_tilde = (x - mean[:, None, None]) / (var[:, None, None] + eps).sqrt()
     if dn.mode == 'B':
-        a, l = sc_formula(dn, x.mean(dim=(2, 3)))
+        a, lam_sc = sc_formula(dn, x.mean(dim=(2, 3)))
     else:
         std = (var + eps).sqrt()
         if dn.mode == 'C1':
-            fc1, fc2 = dn.sc.fc1, dn.sc.fc2
+            fc1 = dn.sc.fc1
             pre = (
                 mean[None] @ fc1.weight.double().t()
                 + fc1.bias.double()
@@ -59,13 +59,13 @@ def dn_formula(dn, x, training):
             )
             hid = torch.sigmoid(pre)
             # fc2 applied to a given hidden vector, through the helper
-            a, l = sc_formula_from_hidden(dn, hid)
+            a, lam_sc = sc_formula_from_hidden(dn, hid)
         else:
             a1, l1 = sc_formula(dn, mean[None])
             a2, l2 = sc_formula(dn, std[None])
-            a, l = a1 + a2, l1 + l2
+            a, lam_sc = a1 + a2, l1 + l2
     alpha = a + dn.base_scale.double()
-    lam = l + dn.base_shift.double()
+    lam = lam_sc + dn.base_shift.double()
     return x_tilde * alpha[:, :, None, None] + lam[:, :, None, None]
 
 

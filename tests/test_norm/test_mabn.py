@@ -233,7 +233,7 @@ def test_eval_folds_into_the_conv():
         norm_cfg=dict(type='MABN', batch_size=2, real_batch_size=4),
         act_cfg=None,
     ).double()
-    for t in range(1, 4):
+    for _ in range(1, 4):
         block(torch.randn(2, 3, 6, 6, dtype=torch.float64))
     block.eval()
     x = torch.randn(3, 3, 6, 6, dtype=torch.float64)

@@ -20,7 +20,8 @@ def _cli(name):
 @pytest.mark.parametrize(
     'argv, message',
     [
-        # were a ValueError traceback, and the model's on a zero or negative size
+        # were a ValueError traceback, and the model's on a zero or
+        # negative size
         (
             [CONFIG, '--shape', '320', '320', '3'],
             '--shape takes 1 or 2 values (height [width]), got 3',

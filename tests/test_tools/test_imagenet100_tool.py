@@ -50,7 +50,7 @@ def make_tree(root, flat_val=False):
             _jpeg(osp.join(root, 'train', wnid, f'{wnid}_{i}.JPEG'), c * 10)
     val_labels = {}
     index = 1
-    for i in range(VAL_PER_CLASS):
+    for _ in range(VAL_PER_CLASS):
         for wnid in WNIDS:
             name = f'ILSVRC2012_val_{index:08d}.JPEG'
             folder = 'val' if flat_val else osp.join('val', wnid)

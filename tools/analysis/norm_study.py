@@ -1,9 +1,12 @@
 """Run a normaliser study: normalisers x batch sizes x lr multipliers x seeds.
 
-    python tools/analysis/norm_study.py configs/studies/norm_study_ssdlite_shapes.py
-    python tools/analysis/norm_study.py SPEC --quick            # the spec's 'quick' preset
-    python tools/analysis/norm_study.py SPEC --dry-run          # list the runs and commands
-    python tools/analysis/norm_study.py SPEC --report-only      # tables and plots of what is done
+    python tools/analysis/norm_study.py SPEC                # run (resumable)
+    python tools/analysis/norm_study.py SPEC --quick        # 'quick' preset
+    python tools/analysis/norm_study.py SPEC --dry-run      # list the runs
+    python tools/analysis/norm_study.py SPEC --report-only  # tables, plots
+
+``SPEC`` is a study config such as
+``configs/studies/norm_study_ssdlite_shapes.py``.
 
 The study tests the DN paper's comparative claims (Tables 1, 3, 4, 8 and
 Figure 3): DN-B against BN (and SE-BN, GN, SN, MABN) at the recipe's

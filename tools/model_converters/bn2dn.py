@@ -78,7 +78,7 @@ def main():
     try:
         checkpoint = load_from_local(args.src, map_location='cpu')
     except CHECKPOINT_ERRORS as err:
-        raise SystemExit(f'bn2dn: {err}')
+        raise SystemExit(f'bn2dn: {err}') from None
     if not isinstance(checkpoint, dict):
         raise SystemExit(
             f'bn2dn: {args.src} holds a {type(checkpoint)}, '

@@ -1,10 +1,12 @@
-# The base of the claims study (configs/studies/norm_study_claims_shapes_cls32.py):
+# The base of the claims study
+# (configs/studies/norm_study_claims_shapes_cls32.py):
 # the paper's stage-1 recipe scaled down until a run reaches its plateau in
 # a few CPU-minutes on one thread. What is scaled, and why:
 # - task: the embedded shape crops at 32x32 (5 classes, chance 20%),
 #   3,000 training crops, all 1,000 val crops;
 #   make them with
-#   python tools/misc/make_shapes_cls_dataset.py --out data/shapes_cls32 --size 32 --num-train 3000
+#   python tools/misc/make_shapes_cls_dataset.py --out data/shapes_cls32 \
+#       --size 32 --num-train 3000
 # - network: mmpretrain's MobileNetV2 at width 0.5 (the paper's network,
 #   half the channels; every conv's norm from norm_cfg, as in
 #   MobileNetV2DN), GAP, linear head;
