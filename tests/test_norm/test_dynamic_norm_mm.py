@@ -288,14 +288,20 @@ def test_fp16_input_with_large_values_does_not_overflow_statistics():
     torch.testing.assert_close(y_half.float(), y, rtol=1e-2, atol=1e-2)
 
 
-def test_convert_state_dict_rejects_unknown_norm_names():
-    with pytest.raises(ValueError, match='"layer.norm"'):
-        DynamicNorm2d.convert_batchnorm_state_dict(
-            {
-                'layer.norm.running_mean': torch.zeros(2),
-                'layer.norm.running_var': torch.ones(2),
-            }
-        )
+def test_convert_state_dict_keeps_names_mmcv_does_not_derive_from_bn():
+    # ``bn1`` is mmcv's name for a BN layer (``dn1`` for DN); ``norm`` is
+    # the model's own name and stays.
+    converted = DynamicNorm2d.convert_batchnorm_state_dict(
+        {
+            'layer.norm.running_mean': torch.zeros(2),
+            'layer.norm.running_var': torch.ones(2),
+            'layer.bn1.running_mean': torch.zeros(2),
+            'layer.bn1.running_var': torch.ones(2),
+        }
+    )
+    assert 'layer.norm.bn.running_var' in converted
+    assert 'layer.dn1.bn.running_var' in converted
+    assert not any(key.startswith('layer.bn1.') for key in converted)
 
 
 def mixed_model(seed=0):
