@@ -27,6 +27,22 @@ def _load_tool(path: str):
     return load_module(TOOLS / f'{path}.py', f'tools_{path.split("/")[-1]}')
 
 
+@pytest.fixture(autouse=True)
+def checkpoint_loaders_unchanged():
+    """Each test leaves mmengine's checkpoint loaders as it found them: the
+    project switches its loader on for a block or a run, never for the
+    process."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    before = dict(CheckpointLoader._schemes)
+    yield
+    after = dict(CheckpointLoader._schemes)
+    assert after == before, (
+        'the test left mmengine checkpoint loaders changed: '
+        f'{ {k: v for k, v in after.items() if before.get(k) is not v} }'
+    )
+
+
 @pytest.fixture(scope='session', autouse=True)
 def torch_threads():
     """One torch thread in this process, as in the tools' subprocesses

@@ -313,15 +313,17 @@ def load_from_local(filename: str, map_location=None) -> Any:
         ) from None
 
 
-@contextlib.contextmanager
-def safe_checkpoint_loading() -> Iterator[None]:
+class safe_checkpoint_loading:  # noqa: N801  (used as a function)
     """Make mmengine load plain checkpoint paths with
     :func:`load_from_local` inside the block.
 
     mmengine's own loader calls ``torch.load`` without allowing the globals
     its runner's checkpoints reference, so under torch's weights-only
     default it cannot resume them. The previous loader of plain paths is
-    put back on exit (blocks nest).
+    put back on exit (blocks nest). A plain object rather than a generator:
+    one that is entered and never exited (a run that stopped with an error)
+    puts nothing back when it is garbage-collected, long after other blocks
+    have restored the table.
 
     Example::
 
@@ -329,16 +331,20 @@ def safe_checkpoint_loading() -> Iterator[None]:
         with safe_checkpoint_loading():
             runner.train()
     """
-    previous = CheckpointLoader._schemes.get('')
-    # Plain paths (prefix ''), the scheme of mmengine's load_from_local.
-    CheckpointLoader.register_scheme(
-        prefixes='', loader=load_from_local, force=True
-    )
-    try:
-        yield
-    finally:
+
+    def __init__(self) -> None:
+        self._previous: Optional[Callable] = None
+
+    def __enter__(self) -> None:
+        self._previous = CheckpointLoader._schemes.get('')
+        # Plain paths (prefix ''), the scheme of mmengine's load_from_local.
+        CheckpointLoader.register_scheme(
+            prefixes='', loader=load_from_local, force=True
+        )
+
+    def __exit__(self, *exc_info) -> None:
         # register_scheme rebuilds the table, so look it up again.
-        if previous is None:
+        if self._previous is None:
             CheckpointLoader._schemes.pop('', None)
         else:
-            CheckpointLoader._schemes[''] = previous
+            CheckpointLoader._schemes[''] = self._previous

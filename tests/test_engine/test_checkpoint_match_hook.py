@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dn_mmdet.engine.hooks import CheckpointMatchHook, CheckpointMismatchError
+from dn_mmdet.utils import load_from_local, safe_checkpoint_loading
 
 DN = dict(type='DN', r=4)
 
@@ -26,7 +27,8 @@ def test_bn_checkpoint_into_dn_model_is_refused(tmp_path, toy, bn_checkpoint):
         custom_hooks=[CheckpointMatchHook()],
     )
     with pytest.raises(CheckpointMismatchError) as err:
-        runner.train()
+        with safe_checkpoint_loading():
+            runner.train()
     msg = str(err.value)
     assert f'Checkpoint {bn_checkpoint} does not fit the model' in msg
     assert 'nothing was loaded' in msg
@@ -55,8 +57,9 @@ def test_partial_load_on_request(tmp_path, toy, bn_checkpoint):
         load_from=str(bn_checkpoint),
         custom_hooks=[CheckpointMatchHook(allow_partial=True)],
     )
-    runner.load_or_resume()
-    saved = torch.load(bn_checkpoint)['state_dict']
+    with safe_checkpoint_loading():
+        runner.load_or_resume()
+    saved = load_from_local(bn_checkpoint)['state_dict']
     assert torch.equal(model.head.weight, saved['head.weight'])
 
 
@@ -74,7 +77,8 @@ def test_checkpoint_with_other_shapes_is_refused(tmp_path, toy):
     with pytest.raises(
         CheckpointMismatchError, match=r'head.weight \(5, 16\) vs \(2, 16\)'
     ):
-        runner.train()
+        with safe_checkpoint_loading():
+            runner.train()
 
 
 def _per_parameter_groups():
@@ -96,7 +100,8 @@ def test_resume_with_other_optimizer_groups_is_refused(
         custom_hooks=[CheckpointMatchHook()],
     )
     with pytest.raises(CheckpointMismatchError) as err:
-        runner.train()
+        with safe_checkpoint_loading():
+            runner.train()
     msg = str(err.value)
     assert f'Cannot resume from {bn_checkpoint}' in msg
     num_params = len(list(toy.ToyNet().parameters()))
@@ -117,7 +122,8 @@ def test_control_resume_with_other_groups_fails_in_torch(
         optim_wrapper=_per_parameter_groups(),
     )
     with pytest.raises(ValueError, match='parameter group') as err:
-        runner.train()
+        with safe_checkpoint_loading():
+            runner.train()
     assert str(bn_checkpoint) not in str(err.value)
 
 

@@ -78,6 +78,30 @@ def test_safe_checkpoint_loading_puts_the_previous_loader_back():
     assert CheckpointLoader._schemes[''] is compat.load_from_local
     hook.after_run(runner=None)
     assert CheckpointLoader._schemes[''] is previous
+    # Loading is over when a loop starts: the loader goes back then.
+    for loop_start in ('before_train', 'before_val', 'before_test'):
+        hook.before_run(runner=None)
+        assert CheckpointLoader._schemes[''] is compat.load_from_local
+        getattr(hook, loop_start)(runner=None)
+        assert CheckpointLoader._schemes[''] is previous
+        hook.after_run(runner=None)
+        assert CheckpointLoader._schemes[''] is previous
+
+
+def test_a_run_stopped_while_loading_puts_nothing_back_later():
+    # A run whose load raised never reaches the hook's put-back; the tool's
+    # block restores the table, and collecting the abandoned hook later
+    # must not write its stale "previous" loader back.
+    import gc
+
+    previous = CheckpointLoader._schemes['']
+    with compat.safe_checkpoint_loading():
+        hook = SafeCheckpointLoaderHook()
+        hook.before_run(runner=None)
+    assert CheckpointLoader._schemes[''] is previous
+    del hook
+    gc.collect()
+    assert CheckpointLoader._schemes[''] is previous
 
 
 _IMPORT_STATE = """
