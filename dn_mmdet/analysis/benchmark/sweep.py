@@ -162,8 +162,10 @@ def run_sweep(sweep, log=print):
                 env=env,
             )
             if proc.returncode != 0:
+                # Name the checkout only when two are compared.
+                which = f' ({tree})' if len(trees) > 1 else ''
                 raise WorkerError(
-                    f'benchmark worker ({tree}) {model} b{batch} {size} '
+                    f'benchmark worker{which} {model} b{batch} {size} '
                     f'{variants} failed:\n{proc.stderr[-3000:]}'
                 )
             results = json.loads(proc.stdout.strip().splitlines()[-1])
