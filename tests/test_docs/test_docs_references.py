@@ -214,3 +214,117 @@ def test_documented_tool_flags_are_accepted(load_tool, monkeypatch, capsys):
             if flag not in accepted
         ]
     assert not unknown, 'flags the tools do not accept:\n' + '\n'.join(unknown)
+
+
+# What the docs name from the package: dotted module paths and attributes
+# (`dn_mmdet.norm.fuse_norm_act`), registered ops (`dn_mmdet::moments`) and
+# environment variables (`DN_MMDET_VENV`). The changelog is history and may
+# name what is gone.
+DOTTED_RE = re.compile(r'(?<![\w/.:-])dn_mmdet(?:\.\w+)+')
+OP_RE = re.compile(r'dn_mmdet::(\w+)')
+ENV_RE = re.compile(r'\bDN_MMDET_[A-Z0-9_]+\b')
+CURRENT_PAGES = [p for p in PAGES if p.name != 'changelog.md']
+CODE_FILES = [
+    REPO / 'setup.py',
+    *(REPO / 'dn_mmdet').rglob('*.py'),
+    *(REPO / 'tools').rglob('*.py'),
+    *(REPO / 'tools').rglob('*.sh'),
+]
+
+
+def resolves(dotted):
+    """Whether ``a.b.c`` is a module, or an attribute of the longest
+    importable module before it."""
+    import importlib
+
+    parts = dotted.split('.')
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module('.'.join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_named_package_paths_and_ops_exist():
+    import torch
+
+    import dn_mmdet.ops
+
+    # The C++ ops register when their library loads; the composite ones on
+    # import.
+    dn_mmdet.ops.load_cpu_ops()
+    missing = []
+    for page in CURRENT_PAGES:
+        text = page.read_text()
+        where = page.relative_to(REPO)
+        missing += [
+            f'{where}: {name}'
+            for name in sorted(set(DOTTED_RE.findall(text)))
+            if not resolves(name)
+        ]
+        missing += [
+            f'{where}: dn_mmdet::{op}'
+            for op in sorted(set(OP_RE.findall(text)))
+            if not hasattr(torch.ops.dn_mmdet, op)
+        ]
+    assert not missing, 'the docs name what the package lacks:\n' + (
+        '\n'.join(missing)
+    )
+
+
+def test_named_environment_variables_are_read_by_the_code():
+    code = '\n'.join(p.read_text() for p in CODE_FILES)
+    unread = [
+        f'{page.relative_to(REPO)}: {name}'
+        for page in CURRENT_PAGES
+        for name in sorted(set(ENV_RE.findall(page.read_text())))
+        if name not in code
+    ]
+    assert not unread, 'the docs name variables nothing reads:\n' + (
+        '\n'.join(unread)
+    )
+
+
+def test_resolves_tells_a_removed_name():
+    assert resolves('dn_mmdet.norm.fuse_norm_act')
+    assert resolves('dn_mmdet.utils')
+    assert not resolves('dn_mmdet.norm.activation_fusion')
+    assert not resolves('dn_mmdet.norm.DynamicNorm2d.no_such_method')
+
+
+TROUBLESHOOTING = REPO / 'docs' / 'en' / 'troubleshooting.md'
+
+
+def rows_without_a_test(text):
+    """Rows of the page's message table whose last cell names no existing
+    ``tests/...py`` file."""
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith('| `') and line.rstrip().endswith('|')
+    ]
+    bad = []
+    for row in rows:
+        last = row.rstrip().rstrip('|').rsplit('|', 1)[-1]
+        named = re.findall(r'tests/[\w/]+\.py', last)
+        if not named or not all((REPO / n).is_file() for n in named):
+            bad.append(row[:80])
+    return rows, bad
+
+
+def test_troubleshooting_lists_only_messages_a_test_shows():
+    rows, bad = rows_without_a_test(TROUBLESHOOTING.read_text())
+    assert len(rows) >= 10
+    assert not bad, 'rows without an existing test:\n' + '\n'.join(bad)
+    # A row without its test, or naming a test file that is gone, counts.
+    planted = (
+        '| `Some message` | cause | fix | |\n'
+        '| `Other message` | cause | fix | `tests/test_gone.py` |\n'
+    )
+    assert len(rows_without_a_test(planted)[1]) == 2
