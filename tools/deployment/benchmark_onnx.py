@@ -1,0 +1,83 @@
+"""Latency of detectors in onnxruntime beside PyTorch's, measured side by
+side in one process (batch 1; the network: normalisation to the head's raw
+outputs).
+
+Example (DN-B against BN, the shapes size and 320 px, one thread and all)::
+
+    python tools/deployment/benchmark_onnx.py \\
+        configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py \\
+        configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py \\
+        --sizes 128 320 --threads 1 0
+
+The last config is the baseline of the ratios. Without ``--checkpoints``
+the models have their seeded initial weights (latency does not depend on
+the values: the network has no data-dependent control flow).
+"""
+import argparse
+import os.path as osp
+import sys
+import tempfile
+
+import torch
+
+import dn_mmdet  # noqa: F401  (registers everything)
+from dn_mmdet.deployment import (all_threads, benchmark_latency,
+                                 format_latency_table, load_detector)
+from dn_mmdet.utils.launch import load_config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line (``sys.argv[1:]`` when ``argv`` is None)."""
+    parser = argparse.ArgumentParser(
+        description='onnxruntime and PyTorch latency of detectors')
+    parser.add_argument('configs', nargs='+',
+                        help='detector configs; the last is the baseline')
+    parser.add_argument('--checkpoints', nargs='+',
+                        help='a checkpoint for each config')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 320],
+                        help='square input sizes (default 128 320)')
+    parser.add_argument('--threads', type=int, nargs='+', default=[1, 0],
+                        help='thread counts; 0 for every CPU (default 1 0)')
+    parser.add_argument('--repeats', type=int, default=30,
+                        help='timed rounds (default 30)')
+    parser.add_argument('--warmup', type=int, default=3,
+                        help='untimed rounds first (default 3)')
+    args = parser.parse_args(argv)
+    if args.checkpoints and len(args.checkpoints) != len(args.configs):
+        parser.error(f'{len(args.checkpoints)} --checkpoints for '
+                     f'{len(args.configs)} configs')
+    return args
+
+
+def _build(config: str, checkpoint):
+    from mmdet.apis import init_detector
+    cfg = load_config(config)
+    if checkpoint:
+        return load_detector(cfg, checkpoint)
+    torch.manual_seed(0)
+    return init_detector(cfg, None, device='cpu')
+
+
+def main(argv=None) -> list:
+    """Measure; print and return :func:`benchmark_latency`'s rows."""
+    args = parse_args(argv)
+    checkpoints = args.checkpoints or [None] * len(args.configs)
+    try:
+        detectors = {
+            osp.splitext(osp.basename(c))[0]: _build(c, ckpt)
+            for c, ckpt in zip(args.configs, checkpoints)
+        }
+        threads = [t or all_threads() for t in args.threads]
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = benchmark_latency(detectors, args.sizes, threads, tmp,
+                                     args.repeats, args.warmup)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'benchmark_onnx.py: error: {err}')
+    print(f'median latency (ms) of {args.repeats} rounds, batch 1, torch '
+          f'{torch.__version__}; ratio: over {list(detectors)[-1]}')
+    print(format_latency_table(rows))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
