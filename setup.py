@@ -6,6 +6,7 @@ installed torch, as mmcv's build does), DN's CPU kernel
 (``dn_mmdet/ops/csrc``) is compiled now, as mmcv compiles its ops; without
 torch, or with ``DN_MMDET_WITH_OPS=0``, it is compiled on first use instead.
 """
+
 import importlib.util
 import os
 import os.path as osp
@@ -44,8 +45,9 @@ def compiled_ops():
     except ImportError:
         return {}
     spec = importlib.util.spec_from_file_location(
-        'dn_mmdet_ext_loader', osp.join(HERE, 'dn_mmdet', 'ops',
-                                        'ext_loader.py'))
+        'dn_mmdet_ext_loader',
+        osp.join(HERE, 'dn_mmdet', 'ops', 'ext_loader.py'),
+    )
     ext_loader = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ext_loader)
     dn_cpu = ext_loader.ExtensionSpec('dn_cpu', 'csrc/dn_cpu.cpp')
@@ -53,9 +55,11 @@ def compiled_ops():
         name=f'dn_mmdet.ops.{dn_cpu.name}',
         sources=[osp.relpath(dn_cpu.source, HERE)],
         extra_compile_args=dn_cpu.cflags,
-        extra_link_args=dn_cpu.ldflags)
-    return dict(ext_modules=[extension],
-                cmdclass={'build_ext': BuildExtension})
+        extra_link_args=dn_cpu.ldflags,
+    )
+    return dict(
+        ext_modules=[extension], cmdclass={'build_ext': BuildExtension}
+    )
 
 
 setup(
@@ -69,12 +73,13 @@ setup(
     # no installed build fits.
     package_data={'dn_mmdet.ops': ['csrc/*.cpp']},
     python_requires='>=3.8',
-    install_requires=parse_requirements('runtime.txt') +
-    parse_requirements('mminstall.txt'),
+    install_requires=parse_requirements('runtime.txt')
+    + parse_requirements('mminstall.txt'),
     extras_require={
         'tests': parse_requirements('tests.txt'),
-        'deploy': parse_requirements('deploy.txt')
+        'deploy': parse_requirements('deploy.txt'),
     },
     license='Apache License 2.0',
     zip_safe=False,
-    **compiled_ops())
+    **compiled_ops(),
+)

@@ -1,27 +1,16 @@
 """Fixtures shared by the whole suite: the tools, the toy runner, and the
 embedded shapes data with the one way to shrink a shapes config."""
+
 # dn_mmdet first: it makes the registries' CUDA build of torchvision importable
 # beside CPU torch (dn_mmdet/utils/torchvision_compat.py), which
 # ``import mmdet.models`` needs now that mmpretrain is installed.
 import dn_mmdet  # noqa: F401, I001
-import importlib.util
-import os
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHAPES_CONFIGS = {
-    'bn': REPO / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py',
-    'dn': REPO / 'configs/ssdlite/'
-    'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py',
-    'sn': REPO / 'configs/ssdlite/ssdlite_mobilenetv2-sn_1xb16-cpu_shapes.py',
-    'mabn-cenconv': REPO / 'configs/ssdlite/'
-    'ssdlite_mobilenetv2-mabn-cenconv_1xb16-cpu_shapes.py',
-}
+from helpers import SHAPES_CONFIGS, TOOLS, load_module, subprocess_env
 
 
 def _load_tool(path: str):
@@ -30,19 +19,12 @@ def _load_tool(path: str):
     Registered in ``sys.modules`` (as ``tools_<stem>``) so that what it
     defines pickles, e.g. into the generator's worker processes.
     """
-    name = f'tools_{Path(path).stem}'
-    if name not in sys.modules:
-        # As when run as a script: its folder is importable (the shapes
-        # tools import the generator beside them).
-        folder = str((REPO / 'tools' / path).parent)
-        if folder not in sys.path:
-            sys.path.append(folder)
-        spec = importlib.util.spec_from_file_location(
-            name, REPO / 'tools' / f'{path}.py')
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    # As when run as a script: its folder is importable (the shapes tools
+    # import the generator beside them).
+    folder = str((TOOLS / path).parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return load_module(TOOLS / f'{path}.py', f'tools_{path.split("/")[-1]}')
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -86,6 +68,7 @@ def toy():
     """The toy runner module (tests/toy_runner.py): ``build_runner``,
     ``ToyNet``, ``InjectFault``, ..."""
     import toy_runner
+
     return toy_runner
 
 
@@ -95,7 +78,8 @@ def shapes_data(tmp_path_factory, shapes_generator) -> str:
     written once a session; the root of a COCO-format data set."""
     root = str(tmp_path_factory.mktemp('shapes'))
     shapes_generator.generate_shapes_dataset(
-        root, num_train=8, num_val=4, img_size=(64, 96))
+        root, num_train=8, num_val=4, img_size=(64, 96)
+    )
     return root
 
 
@@ -116,12 +100,14 @@ def shapes_options():
     first); a fixed seed in deterministic mode if ``seed`` is given; the
     training images resized to ``input_size``."""
 
-    def options(data_root,
-                max_epochs=2,
-                batch_size=2,
-                validate=True,
-                seed=None,
-                input_size=None):
+    def options(
+        data_root,
+        max_epochs=2,
+        batch_size=2,
+        validate=True,
+        seed=None,
+        input_size=None,
+    ):
         root = f'{data_root}/'
         opts = [
             f'experiment_name=test_{uuid.uuid4().hex[:8]}',
@@ -140,27 +126,37 @@ def shapes_options():
                 f'test_dataloader.dataset.data_root={root}',
                 f'val_evaluator.ann_file={ann}',
                 f'test_evaluator.ann_file={ann}',
-                'val_dataloader.batch_size=2', 'test_dataloader.batch_size=2',
-                'model.test_cfg.score_thr=0.0'
+                'val_dataloader.batch_size=2',
+                'test_dataloader.batch_size=2',
+                'model.test_cfg.score_thr=0.0',
             ]
         else:
             opts += [
-                f'{key}=None' for key in ('val_dataloader', 'val_cfg',
-                                          'val_evaluator', 'test_dataloader',
-                                          'test_cfg', 'test_evaluator')
+                f'{key}=None'
+                for key in (
+                    'val_dataloader',
+                    'val_cfg',
+                    'val_evaluator',
+                    'test_dataloader',
+                    'test_cfg',
+                    'test_evaluator',
+                )
             ] + ['default_hooks.checkpoint.save_best=None']
         for loader in loaders:
             opts += [
                 f'{loader}_dataloader.num_workers=0',
-                f'{loader}_dataloader.persistent_workers=False'
+                f'{loader}_dataloader.persistent_workers=False',
             ]
         if seed is not None:
             opts += [
-                f'randomness.seed={seed}', 'randomness.deterministic=True'
+                f'randomness.seed={seed}',
+                'randomness.deterministic=True',
             ]
         if input_size is not None:  # the Resize of the shapes pipeline
-            opts.append('train_dataloader.dataset.pipeline.2.scale='
-                        f'({input_size},{input_size})')
+            opts.append(
+                'train_dataloader.dataset.pipeline.2.scale='
+                f'({input_size},{input_size})'
+            )
         return opts
 
     return options
@@ -174,11 +170,16 @@ def shapes_cfg(train_tool, shapes_options):
 
     def build(kind, data_root, work_dir, *flags, **kwargs):
         kwargs.setdefault('validate', False)
-        args = train_tool.parse_args([
-            str(SHAPES_CONFIGS[kind]), '--work-dir',
-            str(work_dir), *flags, '--cfg-options',
-            *shapes_options(data_root, **kwargs)
-        ])
+        args = train_tool.parse_args(
+            [
+                str(SHAPES_CONFIGS[kind]),
+                '--work-dir',
+                str(work_dir),
+                *flags,
+                '--cfg-options',
+                *shapes_options(data_root, **kwargs),
+            ]
+        )
         return train_tool.build_config(args)
 
     return build
@@ -190,13 +191,7 @@ def tool_env():
     python found without activating it, no display, one thread a process
     (torch's default of one a core is several times slower on a busy 2-core
     machine)."""
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(
-        [str(REPO)] + [p for p in [env.get('PYTHONPATH')] if p])
-    env['DN_MMDET_VENV'] = sys.prefix
-    env.pop('DISPLAY', None)
-    env.setdefault('OMP_NUM_THREADS', '1')
-    return env
+    return subprocess_env()
 
 
 @pytest.fixture(scope='session')

@@ -12,6 +12,7 @@ values (as ``CocoMetric``), so checkpoints hold the numpy types
 Tests get this module through the ``toy`` fixture (tests/conftest.py);
 a subprocess imports it by name, with the fixture's folder on its path.
 """
+
 import random
 import uuid
 
@@ -39,7 +40,7 @@ class ToyDataset(Dataset):
     def __init__(self, n: int = 8, size: int = 8) -> None:
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(n, 3, size, size, generator=g)
-        self.y = torch.randint(0, 2, (n, ), generator=g)
+        self.y = torch.randint(0, 2, (n,), generator=g)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -61,7 +62,8 @@ class ToyNet(BaseModel):
         super().__init__()
         self.backbone = nn.Sequential(
             ConvModule(3, 8, 3, padding=1, norm_cfg=norm_cfg),
-            ConvModule(8, 16, 3, stride=2, padding=1, norm_cfg=norm_cfg))
+            ConvModule(8, 16, 3, stride=2, padding=1, norm_cfg=norm_cfg),
+        )
         self.head = nn.Linear(16, 2)
 
     def forward(self, inputs, labels=None, mode='loss'):
@@ -77,13 +79,15 @@ class ToyMetric(BaseMetric):
     def process(self, data_batch, data_samples):
         for s in data_samples:
             self.results.append(
-                (F.cross_entropy(s['logits'], s['label']).item(),
-                 int(s['logits'].argmax() == s['label'])))
+                (
+                    F.cross_entropy(s['logits'], s['label']).item(),
+                    int(s['logits'].argmax() == s['label']),
+                )
+            )
 
     def compute_metrics(self, results):
         loss, correct = np.array(results).T
-        return dict(
-            xent=np.float64(loss.mean()), acc=np.int64(correct.sum()))
+        return dict(xent=np.float64(loss.mean()), acc=np.int64(correct.sum()))
 
 
 class InjectFault(Hook):
@@ -101,11 +105,13 @@ class InjectFault(Hook):
 
     priority = 'HIGHEST'
 
-    def __init__(self,
-                 module: str,
-                 at_iter: int,
-                 where: str = 'output',
-                 value: float = float('nan')) -> None:
+    def __init__(
+        self,
+        module: str,
+        at_iter: int,
+        where: str = 'output',
+        value: float = float('nan'),
+    ) -> None:
         self.module, self.at_iter = module, at_iter
         self.where, self.value = where, value
         self.fired = 0
@@ -146,21 +152,23 @@ class InjectFault(Hook):
             raise ValueError(self.where)
 
 
-def build_runner(work_dir,
-                 model=None,
-                 max_epochs: int = 2,
-                 n: int = 8,
-                 batch_size: int = 4,
-                 img_size: int = 8,
-                 drop_last: bool = False,
-                 num_workers: int = 0,
-                 persistent_workers: bool = False,
-                 lr: float = 0.1,
-                 validate: bool = False,
-                 seed: int = 0,
-                 epoch_seed_hook: bool = True,
-                 checkpoint: dict = None,
-                 **kwargs) -> Runner:
+def build_runner(
+    work_dir,
+    model=None,
+    max_epochs: int = 2,
+    n: int = 8,
+    batch_size: int = 4,
+    img_size: int = 8,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    persistent_workers: bool = False,
+    lr: float = 0.1,
+    validate: bool = False,
+    seed: int = 0,
+    epoch_seed_hook: bool = True,
+    checkpoint: dict = None,
+    **kwargs,
+) -> Runner:
     """A Runner training ``model`` (a :class:`ToyNet` by default) on
     :class:`ToyDataset`: ``n / batch_size`` iterations an epoch, a
     checkpoint every epoch (two kept, written atomically), validation every
@@ -173,39 +181,48 @@ def build_runner(work_dir,
         batch_size=batch_size,
         drop_last=drop_last,
         num_workers=num_workers,
-        persistent_workers=persistent_workers)
+        persistent_workers=persistent_workers,
+    )
     default_hooks = dict(
+        # As configs/_base_/default_runtime.py: resume and load_from read
+        # mmengine's checkpoints with dn_mmdet's weights-only loader.
+        safe_checkpoint_loader=dict(type='SafeCheckpointLoaderHook'),
         logger=dict(type='LoggerHook', interval=1),
-        checkpoint=checkpoint or dict(
+        checkpoint=checkpoint
+        or dict(
             type='CheckpointHook',
             interval=1,
             max_keep_ckpts=2,
-            backend_args=dict(backend='atomic_local')))
+            backend_args=dict(backend='atomic_local'),
+        ),
+    )
     if epoch_seed_hook:
         default_hooks['epoch_seed'] = dict(type='EpochSeedHook')
     if validate:
         default_hooks['checkpoint'].update(save_best='xent', rule='less')
         kwargs.update(
             val_dataloader=dict(
-                loader, sampler=dict(type='DefaultSampler', shuffle=False)),
+                loader, sampler=dict(type='DefaultSampler', shuffle=False)
+            ),
             val_evaluator=[ToyMetric()],
-            val_cfg=dict())
-    kwargs.setdefault('train_cfg',
-                      dict(by_epoch=True, max_epochs=max_epochs))
-    kwargs.setdefault('optim_wrapper',
-                      dict(optimizer=dict(type='SGD', lr=lr, momentum=0.9)))
+            val_cfg=dict(),
+        )
+    kwargs.setdefault('train_cfg', dict(by_epoch=True, max_epochs=max_epochs))
+    kwargs.setdefault(
+        'optim_wrapper', dict(optimizer=dict(type='SGD', lr=lr, momentum=0.9))
+    )
     return Runner(
         model=model if model is not None else dict(type='ToyNet'),
         work_dir=str(work_dir),
         train_dataloader=loader,
         param_scheduler=[
             dict(type='LinearLR', start_factor=0.3, by_epoch=False, end=3),
-            dict(type='MultiStepLR', milestones=[2], by_epoch=True)
+            dict(type='MultiStepLR', milestones=[2], by_epoch=True),
         ],
         default_hooks=default_hooks,
         randomness=dict(seed=seed, deterministic=True),
         default_scope='mmdet',
         # Unique: runners made in the same second would share a logger.
         experiment_name=f'toy_{uuid.uuid4().hex[:8]}',
-        **kwargs)
-
+        **kwargs,
+    )

@@ -35,6 +35,8 @@ $PIP install -q --no-deps "$TORCHVISION_SPEC"
 MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} $PIP install --no-build-isolation \
   -r requirements/mminstall.txt -r requirements/runtime.txt -r requirements/tests.txt
 $PIP install -q --no-build-isolation --no-deps -e .
+# The docs site is built by the test suite (tests/test_docs).
+$PIP install -q -r requirements/docs.txt
 "$VENV/bin/python" -c "import dn_mmdet, mmcv, mmdet, mmengine, mmpretrain, torch; \
 import mmdet.models, mmpretrain.models; from mmcv.ops import nms; \
 print('[setup_env] torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, \

@@ -16,6 +16,7 @@ whose ``default_scope`` is 'mmpretrain'). ``--out`` adds mmdet's
 ``VisualizationHook``), which saves the images under
 ``<work_dir>/<timestamp>/<show_dir>`` (or ``show_dir`` itself if absolute).
 """
+
 import argparse
 import os
 import sys
@@ -27,39 +28,51 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 
 import dn_mmdet  # noqa: E402,F401  (registers everything)
-from dn_mmdet.utils.launch import (CfgOptionsAction, check_file,  # noqa: E402
-                                   default_work_dir, load_config,
-                                   setup_cpu_distributed)
+from dn_mmdet.utils.compat import safe_checkpoint_loading  # noqa: E402
+from dn_mmdet.utils.launch import (
+    CHECKPOINT_ERRORS,  # noqa: E402
+    CfgOptionsAction,
+    check_file,
+    default_work_dir,
+    load_config,
+    setup_cpu_distributed,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse the command line (``sys.argv[1:]`` when ``argv`` is None)."""
     parser = argparse.ArgumentParser(
-        description='Test (and evaluate) a detector checkpoint')
+        description='Test (and evaluate) a detector checkpoint'
+    )
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument(
         '--work-dir',
         help='the dir to save evaluation results and logs '
-        '(default: work_dirs/<config name>)')
+        '(default: work_dirs/<config name>)',
+    )
     parser.add_argument(
         '--out',
-        help='dump the predictions to this pickle file (.pkl / .pickle)')
+        help='dump the predictions to this pickle file (.pkl / .pickle)',
+    )
     parser.add_argument(
         '--show-dir',
         help='save painted predictions here (relative paths are under '
-        '<work_dir>/<timestamp>/)')
+        '<work_dir>/<timestamp>/)',
+    )
     parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=CfgOptionsAction,
         help='override config settings, KEY=VALUE pairs, e.g. '
-        'test_dataloader.batch_size=1; no spaces in a pair')
+        'test_dataloader.batch_size=1; no spaces in a pair',
+    )
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
-        help='job launcher')
+        help='job launcher',
+    )
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
@@ -91,7 +104,8 @@ def build_config(args: argparse.Namespace):
         if not hooks.get('visualization'):
             raise RuntimeError(
                 f'--show-dir needs default_hooks.visualization (e.g. '
-                f"dict(type='DetVisualizationHook')) in {args.config}.")
+                f"dict(type='DetVisualizationHook')) in {args.config}."
+            )
         if _is_detector(cfg):
             hooks.visualization.draw = True
             hooks.visualization.test_out_dir = args.show_dir
@@ -121,6 +135,7 @@ def main(argv=None) -> dict:
     from mmengine.evaluator import DumpResults
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+
     if 'runner_type' in cfg:
         runner = RUNNERS.build(cfg)
     else:
@@ -128,7 +143,11 @@ def main(argv=None) -> dict:
     if args.out is not None:
         dump = DumpDetResults if _is_detector(cfg) else DumpResults
         runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
-    metrics = runner.test()
+    with safe_checkpoint_loading():
+        try:
+            metrics = runner.test()
+        except CHECKPOINT_ERRORS as err:  # names the file and what to do
+            sys.exit(f'tools/test.py: error: {err}')
 
     if runner.rank == 0:
         width = max((len(key) for key in metrics), default=0)
@@ -136,15 +155,17 @@ def main(argv=None) -> dict:
         for key, value in metrics.items():
             print(f'  {key:<{width}}  {value}')
         if 'coco/bbox_mAP' in metrics:
-            print(f"bbox mAP: {metrics['coco/bbox_mAP']:.4f}")
+            print(f'bbox mAP: {metrics["coco/bbox_mAP"]:.4f}')
         elif 'accuracy/top1' in metrics:  # mmpretrain reports percentages
-            print(f"top-1 accuracy: {metrics['accuracy/top1']:.2f}%")
+            print(f'top-1 accuracy: {metrics["accuracy/top1"]:.2f}%')
         elif not metrics:
             # mmdet's CocoMetric returns nothing when no box was predicted
             # (pycocotools cannot load an empty result); that is mAP 0.
             score_thr = cfg.model.get('test_cfg', {}).get('score_thr')
-            print('bbox mAP: 0.0000 (no detection scored above '
-                  f'model.test_cfg.score_thr={score_thr})')
+            print(
+                'bbox mAP: 0.0000 (no detection scored above '
+                f'model.test_cfg.score_thr={score_thr})'
+            )
     return metrics
 
 

@@ -12,61 +12,79 @@ Examples::
 directory (and starts from scratch if there is none); with a path it
 continues from that checkpoint.
 """
+
 import argparse
+import contextlib
 import logging
 import os
 import pickle
 import sys
 
+from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.device import get_device
 from mmengine.logging import print_log
 
-from mmdet.utils import setup_cache_size_limit_of_dynamo
-
 import dn_mmdet  # noqa: F401  (registers everything, whatever the config)
-from dn_mmdet.utils.launch import (CfgOptionsAction, check_file,
-                                   checkpoint_seed, cpu_has_native_bf16,
-                                   default_work_dir, find_resume_checkpoint,
-                                   load_config, setup_cpu_distributed)
+from dn_mmdet.utils.compat import safe_checkpoint_loading
+from dn_mmdet.utils.launch import (
+    CHECKPOINT_ERRORS,
+    CfgOptionsAction,
+    check_file,
+    checkpoint_seed,
+    cpu_has_native_bf16,
+    default_work_dir,
+    find_resume_checkpoint,
+    is_main_process,
+    load_config,
+    setup_cpu_distributed,
+)
+from dn_mmdet.utils.work_dir_lock import WorkDirInUseError, WorkDirLock
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse the command line (``sys.argv[1:]`` when ``argv`` is None)."""
     parser = argparse.ArgumentParser(
-        description='Train a detector (mmdet) or classifier (mmpretrain)')
+        description='Train a detector (mmdet) or classifier (mmpretrain)'
+    )
     parser.add_argument('config', help='train config file path')
     parser.add_argument(
         '--work-dir',
         help='the dir to save logs and models '
-        '(default: work_dirs/<config name>)')
+        '(default: work_dirs/<config name>)',
+    )
     parser.add_argument(
         '--amp',
         action='store_true',
         help='automatic mixed precision: fp16 with dynamic loss scaling on '
-        'a GPU, bf16 autocast on the CPU')
+        'a GPU, bf16 autocast on the CPU',
+    )
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
         help='scale the lr by the total batch size over '
-        'auto_scale_lr.base_batch_size')
+        'auto_scale_lr.base_batch_size',
+    )
     parser.add_argument(
         '--resume',
         nargs='?',
         type=str,
         const='auto',
         help='resume from the given checkpoint or, without a path, from the '
-        'latest checkpoint in the work dir')
+        'latest checkpoint in the work dir',
+    )
     parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=CfgOptionsAction,
         help='override config settings, KEY=VALUE pairs, e.g. '
-        'train_dataloader.batch_size=8 or "key=[a,b]"; no spaces in a pair')
+        'train_dataloader.batch_size=8 or "key=[a,b]"; no spaces in a pair',
+    )
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
-        help='job launcher')
+        help='job launcher',
+    )
     # torch.distributed.launch passes --local-rank (torch >= 2.0).
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
@@ -110,7 +128,8 @@ def build_config(args: argparse.Namespace):
                     'AMX), so bf16 autocast trains several times slower '
                     'than float32 here; drop --amp unless you need bf16.',
                     logger='current',
-                    level=logging.WARNING)
+                    level=logging.WARNING,
+                )
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
@@ -119,7 +138,8 @@ def build_config(args: argparse.Namespace):
         if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
             raise RuntimeError(
                 f'--auto-scale-lr needs auto_scale_lr.base_batch_size (the '
-                f'total batch size the lr is set for) in {args.config}.')
+                f'total batch size the lr is set for) in {args.config}.'
+            )
         cfg.auto_scale_lr.enable = True
 
     if args.resume is not None:
@@ -141,7 +161,8 @@ def _resume_checkpoint(resume: str, work_dir: str):
                 f'--resume: no checkpoint in {work_dir}; training from '
                 'scratch.',
                 logger='current',
-                level=logging.WARNING)
+                level=logging.WARNING,
+            )
         return found
     if '://' in resume:  # a URL, fetched by mmengine
         return resume
@@ -170,17 +191,35 @@ def main(argv=None):
     try:
         cfg = build_config(args)
         setup_cpu_distributed(cfg, args.launcher)
-    except (FileNotFoundError, ValueError, RuntimeError,
-            pickle.UnpicklingError) as err:
+    except (
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+        pickle.UnpicklingError,
+    ) as err:
+        sys.exit(f'tools/train.py: error: {err}')
+
+    # One run per work dir, held until this process ends; the other ranks
+    # of a distributed run share the work dir of rank 0.
+    lock = WorkDirLock(cfg.work_dir) if is_main_process() else None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except WorkDirInUseError as err:
         sys.exit(f'tools/train.py: error: {err}')
 
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
-    runner.train()
+
+    with lock or contextlib.nullcontext(), safe_checkpoint_loading():
+        if 'runner_type' in cfg:
+            runner = RUNNERS.build(cfg)
+        else:
+            runner = Runner.from_cfg(cfg)
+        try:
+            runner.train()
+        except CHECKPOINT_ERRORS as err:  # load_from / resume: named file
+            sys.exit(f'tools/train.py: error: {err}')
 
 
 if __name__ == '__main__':

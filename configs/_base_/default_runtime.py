@@ -5,6 +5,9 @@ default_scope = 'mmdet'
 custom_imports = dict(imports=['dn_mmdet'], allow_failed_imports=False)
 
 default_hooks = dict(
+    # Checkpoints load with dn_mmdet's weights-only loader during the run
+    # (mmengine's own cannot read its checkpoints under torch's default).
+    safe_checkpoint_loader=dict(type='SafeCheckpointLoaderHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
@@ -18,7 +21,8 @@ default_hooks = dict(
         save_last=True,
         # dn_mmdet.utils.atomic_backend: temp file + fsync + os.replace, so an
         # interrupted write never leaves a truncated checkpoint.
-        backend_args=dict(backend='atomic_local')),
+        backend_args=dict(backend='atomic_local'),
+    ),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     # Seeds random/numpy/torch with f(seed, epoch, rank) before each epoch
     # (mmengine does not restore augmentation RNG state on resume). A default
@@ -31,7 +35,11 @@ default_hooks = dict(
     # load_from / resume / tools/test.py refuse a checkpoint of another
     # model; allow_partial=True loads what matches (mmengine's default).
     checkpoint_match=dict(type='CheckpointMatchHook', allow_partial=False),
-    visualization=dict(type='DetVisualizationHook'))
+    # DN applies the clamp of its ConvModule in its own output pass, where
+    # that provably computes the same (dn_mmdet.norm.fuse_norm_act).
+    fuse_norm_act=dict(type='FuseNormActHook'),
+    visualization=dict(type='DetVisualizationHook'),
+)
 
 env_cfg = dict(
     cudnn_benchmark=False,
@@ -42,7 +50,8 @@ env_cfg = dict(
 
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(
-    type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+    type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer'
+)
 log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
 
 log_level = 'INFO'

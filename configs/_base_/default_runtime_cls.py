@@ -10,10 +10,15 @@ default_hooks = dict(
     checkpoint=dict(save_best='auto'),
     # dn_mmdet's hooks live in mmdet's registry; the scope prefix finds them
     # from the mmpretrain scope.
+    safe_checkpoint_loader=dict(type='mmdet.SafeCheckpointLoaderHook'),
     epoch_seed=dict(type='mmdet.EpochSeedHook'),
     nonfinite_check=dict(type='mmdet.NonFiniteCheckHook'),
     norm_input_check=dict(type='mmdet.NormInputCheckHook'),
     checkpoint_match=dict(type='mmdet.CheckpointMatchHook'),
-    visualization=dict(type='VisualizationHook', enable=False))
+    # DN applies the clamp of its ConvModule in its own output pass, where
+    # that provably computes the same (dn_mmdet.norm.fuse_norm_act).
+    fuse_norm_act=dict(type='mmdet.FuseNormActHook'),
+    visualization=dict(type='VisualizationHook', enable=False),
+)
 
 visualizer = dict(type='UniversalVisualizer')

@@ -11,7 +11,7 @@ model = dict(head=dict(num_classes=5))
 # The detector's normalisation (FNA: mean subtraction, std 1), not
 # DenseNAS's: a DN-B stem's SC-Module then sees in the detector the input
 # scale it was trained on (BN layers do not care, they are scale-invariant).
-data_preprocessor = dict(num_classes=5, std=[1., 1., 1.])
+data_preprocessor = dict(num_classes=5, std=[1.0, 1.0, 1.0])
 
 dataset_type = 'CustomDataset'
 data_root = 'data/shapes_cls/'
@@ -21,7 +21,8 @@ train_pipeline = [
         type='RandomResizedCrop',
         scale=input_size,
         crop_ratio_range=(0.5, 1.0),
-        backend='pillow'),
+        backend='pillow',
+    ),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
@@ -39,7 +40,9 @@ train_dataloader = dict(
         ann_file='meta/train.txt',
         data_prefix='',
         classes=data_root + 'meta/classes.txt',
-        pipeline=train_pipeline))
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=64,
     num_workers=1,
@@ -48,11 +51,13 @@ val_dataloader = dict(
         ann_file='meta/val.txt',
         data_prefix='',
         classes=data_root + 'meta/classes.txt',
-        pipeline=test_pipeline))
+        pipeline=test_pipeline,
+    ),
+)
 # No separate test split: tools/test.py reports top-1 on the val split.
 test_dataloader = val_dataloader
 # Five classes: top-5 would always be 100%.
-val_evaluator = dict(topk=(1, ))
+val_evaluator = dict(topk=(1,))
 test_evaluator = val_evaluator
 
 max_epochs = 6
@@ -62,11 +67,10 @@ max_epochs = 6
 # (Adam moves every SC weight by ~lr a step, whatever its gradient); 2e-3
 # learns with both (README, "Stage 1 on the CPU").
 optim_wrapper = dict(
-    optimizer=dict(
-        _delete_=True, type='AdamW', lr=2e-3, weight_decay=1e-4))
+    optimizer=dict(_delete_=True, type='AdamW', lr=2e-3, weight_decay=1e-4)
+)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
-         end=50),
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
     dict(
         type='CosineAnnealingLR',
         T_max=max_epochs,
@@ -74,7 +78,8 @@ param_scheduler = [
         by_epoch=True,
         begin=0,
         end=max_epochs,
-        convert_to_iter_based=True)
+        convert_to_iter_based=True,
+    ),
 ]
 train_cfg = dict(max_epochs=max_epochs, val_interval=1)
 auto_scale_lr = dict(base_batch_size=32)

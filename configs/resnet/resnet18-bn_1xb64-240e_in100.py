@@ -14,4 +14,7 @@ model = dict(
     head=dict(
         num_classes=100,
         loss=dict(
-            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original')))
+            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'
+        ),
+    )
+)

@@ -13,4 +13,7 @@ model = dict(
             type='Pretrained',
             checkpoint='work_dirs/mobilenet-v2-bn_1xb32-cpu_shapes-cls/'
             'epoch_6.pth',
-            prefix='backbone.')))
+            prefix='backbone.',
+        )
+    )
+)

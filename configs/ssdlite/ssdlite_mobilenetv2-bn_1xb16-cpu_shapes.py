@@ -18,18 +18,21 @@ model = dict(
             strides=[16, 32, 64, 128, 128, 128],
             ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
             min_sizes=[13, 26, 49, 72, 95, 118],
-            max_sizes=[26, 49, 72, 95, 118, 141]),
+            max_sizes=[26, 49, 72, 95, 118, 141],
+        ),
         # FNA normalises the class logits, so only the norm's shift can set
         # the background offset, and AdamW moves it ~lr a step: from FNA's
         # zero init it takes the whole short schedule (see FNASSDLiteHead).
         # Start every anchor as background with probability 0.99 instead.
-        cls_prior_prob=0.01),
+        cls_prior_prob=0.01,
+    ),
     # At 128 px, SSD's IoU >= 0.5 matching finds no anchor for 54% of the
     # shapes (they get only the forced best match): 0.93 positives an object
     # on average; at 0.4 it is 2.5, so a short CPU run learns from 2.7x as
     # many positives (first version of the shapes data, val split; mAP after
     # 4 of 6 epochs 0.028 vs 0.015).
-    train_cfg=dict(assigner=dict(pos_iou_thr=0.4, neg_iou_thr=0.4)))
+    train_cfg=dict(assigner=dict(pos_iou_thr=0.4, neg_iou_thr=0.4)),
+)
 
 dataset_type = 'ShapesDataset'
 data_root = 'data/shapes/'
@@ -42,7 +45,7 @@ train_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=(input_size, input_size), keep_ratio=False),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
+    dict(type='PackDetInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -50,8 +53,14 @@ test_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True),
     dict(
         type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor'))
+        meta_keys=(
+            'img_id',
+            'img_path',
+            'ori_shape',
+            'img_shape',
+            'scale_factor',
+        ),
+    ),
 ]
 # One loader process beside the main one: the machine has two cores.
 # Non-persistent workers restart each epoch, so EpochSeedHook can reseed
@@ -67,7 +76,9 @@ train_dataloader = dict(
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='train/'),
         filter_cfg=dict(filter_empty_gt=True, min_size=8),
-        pipeline=train_pipeline))
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=16,
     num_workers=1,
@@ -77,7 +88,9 @@ val_dataloader = dict(
         data_root=data_root,
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='val/'),
-        pipeline=test_pipeline))
+        pipeline=test_pipeline,
+    ),
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
@@ -85,9 +98,7 @@ test_evaluator = val_evaluator
 max_epochs = 20
 train_cfg = dict(max_epochs=max_epochs, val_interval=2)
 param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
-        end=100),
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=100),
     dict(
         type='CosineAnnealingLR',
         begin=0,
@@ -95,7 +106,8 @@ param_scheduler = [
         T_max=max_epochs,
         by_epoch=True,
         convert_to_iter_based=True,
-        eta_min=0)
+        eta_min=0,
+    ),
 ]
 # AdamW at 5e-3 learned fastest from scratch of 2.5e-3, 5e-3 and 1e-2
 # (6-epoch runs, mAP 0.006 / 0.015 / 0.000 after 4 epochs).
@@ -103,7 +115,8 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=5e-3, weight_decay=1e-4),
-    paramwise_cfg=dict(norm_decay_mult=0.))
+    paramwise_cfg=dict(norm_decay_mult=0.0),
+)
 auto_scale_lr = dict(base_batch_size=16)
 
 default_hooks = dict(
@@ -111,4 +124,5 @@ default_hooks = dict(
     # After 2 warm-up and 10 measured iterations (or a minute), one log line
     # with the run's expected duration: the main job takes 14 min on an idle
     # 2-core machine and about 50 on a slower one.
-    expected_duration=dict(type='ExpectedDurationHook'))
+    expected_duration=dict(type='ExpectedDurationHook'),
+)

@@ -3,7 +3,8 @@
 _base_ = [
     '../_base_/models/ssdlite_mobilenetv2_fna.py',
     '../_base_/datasets/coco_detection_ssdlite.py',
-    '../_base_/schedules/rmsprop_30e.py', '../_base_/default_runtime.py'
+    '../_base_/schedules/rmsprop_30e.py',
+    '../_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['dn_mmdet'], allow_failed_imports=False)
 
@@ -18,4 +19,6 @@ default_hooks = dict(
         interval=1,
         max_keep_ckpts=3,
         save_best='coco/bbox_mAP',
-        rule='greater'))
+        rule='greater',
+    )
+)

@@ -10,4 +10,7 @@ model = dict(
             type='Pretrained',
             checkpoint='work_dirs/mobilenet-v2-dnb-r16-goup_1xb32-cpu_'
             'shapes-cls/epoch_6.pth',
-            prefix='backbone.')))
+            prefix='backbone.',
+        )
+    )
+)

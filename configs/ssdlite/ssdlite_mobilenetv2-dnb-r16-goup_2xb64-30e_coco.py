@@ -5,4 +5,6 @@ _base_ = './ssdlite_mobilenetv2-bn_2xb64-30e_coco.py'
 
 model = dict(
     backbone=dict(
-        norm_cfg=dict(_delete_=True, type='DN', r=16, g='oup', eps=1e-3)))
+        norm_cfg=dict(_delete_=True, type='DN', r=16, g='oup', eps=1e-3)
+    )
+)

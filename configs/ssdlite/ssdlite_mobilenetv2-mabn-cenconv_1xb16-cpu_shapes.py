@@ -10,4 +10,6 @@ _base_ = './ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
 model = dict(
     backbone=dict(
         conv_cfg=dict(type='CenConv'),
-        norm_cfg=dict(type='MABN', batch_size=16, real_batch_size=32)))
+        norm_cfg=dict(type='MABN', batch_size=16, real_batch_size=32),
+    )
+)

@@ -8,4 +8,6 @@ _base_ = './ssdlite_mobilenetv2-bn_2xb64-30e_coco.py'
 model = dict(
     backbone=dict(
         conv_cfg=dict(type='CenConv'),
-        norm_cfg=dict(type='MABN', batch_size=64, real_batch_size=64)))
+        norm_cfg=dict(type='MABN', batch_size=64, real_batch_size=64),
+    )
+)

@@ -7,7 +7,8 @@
 # separates the normalisers in minutes where the detector needs hours.
 # Make the data first: python tools/misc/make_shapes_cls_dataset.py
 #
-#   python tools/analysis/norm_study.py configs/studies/norm_study_mobilenetv2_shapes_cls.py
+#   python tools/analysis/norm_study.py \
+#       configs/studies/norm_study_mobilenetv2_shapes_cls.py
 _base_ = ['./_base_/norms.py']
 
 base_config = 'configs/mobilenet_v2/mobilenet-v2-bn_1xb32-cpu_shapes-cls.py'
@@ -45,5 +46,7 @@ cfg_options = {
 
 presets = dict(
     # A check of the pipeline (3 runs, a few minutes), not evidence.
-    quick=dict(norms=['bn', 'dnb-r16-goup'], batch_sizes=[32], lr_mults=[1],
-               seeds=[0]), )
+    quick=dict(
+        norms=['bn', 'dnb-r16-goup'], batch_sizes=[32], lr_mults=[1], seeds=[0]
+    ),
+)

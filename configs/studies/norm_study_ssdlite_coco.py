@@ -4,7 +4,8 @@
 # 8 and 4 images a GPU with the recipe's lr and at 2.5x the lr with 64.
 # 5 normalisers x 4 settings x 3 seeds = 60 COCO trainings of 30 epochs.
 #
-#   python tools/analysis/norm_study.py configs/studies/norm_study_ssdlite_coco.py
+#   python tools/analysis/norm_study.py \
+#       configs/studies/norm_study_ssdlite_coco.py
 #
 # The paper initialises the backbones from ImageNet-100 (stage 1); add
 # 'model.backbone.init_cfg.type': 'Pretrained' and its checkpoint to

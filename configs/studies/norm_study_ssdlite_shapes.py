@@ -3,9 +3,11 @@
 # each normaliser in the backbone (the paper changes the backbone alone; the
 # extra layers and the head keep BN), at the recipe's batch 16 and at 4 and
 # 2 with the recipe's lr (the design of DN Table 4), and at 2.5x the lr with
-# batch 16 (Table 8). Make the data first: python tools/misc/make_shapes_dataset.py
+# batch 16 (Table 8). Make the data first:
+# python tools/misc/make_shapes_dataset.py
 #
-#   python tools/analysis/norm_study.py configs/studies/norm_study_ssdlite_shapes.py [--quick]
+#   python tools/analysis/norm_study.py \
+#       configs/studies/norm_study_ssdlite_shapes.py [--quick]
 _base_ = ['./_base_/norms.py']
 
 base_config = 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
@@ -50,15 +52,17 @@ cfg_options = {
 presets = dict(
     # About 15 minutes: the norms that exist today, batch 16 and 2, one
     # seed. A check of the pipeline, not evidence.
-    quick=dict(norms=['bn', 'gn', 'dnb-r16-goup'],
-               batch_sizes=[16, 2],
-               seeds=[0],
-               cfg_options={
-                   'train_cfg.max_epochs': 2,
-                   'param_scheduler.1.end': 2,
-                   'param_scheduler.1.T_max': 2,
-                   'train_dataloader.dataset.indices': 320,
-               }),
+    quick=dict(
+        norms=['bn', 'gn', 'dnb-r16-goup'],
+        batch_sizes=[16, 2],
+        seeds=[0],
+        cfg_options={
+            'train_cfg.max_epochs': 2,
+            'param_scheduler.1.end': 2,
+            'param_scheduler.1.T_max': 2,
+            'train_dataloader.dataset.indices': 320,
+        },
+    ),
     # About 8 hours (overnight): 6 epochs over 1,000 images, 5x the default's
     # training, for differences in mAP rather than in early training.
     long=dict(
@@ -68,5 +72,6 @@ presets = dict(
             'param_scheduler.1.end': 6,
             'param_scheduler.1.T_max': 6,
             'train_dataloader.dataset.indices': 1000,
-        }),
+        }
+    ),
 )

@@ -1,4 +1,5 @@
 """A ``CocoDataset`` that checks its files when it is built."""
+
 import logging
 import time
 from typing import List, Sequence, Union
@@ -8,8 +9,13 @@ from mmdet.datasets.api_wrappers import COCO
 from mmdet.registry import DATASETS
 from mmengine.logging import print_log
 
-from .coco_checks import (DatasetCheckError, check_coco_dict, check_image_file,
-                          format_problems, load_coco_json)
+from .coco_checks import (
+    DatasetCheckError,
+    check_coco_dict,
+    check_image_file,
+    format_problems,
+    load_coco_json,
+)
 
 __all__ = ['CheckedCOCO', 'CheckedCocoDataset']
 
@@ -32,10 +38,12 @@ class CheckedCOCO(COCO):
         self.img_ann_map = self.imgToAnns
         self.cat_img_map = self.catToImgs
 
-    def get_cat_ids(self,
-                    cat_names: Union[str, Sequence[str]] = (),
-                    sup_names: Sequence[str] = (),
-                    cat_ids: Sequence[int] = ()) -> List[int]:
+    def get_cat_ids(
+        self,
+        cat_names: Union[str, Sequence[str]] = (),
+        sup_names: Sequence[str] = (),
+        cat_ids: Sequence[int] = (),
+    ) -> List[int]:
         """pycocotools' ``getCatIds``, refusing class names that are not
         categories of the file, or are listed in another order.
 
@@ -49,12 +57,16 @@ class CheckedCOCO(COCO):
         missing = [name for name in names if name not in in_file]
         ordered = [name for name in in_file if name in names]
         if missing or ordered != names:
-            problem = (f'{missing} are not categories of the file'
-                       if missing else 'are in another order than the file')
+            problem = (
+                f'{missing} are not categories of the file'
+                if missing
+                else 'are in another order than the file'
+            )
             raise DatasetCheckError(
                 f"metainfo['classes'] of the dataset {problem}: annotation "
                 f"file '{self.annotation_file}' has the categories "
-                f'{in_file}; list the classes in that order')
+                f'{in_file}; list the classes in that order'
+            )
         return self.getCatIds(names, list(sup_names), list(cat_ids))
 
 
@@ -72,9 +84,9 @@ class CheckedCocoDataset(CocoDataset):
     ``filter_cfg`` that removes every image is an error too.
 
     Args:
-        check_images (bool): Check every image file (the header only, ~0.1 ms
-            an image). Images on a storage backend (``backend_args``) are not
-            checked. Defaults to True.
+        check_images (bool): Check every image file (its header only, so
+            a data set on slow storage may turn it off). Images on a storage
+            backend (``backend_args``) are not checked. Defaults to True.
         **kwargs: Arguments of :class:`mmdet.datasets.CocoDataset`.
     """
 
@@ -96,15 +108,17 @@ class CheckedCocoDataset(CocoDataset):
             raise DatasetCheckError(
                 f'filter_cfg={self.filter_cfg} removed all '
                 f"{len(self.data_list)} images of '{self.ann_file}' (images "
-                'without objects of the classes, or smaller than min_size)')
+                'without objects of the classes, or smaller than min_size)'
+            )
         return kept
 
     def _check_image_files(self, data_list: List[dict]) -> None:
         start = time.perf_counter()
         problems = []
         for info in data_list:
-            problem = check_image_file(info['img_path'], info['width'],
-                                       info['height'])
+            problem = check_image_file(
+                info['img_path'], info['width'], info['height']
+            )
             if problem is not None:
                 problems.append(f"'{info['img_path']}': {problem}")
         if problems:
@@ -112,9 +126,13 @@ class CheckedCocoDataset(CocoDataset):
                 format_problems(
                     f'{len(problems)} of the {len(data_list)} images of '
                     f"annotation file '{self.ann_file}' cannot be used "
-                    "(check data_root and data_prefix['img']):", problems))
+                    "(check data_root and data_prefix['img']):",
+                    problems,
+                )
+            )
         print_log(
             f'{type(self).__name__}: checked the {len(data_list)} images of '
             f"'{self.ann_file}' in {time.perf_counter() - start:.1f} s",
             logger='current',
-            level=logging.INFO)
+            level=logging.INFO,
+        )

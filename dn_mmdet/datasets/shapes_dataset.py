@@ -1,4 +1,5 @@
 """The dataset class of the embedded synthetic shapes data."""
+
 from mmdet.registry import DATASETS
 
 from .checked_coco import CheckedCocoDataset
@@ -9,8 +10,14 @@ SHAPES_CLASSES = ('circle', 'square', 'triangle', 'star', 'cross')
 #: ``metainfo`` of the embedded data set (classes and a visualisation palette).
 SHAPES_METAINFO = dict(
     classes=SHAPES_CLASSES,
-    palette=[(220, 20, 60), (0, 114, 189), (237, 177, 32), (119, 172, 48),
-             (126, 47, 142)])
+    palette=[
+        (220, 20, 60),
+        (0, 114, 189),
+        (237, 177, 32),
+        (119, 172, 48),
+        (126, 47, 142),
+    ],
+)
 
 
 @DATASETS.register_module()

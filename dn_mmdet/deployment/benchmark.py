@@ -1,4 +1,5 @@
 """Latency of exported detectors in onnxruntime, beside PyTorch's."""
+
 import os
 import os.path as osp
 import statistics
@@ -20,13 +21,15 @@ def _timed(fn) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def benchmark_latency(detectors: Dict[str, nn.Module],
-                      sizes: Sequence[int],
-                      threads: Sequence[int],
-                      work_dir: str,
-                      repeats: int = 30,
-                      warmup: int = 3,
-                      opset: int = 17) -> List[dict]:
+def benchmark_latency(
+    detectors: Dict[str, nn.Module],
+    sizes: Sequence[int],
+    threads: Sequence[int],
+    work_dir: str,
+    repeats: int = 30,
+    warmup: int = 3,
+    opset: int = 17,
+) -> List[dict]:
     """Median latency of each detector's network (batch 1) in onnxruntime
     and in PyTorch, measured side by side.
 
@@ -64,14 +67,17 @@ def benchmark_latency(detectors: Dict[str, nn.Module],
             files = {}
             for name in names:
                 files[name] = osp.join(work_dir, f'{_slug(name)}_{size}.onnx')
-                export_detector(detectors[name], files[name], (size, size),
-                                opset=opset)
-            image = torch.rand(1, 3, size, size,
-                               generator=torch.Generator().manual_seed(0))
+                export_detector(
+                    detectors[name], files[name], (size, size), opset=opset
+                )
+            image = torch.rand(
+                1, 3, size, size, generator=torch.Generator().manual_seed(0)
+            )
             image = image * 255
             for count in threads:
-                rows += _measure(detectors, files, image, count, repeats,
-                                 warmup)
+                rows += _measure(
+                    detectors, files, image, count, repeats, warmup
+                )
     finally:
         torch.set_num_threads(torch_threads)
     return rows
@@ -81,15 +87,16 @@ def _measure(detectors, files, image, threads, repeats, warmup):
     names = list(detectors)
     torch.set_num_threads(threads)
     sessions = {name: load_session(files[name], threads) for name in names}
-    networks = {name: DetectorForExport(detectors[name]).eval()
-                for name in names}
+    networks = {
+        name: DetectorForExport(detectors[name]).eval() for name in names
+    }
     feed = {INPUT_NAME: image.numpy()}
     calls = {}
     for name in names:
-        calls[(name, 'onnxruntime')] = (
-            lambda s=sessions[name]: s.run(None, feed))
-        calls[(name, 'pytorch')] = (
-            lambda n=networks[name]: n(image))
+        calls[(name, 'onnxruntime')] = lambda s=sessions[name]: s.run(
+            None, feed
+        )
+        calls[(name, 'pytorch')] = lambda n=networks[name]: n(image)
     keys = list(calls)
     times = {key: [] for key in keys}
     with torch.no_grad():
@@ -120,13 +127,15 @@ def format_latency_table(rows: List[dict]) -> str:
     """:func:`benchmark_latency`'s rows as a Markdown table."""
     lines = [
         '| size | threads | model | onnxruntime ms | ratio | PyTorch ms '
-        '| ratio |', '|---|---|---|---|---|---|---|'
+        '| ratio |',
+        '|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['threads']} | {r['name']} | "
-            f"{r['onnxruntime_ms']:.2f} | {r['onnxruntime_ratio']:.2f} | "
-            f"{r['pytorch_ms']:.2f} | {r['pytorch_ratio']:.2f} |")
+            f'| {r["size"]} | {r["threads"]} | {r["name"]} | '
+            f'{r["onnxruntime_ms"]:.2f} | {r["onnxruntime_ratio"]:.2f} | '
+            f'{r["pytorch_ms"]:.2f} | {r["pytorch_ratio"]:.2f} |'
+        )
     return '\n'.join(lines)
 
 

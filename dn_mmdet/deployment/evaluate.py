@@ -1,5 +1,6 @@
 """Evaluate an exported detector with the config's pipeline and evaluator,
 and compare its detections with PyTorch's."""
+
 import copy
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
@@ -10,8 +11,12 @@ from mmengine.config import Config
 from .runtime import OnnxRuntimeDetector
 
 __all__ = [
-    'DetectionDiff', 'compare_detections', 'build_onnx_runner',
-    'evaluate_onnx', 'first_test_batch', 'verify_detector'
+    'DetectionDiff',
+    'compare_detections',
+    'build_onnx_runner',
+    'evaluate_onnx',
+    'first_test_batch',
+    'verify_detector',
 ]
 
 
@@ -23,6 +28,7 @@ class DetectionDiff(NamedTuple):
     ``unmatched``: top detections of either result with no detection of
     the same label within ``atol`` in the other.
     """
+
     count: int
     score: float
     box: float
@@ -31,18 +37,25 @@ class DetectionDiff(NamedTuple):
 
 def _instances(result) -> Dict[str, torch.Tensor]:
     """``pred_instances`` of a data sample or of a dumped result dict."""
-    pred = (result['pred_instances'] if isinstance(result, dict) else
-            result.pred_instances)
-    get = pred.get if isinstance(pred, dict) else (
-        lambda key: getattr(pred, key))
-    return {key: torch.as_tensor(get(key)) for key in
-            ('scores', 'bboxes', 'labels')}
+    pred = (
+        result['pred_instances']
+        if isinstance(result, dict)
+        else result.pred_instances
+    )
+    get = (
+        pred.get
+        if isinstance(pred, dict)
+        else (lambda key: getattr(pred, key))
+    )
+    return {
+        key: torch.as_tensor(get(key))
+        for key in ('scores', 'bboxes', 'labels')
+    }
 
 
-def compare_detections(reference: Sequence,
-                       other: Sequence,
-                       top_k: int = 10,
-                       atol: float = 1e-3) -> List[DetectionDiff]:
+def compare_detections(
+    reference: Sequence, other: Sequence, top_k: int = 10, atol: float = 1e-3
+) -> List[DetectionDiff]:
     """Match each image's top-``top_k`` detections of each result in the
     other.
 
@@ -70,25 +83,37 @@ def compare_detections(reference: Sequence,
             image's ids differ.
     """
     if len(reference) != len(other):
-        raise ValueError(f'{len(reference)} reference results but '
-                         f'{len(other)} to compare')
+        raise ValueError(
+            f'{len(reference)} reference results but {len(other)} to compare'
+        )
     diffs = []
     for index, (ref, oth) in enumerate(zip(reference, other)):
         ref_id, oth_id = (_img_id(ref), _img_id(oth))
         if ref_id != oth_id:
-            raise ValueError(f'result {index}: image {ref_id} in the '
-                             f'reference but {oth_id} in the other')
+            raise ValueError(
+                f'result {index}: image {ref_id} in the '
+                f'reference but {oth_id} in the other'
+            )
         a, b = _instances(ref), _instances(oth)
         count, score_ab, box_ab, missing = _match(a, b, top_k, atol)
         _, score_ba, box_ba, extra = _match(b, a, top_k, atol)
         diffs.append(
-            DetectionDiff(count, max(score_ab, score_ba),
-                          max(box_ab, box_ba), missing + extra))
+            DetectionDiff(
+                count,
+                max(score_ab, score_ba),
+                max(box_ab, box_ba),
+                missing + extra,
+            )
+        )
     return diffs
 
 
-def _match(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor],
-           top_k: int, atol: float):
+def _match(
+    a: Dict[str, torch.Tensor],
+    b: Dict[str, torch.Tensor],
+    top_k: int,
+    atol: float,
+):
     """Match ``a``'s top-``top_k`` detections in ``b`` (see
     :func:`compare_detections`): (compared, largest score difference,
     largest box difference, unmatched)."""
@@ -100,8 +125,12 @@ def _match(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor],
         ds = (b['scores'] - a['scores'][i]).abs()
         db = (b['bboxes'] - a['bboxes'][i]).abs().reshape(len(ds), -1)
         db = db.amax(-1) if db.numel() else ds
-        ok = free & (b['labels'] == a['labels'][i]) & (ds <= atol) & (
-            db <= atol)
+        ok = (
+            free
+            & (b['labels'] == a['labels'][i])
+            & (ds <= atol)
+            & (db <= atol)
+        )
         hits = ok.nonzero().flatten()
         if len(hits) == 0:
             unmatched += 1
@@ -134,13 +163,22 @@ def build_onnx_runner(cfg: Config, onnx_file: str, threads: int = 0):
     """
     from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
+
     scope = cfg.get('default_scope', 'mmdet')
     # The head and data preprocessor are built from mmdet's registry before
     # the runner sets its scope.
     with DefaultScope.overwrite_default_scope(scope):
         model = OnnxRuntimeDetector(onnx_file, cfg.model, threads=threads)
-    keys = ('default_hooks', 'custom_hooks', 'env_cfg', 'log_processor',
-            'log_level', 'visualizer', 'randomness', 'launcher')
+    keys = (
+        'default_hooks',
+        'custom_hooks',
+        'env_cfg',
+        'log_processor',
+        'log_level',
+        'visualizer',
+        'randomness',
+        'launcher',
+    )
     return Runner(
         model=model,
         work_dir=cfg.work_dir,
@@ -150,13 +188,13 @@ def build_onnx_runner(cfg: Config, onnx_file: str, threads: int = 0):
         default_scope=scope,
         experiment_name=cfg.get('experiment_name'),
         cfg=cfg,
-        **{key: cfg[key] for key in keys if cfg.get(key) is not None})
+        **{key: cfg[key] for key in keys if cfg.get(key) is not None},
+    )
 
 
-def evaluate_onnx(cfg: Config,
-                  onnx_file: str,
-                  out: Optional[str] = None,
-                  threads: int = 0) -> dict:
+def evaluate_onnx(
+    cfg: Config, onnx_file: str, out: Optional[str] = None, threads: int = 0
+) -> dict:
     """Test ``cfg``'s test set with the exported model.
 
     Args:
@@ -170,10 +208,10 @@ def evaluate_onnx(cfg: Config,
         dict: The evaluator's metrics (e.g. ``coco/bbox_mAP``).
     """
     from mmdet.evaluation import DumpDetResults
+
     runner = build_onnx_runner(cfg, onnx_file, threads)
     if out is not None:
-        runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=out))
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
     return runner.test()
 
 
@@ -184,19 +222,26 @@ def first_test_batch(cfg: Config, batch_size: int = 1) -> dict:
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import DefaultScope
     from mmdet.registry import DATASETS
+
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
     with DefaultScope.overwrite_default_scope(
-            cfg.get('default_scope', 'mmdet')):
+        cfg.get('default_scope', 'mmdet')
+    ):
         dataset = DATASETS.build(loader_cfg.dataset)
     if len(dataset) == 0:
-        raise ValueError('the config\'s test set is empty')
+        raise ValueError("the config's test set is empty")
     return pseudo_collate(
-        [dataset[i] for i in range(min(batch_size, len(dataset)))])
+        [dataset[i] for i in range(min(batch_size, len(dataset)))]
+    )
 
 
-def verify_detector(detector: nn.Module, onnx_model: OnnxRuntimeDetector,
-                    data: dict, top_k: int = 10,
-                    atol: float = 1e-3) -> Dict[str, object]:
+def verify_detector(
+    detector: nn.Module,
+    onnx_model: OnnxRuntimeDetector,
+    data: dict,
+    top_k: int = 10,
+    atol: float = 1e-3,
+) -> Dict[str, object]:
     """Run PyTorch and onnxruntime on ``data`` and compare.
 
     Args:
@@ -212,17 +257,21 @@ def verify_detector(detector: nn.Module, onnx_model: OnnxRuntimeDetector,
         ``ok`` (every top detection matched within ``atol``).
     """
     from .export import DetectorForExport
+
     with torch.no_grad():
         reference = detector.test_step(copy.deepcopy(data))
         exported = onnx_model.test_step(copy.deepcopy(data))
-        images = onnx_model.data_preprocessor(copy.deepcopy(data),
-                                              False)['inputs']
+        images = onnx_model.data_preprocessor(copy.deepcopy(data), False)[
+            'inputs'
+        ]
         torch_out = DetectorForExport(detector)(images)
     onnx_out = onnx_model.run_network(images)
     output_diff = max(
-        float((a - b).abs().max()) for a, b in zip(torch_out, onnx_out))
+        float((a - b).abs().max()) for a, b in zip(torch_out, onnx_out)
+    )
     diffs = compare_detections(reference, exported, top_k, atol)
     return dict(
         max_output_diff=output_diff,
         detections=diffs,
-        ok=all(d.unmatched == 0 for d in diffs))
+        ok=all(d.unmatched == 0 for d in diffs),
+    )

@@ -18,6 +18,7 @@ or GlobalAveragePool), the SC-Module's two fully connected layers (Gemm or
 MatMul) with the Sigmoid between them, and the normalisation's Mul and Add
 (and the Clip of a fused ReLU6).
 """
+
 import io
 import os.path as osp
 import warnings
@@ -32,9 +33,16 @@ from ..norm import DynamicNorm2d, NormLayer
 from ..utils import atomic_write
 
 __all__ = [
-    'MIN_OPSET', 'MAX_OPSET', 'DEFAULT_OPSET', 'INPUT_NAME',
-    'DetectorForExport', 'check_exportable', 'export_detector',
-    'load_detector', 'output_names', 'pipeline_input_shape'
+    'MIN_OPSET',
+    'MAX_OPSET',
+    'DEFAULT_OPSET',
+    'INPUT_NAME',
+    'DetectorForExport',
+    'check_exportable',
+    'export_detector',
+    'load_detector',
+    'output_names',
+    'pipeline_input_shape',
 ]
 
 #: The oldest opset the export supports: 11 is the first whose Clip takes
@@ -52,10 +60,10 @@ INPUT_NAME = 'image'
 
 
 def output_names(num_levels: int) -> Tuple[str, ...]:
-    """The graph's outputs: ``cls_score_0..L-1`` then ``bbox_pred_0..L-1``.
-    """
+    """The graph's outputs: ``cls_score_0..L-1`` then ``bbox_pred_0..L-1``."""
     return tuple(f'cls_score_{i}' for i in range(num_levels)) + tuple(
-        f'bbox_pred_{i}' for i in range(num_levels))
+        f'bbox_pred_{i}' for i in range(num_levels)
+    )
 
 
 class DetectorForExport(nn.Module):
@@ -88,18 +96,23 @@ class DetectorForExport(nn.Module):
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
         from mmengine.model import ImgDataPreprocessor
-        if not (hasattr(detector, 'extract_feat')
-                and hasattr(detector, 'bbox_head')):
+
+        if not (
+            hasattr(detector, 'extract_feat')
+            and hasattr(detector, 'bbox_head')
+        ):
             raise TypeError(
                 f'{type(detector).__name__} is not a single-stage detector '
-                '(extract_feat and bbox_head); only those can be exported')
+                '(extract_feat and bbox_head); only those can be exported'
+            )
         pre = detector.data_preprocessor
         if not isinstance(pre, ImgDataPreprocessor):
             raise TypeError(
                 f'{type(detector).__name__}.data_preprocessor is a '
                 f'{type(pre).__name__}; the export needs an '
                 'ImgDataPreprocessor (e.g. DetDataPreprocessor) to know the '
-                'normalisation')
+                'normalisation'
+            )
         self.detector = detector
         # ImgDataPreprocessor keeps these as private attributes; they are
         # what its forward applies to each image.
@@ -110,8 +123,9 @@ class DetectorForExport(nn.Module):
             self.register_buffer('std', pre.std.detach().clone(), False)
 
     def extra_repr(self) -> str:
-        return (f'flip_channels={self.flip_channels}, '
-                f'normalize={self.normalize}')
+        return (
+            f'flip_channels={self.flip_channels}, normalize={self.normalize}'
+        )
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
         x = image
@@ -120,7 +134,8 @@ class DetectorForExport(nn.Module):
         if self.normalize:
             x = (x - self.mean) / self.std
         cls_scores, bbox_preds = self.detector.bbox_head(
-            self.detector.extract_feat(x))
+            self.detector.extract_feat(x)
+        )
         return tuple(cls_scores) + tuple(bbox_preds)
 
 
@@ -138,24 +153,30 @@ def check_exportable(detector: nn.Module, opset: int) -> None:
             normalises with batch statistics in eval (no running
             statistics), whose graph would depend on the batch.
     """
-    if isinstance(opset, bool) or not isinstance(opset, int) or not (
-            MIN_OPSET <= opset <= MAX_OPSET):
+    if (
+        isinstance(opset, bool)
+        or not isinstance(opset, int)
+        or not (MIN_OPSET <= opset <= MAX_OPSET)
+    ):
         raise ValueError(
             f'opset {opset!r} is not supported: the export needs an opset '
             f'from {MIN_OPSET} (Clip with input bounds for ReLU6) to '
-            f'{MAX_OPSET} (the newest torch\'s TorchScript exporter writes)')
+            f"{MAX_OPSET} (the newest torch's TorchScript exporter writes)"
+        )
     for name, module in detector.named_modules():
         where = name or type(detector).__name__
         if module.training:
             raise ValueError(
                 f'{where} ({type(module).__name__}) is in training mode; '
                 'the export writes the eval forward: call model.eval() '
-                'first')
+                'first'
+            )
         if isinstance(module, DynamicNorm2d) and module.mode != 'B':
             raise ValueError(
                 f'{where}: DN-C (mode={module.mode!r}) is not supported; '
                 'only DN-B layers are exported (DN-C does not train, DN '
-                'paper Table 1, and its export is untested)')
+                'paper Table 1, and its export is untested)'
+            )
         if isinstance(module, NormLayer):
             batch_stats = module.uses_batch_statistics
         elif isinstance(module, _BatchNorm):
@@ -167,15 +188,18 @@ def check_exportable(detector: nn.Module, opset: int) -> None:
                 f'{where} ({type(module).__name__}) normalises with the '
                 'statistics of its input batch (no running statistics), '
                 'so its output depends on the batch; only layers with '
-                'running statistics can be exported')
+                'running statistics can be exported'
+            )
 
 
-def export_detector(detector: nn.Module,
-                    output_file: str,
-                    shape: Sequence[int],
-                    opset: int = DEFAULT_OPSET,
-                    dynamic_batch: bool = False,
-                    batch_size: int = 1) -> Tuple[Tensor, ...]:
+def export_detector(
+    detector: nn.Module,
+    output_file: str,
+    shape: Sequence[int],
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    batch_size: int = 1,
+) -> Tuple[Tensor, ...]:
     """Write ``detector``'s network (:class:`DetectorForExport`) as ONNX.
 
     Checks everything first (:func:`check_exportable`): on bad input
@@ -195,15 +219,19 @@ def export_detector(detector: nn.Module,
         pixels, seed 0), in the graph's output order.
     """
     check_exportable(detector, opset)
-    if len(shape) != 2 or not all(
-            isinstance(s, int) and s > 0 for s in shape):
-        raise ValueError(f'shape must be (H, W) of positive ints, got '
-                         f'{tuple(shape)!r}')
+    if len(shape) != 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(
+            f'shape must be (H, W) of positive ints, got {tuple(shape)!r}'
+        )
     if osp.isdir(output_file):
         raise ValueError(f'output file {output_file} is a directory')
     wrapper = DetectorForExport(detector).eval()
-    image = torch.rand(batch_size, 3, *shape,
-                       generator=torch.Generator().manual_seed(0)) * 255
+    image = (
+        torch.rand(
+            batch_size, 3, *shape, generator=torch.Generator().manual_seed(0)
+        )
+        * 255
+    )
     with torch.no_grad():
         # An eager forward first: it is what PyTorch computes, and models
         # whose layers set themselves up on their first forward (DN's
@@ -217,16 +245,20 @@ def export_detector(detector: nn.Module,
         with warnings.catch_warnings():
             # The exporter's notice that it is the legacy one: chosen here.
             warnings.filterwarnings(
-                'ignore', message='You are using the legacy TorchScript',
-                category=DeprecationWarning)
+                'ignore',
+                message='You are using the legacy TorchScript',
+                category=DeprecationWarning,
+            )
             torch.onnx.export(
-                wrapper, (image, ),
+                wrapper,
+                (image,),
                 buffer,
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=list(names),
                 opset_version=opset,
-                dynamic_axes=dynamic_axes)
+                dynamic_axes=dynamic_axes,
+            )
     atomic_write(output_file, buffer.getvalue())
     return expected
 
@@ -244,6 +276,7 @@ def load_detector(cfg, checkpoint: str):
     """
     from mmdet.apis import init_detector
     from ..utils.launch import check_file
+
     check_file(checkpoint, 'Checkpoint file')
     return init_detector(cfg, checkpoint, device='cpu')
 
@@ -258,8 +291,11 @@ def pipeline_input_shape(cfg) -> Tuple[int, int]:
     """
     pipeline = cfg.test_dataloader.dataset.get('pipeline', [])
     for step in pipeline:
-        if step.get('type') in ('Resize', 'mmdet.Resize') and not step.get(
-                'keep_ratio', False) and step.get('scale') is not None:
+        if (
+            step.get('type') in ('Resize', 'mmdet.Resize')
+            and not step.get('keep_ratio', False)
+            and step.get('scale') is not None
+        ):
             scale = step['scale']
             if isinstance(scale, int):
                 return scale, scale
@@ -267,4 +303,5 @@ def pipeline_input_shape(cfg) -> Tuple[int, int]:
             return int(height), int(width)
     raise ValueError(
         'the test pipeline has no Resize to a fixed size (keep_ratio=False),'
-        ' so the input size is unknown: give --shape H W')
+        ' so the input size is unknown: give --shape H W'
+    )

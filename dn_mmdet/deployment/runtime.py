@@ -1,5 +1,6 @@
 """Run an exported detector (:mod:`.export`) in onnxruntime as an mmengine
 model, so that the config's own pipeline, evaluator and runner use it."""
+
 import copy
 import os
 from typing import List, Optional, Sequence
@@ -32,6 +33,7 @@ def load_session(onnx_file: str, threads: int = 0):
         FileNotFoundError: ``onnx_file`` does not exist.
     """
     import onnxruntime as ort
+
     if not os.path.isfile(onnx_file):
         raise FileNotFoundError(f'ONNX model {onnx_file} does not exist')
     options = ort.SessionOptions()
@@ -39,9 +41,11 @@ def load_session(onnx_file: str, threads: int = 0):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     return ort.InferenceSession(
-        onnx_file, options, providers=['CPUExecutionProvider'])
+        onnx_file, options, providers=['CPUExecutionProvider']
+    )
 
 
 class OnnxRuntimeDetector(BaseModel):
@@ -67,13 +71,14 @@ class OnnxRuntimeDetector(BaseModel):
             :func:`~.export.export_detector` for this head.
     """
 
-    def __init__(self, onnx_file: str, model_cfg: dict,
-                 threads: int = 0) -> None:
+    def __init__(
+        self, onnx_file: str, model_cfg: dict, threads: int = 0
+    ) -> None:
         from mmdet.registry import MODELS
+
         model_cfg = ConfigDict(copy.deepcopy(dict(model_cfg)))
         pre_cfg = model_cfg.get('data_preprocessor') or {}
-        pre_cfg.update(mean=None, std=None, bgr_to_rgb=False,
-                       rgb_to_bgr=False)
+        pre_cfg.update(mean=None, std=None, bgr_to_rgb=False, rgb_to_bgr=False)
         super().__init__(data_preprocessor=MODELS.build(pre_cfg))
         head_cfg = model_cfg.bbox_head
         head_cfg.update(train_cfg=None, test_cfg=model_cfg.get('test_cfg'))
@@ -85,12 +90,14 @@ class OnnxRuntimeDetector(BaseModel):
         self.output_names = list(output_names(levels))
         got = [o.name for o in self.session.get_outputs()]
         if [i.name for i in inputs] != [INPUT_NAME] or sorted(got) != sorted(
-                self.output_names):
+            self.output_names
+        ):
             raise ValueError(
                 f'{onnx_file}: expected input [{INPUT_NAME!r}] and outputs '
                 f'{self.output_names} (a {levels}-level head exported by '
                 f'tools/deployment/pytorch2onnx.py), got '
-                f'{[i.name for i in inputs]} and {got}')
+                f'{[i.name for i in inputs]} and {got}'
+            )
         # (N, 3, H, W): ints where fixed, names where free.
         self.input_shape = tuple(inputs[0].shape)
 
@@ -113,18 +120,22 @@ class OnnxRuntimeDetector(BaseModel):
         """
         fixed = self.input_shape
         shape = tuple(images.shape)
-        size_ok = all(not isinstance(f, int) or f == s
-                      for f, s in zip(fixed[1:], shape[1:]))
+        size_ok = all(
+            not isinstance(f, int) or f == s
+            for f, s in zip(fixed[1:], shape[1:])
+        )
         batch = fixed[0]
-        if not size_ok or (isinstance(batch, int) and batch not in
-                           (1, shape[0])):
+        if not size_ok or (
+            isinstance(batch, int) and batch not in (1, shape[0])
+        ):
             raise ValueError(
                 f'{self.onnx_file} takes images of shape {fixed}, got a '
                 f'batch of {shape}: export the model at the size the test '
-                'pipeline gives (--shape), or with --dynamic-batch')
+                'pipeline gives (--shape), or with --dynamic-batch'
+            )
         array = images.float().numpy()
         if isinstance(batch, int) and batch != shape[0]:
-            chunks = [array[i:i + 1] for i in range(shape[0])]
+            chunks = [array[i : i + 1] for i in range(shape[0])]
         else:
             chunks = [array]
         runs = [
@@ -136,25 +147,30 @@ class OnnxRuntimeDetector(BaseModel):
             for i in range(len(self.output_names))
         ]
 
-    def forward(self,
-                inputs: Tensor,
-                data_samples: Optional[Sequence] = None,
-                mode: str = 'predict'):
+    def forward(
+        self,
+        inputs: Tensor,
+        data_samples: Optional[Sequence] = None,
+        mode: str = 'predict',
+    ):
         """Detections of ``inputs`` added to ``data_samples`` (as
         ``pred_instances``, boxes in the original image's pixels).
 
         Only ``mode='predict'``: the network has no loss.
         """
         if mode != 'predict':
-            raise ValueError(f'OnnxRuntimeDetector: mode {mode!r} is not '
-                             "supported, only 'predict'")
+            raise ValueError(
+                f'OnnxRuntimeDetector: mode {mode!r} is not '
+                "supported, only 'predict'"
+            )
         outputs = self.run_network(inputs)
         levels = len(outputs) // 2
         results = self.bbox_head.predict_by_feat(
             outputs[:levels],
             outputs[levels:],
             batch_img_metas=[s.metainfo for s in data_samples],
-            rescale=True)
+            rescale=True,
+        )
         for sample, result in zip(data_samples, results):
             sample.pred_instances = result
         return data_samples

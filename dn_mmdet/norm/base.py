@@ -12,6 +12,7 @@ batch. They share three things, kept here once:
 * :attr:`NormLayer.uses_batch_statistics`, which the runner hooks ask instead
   of re-deriving each layer's rules.
 """
+
 from typing import Optional
 
 import torch.nn as nn
@@ -39,11 +40,15 @@ class NormLayer(nn.Module):
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
-        if (not isinstance(num_features, int)
-                or isinstance(num_features, bool) or num_features < 1):
+        if (
+            not isinstance(num_features, int)
+            or isinstance(num_features, bool)
+            or num_features < 1
+        ):
             raise ValueError(
                 f'{type(self).__name__}: num_features must be a positive '
-                f'int, got {num_features!r}')
+                f'int, got {num_features!r}'
+            )
         self.num_features = num_features
         #: Qualified name in the model, for messages (see name_norm_layers).
         self.layer_name: Optional[str] = None
@@ -59,35 +64,45 @@ class NormLayer(nn.Module):
         (1 unless statistics are synchronised, e.g. under ``sync_bn``)."""
         return 1
 
-    def option_error(self, name: str, expected: str,
-                     value) -> ValueError:
+    def option_error(self, name: str, expected: str, value) -> ValueError:
         """A ``ValueError`` for a bad constructor option (a ``norm_cfg``
         key), naming the layer type, the option and the value."""
         return ValueError(
             f'{self._abbr_.upper()}(num_features={self.num_features}): '
-            f'option `{name}` must be {expected}, got {value!r}')
+            f'option `{name}` must be {expected}, got {value!r}'
+        )
 
-    def check_eps_momentum(self, eps: float,
-                           momentum: Optional[float]) -> None:
+    def check_eps_momentum(
+        self, eps: float, momentum: Optional[float]
+    ) -> None:
         """Check the options every BN-like ``norm_cfg`` carries: ``eps > 0``
         and ``momentum`` in [0, 1] (torch's convention) or None."""
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) \
-                or not eps > 0:
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, (int, float))
+            or not eps > 0
+        ):
             raise self.option_error('eps', 'a number > 0', eps)
         if momentum is not None and (
-                isinstance(momentum, bool)
-                or not isinstance(momentum, (int, float))
-                or not 0 <= momentum <= 1):
+            isinstance(momentum, bool)
+            or not isinstance(momentum, (int, float))
+            or not 0 <= momentum <= 1
+        ):
             raise self.option_error(
-                'momentum', "in [0, 1] (torch's convention: the weight of "
-                'the new value) or None', momentum)
+                'momentum',
+                "in [0, 1] (torch's convention: the weight of "
+                'the new value) or None',
+                momentum,
+            )
 
     def describe(self) -> str:
         """e.g. ``DN layer "backbone.stem.dn" (DynamicNorm2d, 32 channels)``
         for error messages."""
         where = f' "{self.layer_name}"' if self.layer_name else ''
-        return (f'{self._abbr_.upper()} layer{where} ({type(self).__name__}, '
-                f'{self.num_features} channels)')
+        return (
+            f'{self._abbr_.upper()} layer{where} ({type(self).__name__}, '
+            f'{self.num_features} channels)'
+        )
 
     def check_input(self, x: Tensor) -> None:
         """Raise a ``ValueError`` naming this layer if ``x`` cannot be
@@ -97,16 +112,22 @@ class NormLayer(nn.Module):
         without values (N = 0) passes: it yields an empty output and leaves
         the running statistics alone."""
         if x.dim() != 4:
-            raise ValueError(f'{self.describe()}: expected a 4-D input '
-                             f'(N, C, H, W), got shape {tuple(x.shape)}')
+            raise ValueError(
+                f'{self.describe()}: expected a 4-D input '
+                f'(N, C, H, W), got shape {tuple(x.shape)}'
+            )
         if x.shape[1] != self.num_features:
             raise ValueError(
                 f'{self.describe()}: expected {self.num_features} input '
-                f'channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
+                f'channels, got {x.shape[1]} (input shape {tuple(x.shape)})'
+            )
         # Cheapest tests first: this runs in every forward.
         values = x.shape[0] * x.shape[2] * x.shape[3]
-        if (values == 0 or values >= self.min_values_per_channel
-                or not self.uses_batch_statistics):
+        if (
+            values == 0
+            or values >= self.min_values_per_channel
+            or not self.uses_batch_statistics
+        ):
             return
         if values * self.synced_processes() < self.min_values_per_channel:
             raise ValueError(
@@ -116,8 +137,8 @@ class NormLayer(nn.Module):
                 'Raise `train_dataloader.batch_size` to 2 or more, or set '
                 '`train_dataloader.drop_last=True` if this is the last, '
                 'incomplete batch of an epoch; or freeze the statistics '
-                '(`norm_eval=True` in the backbone).')
-
+                '(`norm_eval=True` in the backbone).'
+            )
 
 
 class BatchNormChildLayer(NormLayer):
@@ -153,6 +174,7 @@ class BatchNormAffineChildLayer(BatchNormChildLayer):
     @property
     def bias(self) -> nn.Parameter:
         return self.bn.bias
+
 
 def name_norm_layers(model: nn.Module) -> int:
     """Set ``layer_name`` of every :class:`NormLayer` in ``model`` to its

@@ -1,6 +1,7 @@
 """Weight-centred convolution, the conv that MABN is paired with (Yan et al.,
 "Towards Stabilizing Batch Statistics in Backward Propagation of Batch
 Normalization", ICLR 2020)."""
+
 from typing import Optional, Tuple, Union
 
 import torch
@@ -46,21 +47,33 @@ class CenConv2d(nn.Conv2d):
         - Output: (N, C_out, H_out, W_out), as ``nn.Conv2d``
     """
 
-    def __init__(self,
-                 in_channels: int,
-                 out_channels: int,
-                 kernel_size: _Size,
-                 stride: _Size = 1,
-                 padding: Union[_Size, str] = 0,
-                 dilation: _Size = 1,
-                 groups: int = 1,
-                 bias: bool = False,
-                 padding_mode: str = 'zeros',
-                 device=None,
-                 dtype=None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride,
-                         padding, dilation, groups, bias, padding_mode,
-                         device, dtype)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _Size,
+        stride: _Size = 1,
+        padding: Union[_Size, str] = 0,
+        dilation: _Size = 1,
+        groups: int = 1,
+        bias: bool = False,
+        padding_mode: str = 'zeros',
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+        )
 
     def centered_weight(self, weight: Optional[Tensor] = None) -> Tensor:
         """``weight`` (default: the parameter) minus its mean over
@@ -68,18 +81,25 @@ class CenConv2d(nn.Conv2d):
         weight = self.weight if weight is None else weight
         return weight - weight.mean(dim=(1, 2, 3), keepdim=True)
 
-    def _conv_forward(self, input: Tensor, weight: Tensor,
-                      bias: Optional[Tensor]) -> Tensor:
-        return super()._conv_forward(input, self.centered_weight(weight),
-                                     bias)
+    def _conv_forward(
+        self, input: Tensor, weight: Tensor, bias: Optional[Tensor]
+    ) -> Tensor:
+        return super()._conv_forward(input, self.centered_weight(weight), bias)
 
     def to_conv2d(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` holding the centred weight: the same function
         without the centring step, for inference."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels,
-                         self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, self.bias is not None,
-                         self.padding_mode).to(self.weight)
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+        ).to(self.weight)
         with torch.no_grad():
             conv.weight.copy_(self.centered_weight())
             if self.bias is not None:

@@ -8,6 +8,7 @@ so converting a model (or a checkpoint) that already holds DN layers, such as
 the paper's detector with its DN backbone and BN neck and head, converts
 only the plain BNs.
 """
+
 from typing import List, Tuple
 
 import torch
@@ -17,14 +18,18 @@ from .base import NormLayer
 from .dynamic_norm import DynamicNorm2d
 
 __all__ = [
-    'from_batchnorm', 'convert_batchnorm', 'convert_batchnorm_state_dict',
-    'find_norm_layers'
+    'from_batchnorm',
+    'convert_batchnorm',
+    'convert_batchnorm_state_dict',
+    'find_norm_layers',
 ]
 
 
-def from_batchnorm(bn: nn.modules.batchnorm._BatchNorm,
-                   layer_type: type = DynamicNorm2d,
-                   **dn_kwargs) -> DynamicNorm2d:
+def from_batchnorm(
+    bn: nn.modules.batchnorm._BatchNorm,
+    layer_type: type = DynamicNorm2d,
+    **dn_kwargs,
+) -> DynamicNorm2d:
     """A DN layer that computes what ``bn`` computes, now.
 
     The running statistics are copied, gamma and beta become the constant
@@ -37,8 +42,13 @@ def from_batchnorm(bn: nn.modules.batchnorm._BatchNorm,
         layer_type (type): DynamicNorm2d or a subclass.
         **dn_kwargs: DN options (``r``, ``g``, ``mode``, ...).
     """
-    dn = layer_type(bn.num_features, eps=bn.eps, momentum=bn.momentum,
-                    track_running_stats=bn.track_running_stats, **dn_kwargs)
+    dn = layer_type(
+        bn.num_features,
+        eps=bn.eps,
+        momentum=bn.momentum,
+        track_running_stats=bn.track_running_stats,
+        **dn_kwargs,
+    )
     with torch.no_grad():
         if bn.affine:
             dn.base_scale.copy_(bn.weight)
@@ -54,9 +64,9 @@ def from_batchnorm(bn: nn.modules.batchnorm._BatchNorm,
     return dn
 
 
-def convert_batchnorm(module: nn.Module,
-                      layer_type: type = DynamicNorm2d,
-                      **dn_kwargs) -> nn.Module:
+def convert_batchnorm(
+    module: nn.Module, layer_type: type = DynamicNorm2d, **dn_kwargs
+) -> nn.Module:
     """Replace every BatchNorm2d/SyncBatchNorm in ``module`` by an
     equivalent DN layer (see :func:`from_batchnorm`).
 
@@ -88,7 +98,7 @@ def _layers_with(state_dict: dict, leaf: str) -> List[str]:
         if key == leaf:
             names.append('')
         elif key.endswith('.' + leaf):
-            names.append(key[:-len(leaf) - 1])
+            names.append(key[: -len(leaf) - 1])
     return names
 
 
@@ -103,39 +113,53 @@ def find_norm_layers(state_dict: dict) -> Tuple[List[str], List[str]]:
         tuple[list[str], list[str]]: BN names, DN names.
     """
     dn_layers = [
-        name for name in _layers_with(state_dict, 'base_scale')
+        name
+        for name in _layers_with(state_dict, 'base_scale')
         if _child(name, 'sc.fc1.weight') in state_dict
     ]
     inside_dn = {_child(name, 'bn') for name in dn_layers}
     bn_layers = [
-        name for name in _layers_with(state_dict, 'running_var')
+        name
+        for name in _layers_with(state_dict, 'running_var')
         if name not in inside_dn
     ]
     return bn_layers, dn_layers
 
 
 def _dn_name(bn_name: str) -> str:
-    """The name mmcv gives the DN layer in place of a BN (its ``_abbr_``):
-    ``bn``/``bnX`` becomes ``dn``/``dnX``."""
+    """The name the same model built with ``norm_cfg=dict(type='DN')``
+    gives this norm layer.
+
+    mmcv's ``build_norm_layer(cfg, C, postfix)`` names a layer with its
+    type's abbreviation and the postfix (``bn1`` for BN, ``dn1`` for DN),
+    and backbones register it under that name (``self.norm1_name``; a
+    ConvModule's ``conv.bn``); every other name is the model's own (an
+    index in a ``Sequential``, e.g. ResNet's ``downsample.1`` and HRNet's
+    fuse layers, or a fixed attribute) and does not change with the norm.
+    So a last component ``bn<postfix>`` becomes ``dn<postfix>``, and any
+    other name stays.
+    """
     parent, _, last = bn_name.rpartition('.')
     if not last.startswith('bn'):
-        raise ValueError(
-            f'cannot infer the DN name of the norm layer "{bn_name}": its '
-            'name does not start with "bn"')
+        return bn_name
     return _child(parent, 'dn' + last[2:])
 
 
-def convert_batchnorm_state_dict(state_dict: dict,
-                                 prefix: str = '',
-                                 layer_type: type = DynamicNorm2d,
-                                 **dn_kwargs) -> dict:
+def convert_batchnorm_state_dict(
+    state_dict: dict,
+    prefix: str = '',
+    layer_type: type = DynamicNorm2d,
+    **dn_kwargs,
+) -> dict:
     """Turn a BN model's state dict into that of the same model built with
     ``norm_cfg=dict(type='DN', **dn_kwargs)``.
 
     Every batch norm whose name starts with ``prefix`` (see
     :func:`find_norm_layers`; DN layers and their statistics are left as
     they are) is renamed as mmcv names DN layers (a last name component
-    ``bn``/``bnX`` becomes ``dn``/``dnX``): its statistics go to
+    ``bn``/``bnX`` becomes ``dn``/``dnX``; other names, such as
+    ``downsample.1`` or ``norm1``, stay; see :func:`_dn_name`): its
+    statistics go to
     ``<dn>.bn.*``, gamma and beta to ``<dn>.base_scale`` /
     ``<dn>.base_shift``, and a fresh SC-Module's keys are added (FC2 at
     zero), so the DN model loads it strictly and computes what the BN model
@@ -156,18 +180,26 @@ def convert_batchnorm_state_dict(state_dict: dict,
         dn_name = _dn_name(bn_name)
         bn_keys = {
             name: _child(bn_name, name)
-            for name in ('weight', 'bias', 'running_mean', 'running_var',
-                         'num_batches_tracked')
+            for name in (
+                'weight',
+                'bias',
+                'running_mean',
+                'running_var',
+                'num_batches_tracked',
+            )
             if _child(bn_name, name) in state_dict
         }
         num_features = state_dict[bn_keys['running_var']].numel()
         bn = nn.BatchNorm2d(num_features, affine='weight' in bn_keys)
-        bn.load_state_dict({name: state_dict[key]
-                            for name, key in bn_keys.items()},
-                           strict=False)
+        bn.load_state_dict(
+            {name: state_dict[key] for name, key in bn_keys.items()},
+            strict=False,
+        )
         dn = from_batchnorm(bn, layer_type, **dn_kwargs)
-        added.update((_child(dn_name, name), tensor)
-                     for name, tensor in dn.state_dict().items())
+        added.update(
+            (_child(dn_name, name), tensor)
+            for name, tensor in dn.state_dict().items()
+        )
         removed.update(bn_keys.values())
     result = {k: v for k, v in state_dict.items() if k not in removed}
     result.update(added)

@@ -1,6 +1,7 @@
 """Moving Average Batch Normalization (Yan, Wan, Zhang, Zhang, Wei and Sun,
 "Towards Stabilizing Batch Statistics in Backward Propagation of Batch
 Normalization", ICLR 2020), as its reference code (``MABN2d``) computes it."""
+
 import copy
 import warnings
 from typing import Optional
@@ -12,8 +13,8 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .aten_passes import affine_per_sample, centered_sums
 from .base import BatchNormAffineChildLayer
-from .functional import _centered_sums, affine_per_sample
 
 
 def _channel_sums(a: Tensor, x: Tensor, dtype: torch.dtype):
@@ -21,7 +22,7 @@ def _channel_sums(a: Tensor, x: Tensor, dtype: torch.dtype):
     one pass over ``a`` and ``x`` without a full-size temporary."""
     n, c = x.shape[:2]
     zeros = x.new_zeros((n, c), dtype=dtype)
-    weighted, plain = _centered_sums(a, x, zeros, torch.ones_like(zeros))
+    weighted, plain = centered_sums(a, x, zeros, torch.ones_like(zeros))
     return weighted.sum(0), plain.sum(0)
 
 
@@ -31,8 +32,9 @@ class _MABNTrain(torch.autograd.Function):
     layer's buffers; see :class:`MABN2d` for the formulas."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor,
-                layer: 'MABN2d') -> Tensor:
+    def forward(
+        ctx, x: Tensor, weight: Tensor, bias: Tensor, layer: 'MABN2d'
+    ) -> Tensor:
         n, _, h, w = x.shape
         count = n * h * w
         dtype = torch.promote_types(layer.buffer_x2.dtype, torch.float32)
@@ -43,20 +45,24 @@ class _MABNTrain(torch.autograd.Function):
         renorm_off = t <= max(layer.renorm_warmup_iters, layer.warmup_iters)
 
         sum_x2, _ = _channel_sums(x, x, dtype)
-        chi = sum_x2 / count                                # E[x^2], (C,)
+        chi = sum_x2 / count  # E[x^2], (C,)
         layer.buffer_x2.index_copy_(0, slot, chi.to(layer.buffer_x2)[None])
         v = torch.where(use_batch, chi, layer.buffer_x2.to(dtype).mean(0))
         inv_std = torch.rsqrt(v + layer.eps)
         running_var = layer.bn.running_var
-        r = torch.sqrt((v + layer.eps) /
-                       (running_var.to(dtype) + layer.eps))
-        r = torch.where(renorm_off, torch.ones_like(r),
-                        r.clamp(1 / layer.renorm_clip, layer.renorm_clip))
+        r = torch.sqrt((v + layer.eps) / (running_var.to(dtype) + layer.eps))
+        r = torch.where(
+            renorm_off,
+            torch.ones_like(r),
+            r.clamp(1 / layer.renorm_clip, layer.renorm_clip),
+        )
         # The running estimate moves after r has used its old value.
-        factor = (1.0 / t.to(dtype)
-                  if layer.momentum is None else layer.momentum)
-        running_var.add_(((v - running_var.to(dtype)) * factor)
-                         .to(running_var))
+        factor = (
+            1.0 / t.to(dtype) if layer.momentum is None else layer.momentum
+        )
+        running_var.add_(
+            ((v - running_var.to(dtype)) * factor).to(running_var)
+        )
 
         scale = weight.to(dtype) * r * inv_std
         y = affine_per_sample(x, scale[None], bias.to(dtype)[None])
@@ -78,16 +84,17 @@ class _MABNTrain(torch.autograd.Function):
         # psi = E[g z] = gamma r / sqrt(v + eps) * E[dL/dy x].
         gain = weight.to(dtype) * r * inv_std
         psi = gain * sum_gx / (n * h * w)
-        layer.buffer_gz.index_copy_(0, ctx.slot,
-                                    psi.to(layer.buffer_gz)[None])
-        psi_bar = torch.where(ctx.use_batch, psi,
-                              layer.buffer_gz.to(dtype).mean(0))
+        layer.buffer_gz.index_copy_(0, ctx.slot, psi.to(layer.buffer_gz)[None])
+        psi_bar = torch.where(
+            ctx.use_batch, psi, layer.buffer_gz.to(dtype).mean(0)
+        )
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             # dx = (g - z psi_bar) / sqrt(v + eps)
             #    = dL/dy * gain - x * psi_bar / (v + eps): two passes.
-            grad_x = affine_per_sample(grad_y, gain[None],
-                                       torch.zeros_like(gain)[None])
+            grad_x = affine_per_sample(
+                grad_y, gain[None], torch.zeros_like(gain)[None]
+            )
             coef_x = -psi_bar * inv_std * inv_std
             grad_x.addcmul_(x, coef_x.to(x.dtype)[None, :, None, None])
         if ctx.needs_input_grad[1]:
@@ -174,8 +181,10 @@ class MABN2d(BatchNormAffineChildLayer):
 
     Checkpoint keys (``<p>`` is e.g. ``conv.mabn``)::
 
-        <p>.bn.weight / bias / running_var (C,) / running_mean (C,, zero)
-        <p>.bn.num_batches_tracked (t) / <p>.buffer_x2 (m, C) / buffer_gz (m, C)
+        <p>.bn.weight / bias / running_var (C,)
+        <p>.bn.running_mean (C,, zero)
+        <p>.bn.num_batches_tracked (t)
+        <p>.buffer_x2 (m, C) / <p>.buffer_gz (m, C)
 
     Args:
         num_features (int): Channels C.
@@ -201,40 +210,52 @@ class MABN2d(BatchNormAffineChildLayer):
         - Input: (N, C, H, W)
         - Output: (N, C, H, W)
     """
+
     _abbr_ = 'mabn'
     # E[x^2] exists for a single value (no centring): MABN is defined for
     # any batch, however degenerate the warm-up statistics of one value are.
     min_values_per_channel = 1
 
-    def __init__(self,
-                 num_features: int,
-                 batch_size: int = 2,
-                 real_batch_size: int = 32,
-                 eps: float = 1e-5,
-                 momentum: Optional[float] = 0.02,
-                 warmup_iters: int = 100,
-                 renorm_warmup_iters: int = 1000,
-                 renorm_clip: float = 5.0) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        batch_size: int = 2,
+        real_batch_size: int = 32,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.02,
+        warmup_iters: int = 100,
+        renorm_warmup_iters: int = 1000,
+        renorm_clip: float = 5.0,
+    ) -> None:
         super().__init__(num_features)
         self.check_eps_momentum(eps, momentum)
-        for name, value, low in (('batch_size', batch_size, 1),
-                                 ('real_batch_size', real_batch_size, 1),
-                                 ('warmup_iters', warmup_iters, 0),
-                                 ('renorm_warmup_iters', renorm_warmup_iters,
-                                  0)):
-            if (isinstance(value, bool) or not isinstance(value, int)
-                    or value < low):
+        for name, value, low in (
+            ('batch_size', batch_size, 1),
+            ('real_batch_size', real_batch_size, 1),
+            ('warmup_iters', warmup_iters, 0),
+            ('renorm_warmup_iters', renorm_warmup_iters, 0),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < low
+            ):
                 raise self.option_error(name, f'an int >= {low}', value)
         if real_batch_size % batch_size:
             raise self.option_error(
                 'real_batch_size',
                 f'a multiple of batch_size={batch_size} (the window is '
-                'real_batch_size // batch_size iterations)', real_batch_size)
-        if (isinstance(renorm_clip, bool)
-                or not isinstance(renorm_clip, (int, float))
-                or not renorm_clip >= 1):
-            raise self.option_error('renorm_clip', 'a number >= 1',
-                                    renorm_clip)
+                'real_batch_size // batch_size iterations)',
+                real_batch_size,
+            )
+        if (
+            isinstance(renorm_clip, bool)
+            or not isinstance(renorm_clip, (int, float))
+            or not renorm_clip >= 1
+        ):
+            raise self.option_error(
+                'renorm_clip', 'a number >= 1', renorm_clip
+            )
         self.batch_size = batch_size
         self.real_batch_size = real_batch_size
         self.window = real_batch_size // batch_size
@@ -242,10 +263,12 @@ class MABN2d(BatchNormAffineChildLayer):
         self.renorm_warmup_iters = renorm_warmup_iters
         self.renorm_clip = float(renorm_clip)
         self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
-        self.register_buffer('buffer_x2',
-                             torch.zeros(self.window, num_features))
-        self.register_buffer('buffer_gz',
-                             torch.zeros(self.window, num_features))
+        self.register_buffer(
+            'buffer_x2', torch.zeros(self.window, num_features)
+        )
+        self.register_buffer(
+            'buffer_gz', torch.zeros(self.window, num_features)
+        )
         self._batch_size_checked = False
 
     @property
@@ -253,17 +276,27 @@ class MABN2d(BatchNormAffineChildLayer):
         return self.bn.training
 
     def extra_repr(self) -> str:
-        return (f'{self.num_features}, batch_size={self.batch_size}, '
-                f'real_batch_size={self.real_batch_size} (window '
-                f'{self.window}), eps={self.eps}, momentum={self.momentum}, '
-                f'warmup_iters={self.warmup_iters}, renorm_warmup_iters='
-                f'{self.renorm_warmup_iters}, renorm_clip={self.renorm_clip}')
+        return (
+            f'{self.num_features}, batch_size={self.batch_size}, '
+            f'real_batch_size={self.real_batch_size} (window '
+            f'{self.window}), eps={self.eps}, momentum={self.momentum}, '
+            f'warmup_iters={self.warmup_iters}, renorm_warmup_iters='
+            f'{self.renorm_warmup_iters}, renorm_clip={self.renorm_clip}'
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         if not self.bn.training:
-            return F.batch_norm(x, self.bn.running_mean, self.bn.running_var,
-                                self.weight, self.bias, False, 0.0, self.eps)
+            return F.batch_norm(
+                x,
+                self.bn.running_mean,
+                self.bn.running_var,
+                self.weight,
+                self.bias,
+                False,
+                0.0,
+                self.eps,
+            )
         if x.shape[0] == 0:
             # Nothing to count or average; keep the output in the graph.
             return x * self.weight[:, None, None] + self.bias[:, None, None]
@@ -286,7 +319,9 @@ class MABN2d(BatchNormAffineChildLayer):
                 f'= {self.window} iterations then averages '
                 f'{self.window * x.shape[0]} images, not real_batch_size='
                 f'{self.real_batch_size}. Set the norm_cfg batch_size to '
-                'train_dataloader.batch_size.')
+                'train_dataloader.batch_size.',
+                stacklevel=2,
+            )
 
     # ------------------------------------------------------------------ #
     # Inference form
@@ -296,8 +331,7 @@ class MABN2d(BatchNormAffineChildLayer):
         computes in eval mode (zero mean, ``running_var`` = R, gamma, beta),
         e.g. for mmcv's ``fuse_conv_bn``. For inference only: training it
         would be BN, not MABN."""
-        bn = nn.BatchNorm2d(self.num_features, eps=self.eps).to(
-            self.bn.weight)
+        bn = nn.BatchNorm2d(self.num_features, eps=self.eps).to(self.bn.weight)
         bn.load_state_dict(copy.deepcopy(self.bn.state_dict()))
         return bn.eval()
 

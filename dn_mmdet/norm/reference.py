@@ -3,14 +3,15 @@
 Written as the paper states it (DN Sec. 3.3, equations 6 and 7), one step
 per line, all through autograd: BN without affine, a pooling pass over the
 input, the SC-Module, a multiply-add pass. :class:`DynamicNorm2d` computes
-the same function far more cheaply (one statistics pass, one elementwise
-pass, a fused backward, a C++ inference kernel).
+the same function far more cheaply (:mod:`dn_mmdet.ops`: one statistics
+pass, one elementwise pass, a fused backward, all in C++ on the CPU).
 
 Nothing in the package uses it. The tests hold every path of
 :class:`DynamicNorm2d` to it, and ``tools/analysis/benchmark_norm.py``
 measures it beside the fast layer (what the fast paths save); it lives in the
 package, not in ``tests/``, so that the tool does not import from the tests.
 """
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -22,13 +23,12 @@ def dynamic_norm_reference(dn: DynamicNorm2d, x: Tensor) -> Tensor:
     statistics as its forward does.
 
     Args:
-        dn (DynamicNorm2d): The layer whose parameters, buffers, mode and
-            fused activation are used.
+        dn (DynamicNorm2d): The layer whose parameters, buffers and mode
+            are used.
         x (Tensor): Input of shape (N, C, H, W).
 
     Returns:
-        Tensor: (N, C, H, W), ``X~ * alpha + lambda`` (then the fused
-        activation, if any).
+        Tensor: (N, C, H, W), ``X~ * alpha + lambda``.
     """
     bn = dn.bn
     use_batch_stats = dn.uses_batch_statistics
@@ -40,19 +40,29 @@ def dynamic_norm_reference(dn: DynamicNorm2d, x: Tensor) -> Tensor:
     momentum = 0.0
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked += 1
-        momentum = (1 / float(bn.num_batches_tracked)
-                    if bn.momentum is None else bn.momentum)
-    x_tilde = F.batch_norm(x, bn.running_mean, bn.running_var, None, None,
-                           use_batch_stats, momentum, dn.eps)
+        momentum = (
+            1 / float(bn.num_batches_tracked)
+            if bn.momentum is None
+            else bn.momentum
+        )
+    x_tilde = F.batch_norm(
+        x,
+        bn.running_mean,
+        bn.running_var,
+        None,
+        None,
+        use_batch_stats,
+        momentum,
+        dn.eps,
+    )
     if dn.mode == 'B':
         alpha, lam = dn.sc(x.mean(dim=(2, 3)))
     else:
-        alpha, lam = dn.sc.forward_dn_c(mean, (var + dn.eps).sqrt(),
-                                        dn.mode)
+        alpha, lam = dn.sc.forward_dn_c(mean, (var + dn.eps).sqrt(), dn.mode)
     alpha = alpha + dn.base_scale
     lam = lam + dn.base_shift
     y = x_tilde * alpha[:, :, None, None] + lam[:, :, None, None]
-    return y if dn.activation is None else dn.activation(y)
+    return y
 
 
 class DynamicNorm2dReference(DynamicNorm2d):

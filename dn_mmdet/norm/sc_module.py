@@ -11,6 +11,7 @@ with ``h = max(1, C // r)`` and ``g`` input channels per group of FC2
 r / g"). This is exactly the structure that reproduces the paper's parameter
 counts (DN Tables 1, 2, 6 and 7).
 """
+
 from typing import Optional, Tuple, Union
 
 import torch
@@ -54,22 +55,28 @@ class GroupedFC(nn.Module):
         bias (bool): Whether to add a learnable bias.
     """
 
-    def __init__(self, in_features: int, out_features: int, groups: int = 1,
-                 bias: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        groups: int = 1,
+        bias: bool = True,
+    ):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.groups = groups
         self.weight = nn.Parameter(
-            torch.empty(out_features, in_features // groups))
+            torch.empty(out_features, in_features // groups)
+        )
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # The default init of nn.Conv2d / nn.Linear (kaiming uniform, a=sqrt(5)).
+        # nn.Conv2d's and nn.Linear's default: kaiming uniform, a=sqrt(5).
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
         if self.bias is not None:
-            bound = 1 / (self.weight.shape[1]**0.5)
+            bound = 1 / (self.weight.shape[1] ** 0.5)
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,16 +92,19 @@ class GroupedFC(nn.Module):
             out = out * self.weight[:, 0]
         else:
             w = self.weight.view(self.groups, -1, per_group_in)
-            out = torch.einsum('ngi,goi->ngo',
-                               x.view(n, self.groups, per_group_in), w)
+            out = torch.einsum(
+                'ngi,goi->ngo', x.view(n, self.groups, per_group_in), w
+            )
             out = out.reshape(n, self.out_features)
         if self.bias is not None:
             out = out + self.bias
         return out
 
     def extra_repr(self) -> str:
-        return (f'{self.in_features}, {self.out_features}, '
-                f'groups={self.groups}, bias={self.bias is not None}')
+        return (
+            f'{self.in_features}, {self.out_features}, '
+            f'groups={self.groups}, bias={self.bias is not None}'
+        )
 
 
 class SCModule(nn.Module):
@@ -115,23 +125,33 @@ class SCModule(nn.Module):
             ``act_cfg=None``: FC2 then follows FC1 directly).
     """
 
-    def __init__(self, num_features: int, r: int = 16,
-                 g: Union[int, str] = 1,
-                 act_cfg: Optional[dict] = dict(type='Sigmoid')):
+    def __init__(
+        self,
+        num_features: int,
+        r: int = 16,
+        g: Union[int, str] = 1,
+        act_cfg: Optional[dict] = dict(type='Sigmoid'),
+    ):
         super().__init__()
         self.num_features = num_features
         hidden = max(1, num_features // r)
         self.fc1 = GroupedFC(num_features, hidden, groups=1, bias=True)
-        self.act = (nn.Identity() if act_cfg is None else
-                    build_activation_layer(act_cfg))
+        self.act = (
+            nn.Identity()
+            if act_cfg is None
+            else build_activation_layer(act_cfg)
+        )
         self.fc2 = GroupedFC(
-            hidden, 2 * num_features,
-            groups=fc2_groups(hidden, num_features, g), bias=False)
+            hidden,
+            2 * num_features,
+            groups=fc2_groups(hidden, num_features, g),
+            bias=False,
+        )
         nn.init.zeros_(self.fc2.weight)
 
     def kernel_weights(
-            self) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                    int]]:
+        self,
+    ) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
         """``(fc1.weight, fc1.bias, fc2.weight, fc2.groups)`` for DN's C++
         kernel, which implements this module as built (FC1 with bias, the
         sigmoid, FC2); None when it is not (another activation) or must run
@@ -142,14 +162,21 @@ class SCModule(nn.Module):
         every forward of a DN layer asks."""
         watched = self.kernel_skips()
         _, fc1, act, fc2 = watched
-        if not (isinstance(act, nn.Sigmoid) and type(fc1) is GroupedFC
-                and type(fc2) is GroupedFC):
+        if not (
+            isinstance(act, nn.Sigmoid)
+            and type(fc1) is GroupedFC
+            and type(fc2) is GroupedFC
+        ):
             return None
         bias = fc1._parameters['bias']
         if bias is None or has_forward_hooks(*watched):
             return None
-        return (fc1._parameters['weight'], bias, fc2._parameters['weight'],
-                fc2.groups)
+        return (
+            fc1._parameters['weight'],
+            bias,
+            fc2._parameters['weight'],
+            fc2.groups,
+        )
 
     def kernel_skips(self) -> Tuple[nn.Module, ...]:
         """The modules the kernel runs without calling them: this one, FC1,
@@ -164,14 +191,15 @@ class SCModule(nn.Module):
 
     def split(self, out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """FC2's (N, 2C) output -> (alpha_delta, lambda_delta)."""
-        return out[:, :self.num_features], out[:, self.num_features:]
+        return out[:, : self.num_features], out[:, self.num_features :]
 
     def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(N, C) -> alpha_delta (N, C), lambda_delta (N, C)."""
         return self.split(self.fc2(self.hidden(z)))
 
-    def forward_dn_c(self, mean: torch.Tensor, std: torch.Tensor,
-                     mode: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_dn_c(
+        self, mean: torch.Tensor, std: torch.Tensor, mode: str
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """DN-C's deltas, shared by the batch, from its statistics.
 
         The E[X] and Std[X] branches share the FCs (which gives DN-C the
@@ -188,8 +216,9 @@ class SCModule(nn.Module):
         """
         mean, std = mean[None], std[None]
         if mode == 'C1':
-            return self.split(self.fc2(self.act(self.fc1(mean) +
-                                                self.fc1(std))))
+            return self.split(
+                self.fc2(self.act(self.fc1(mean) + self.fc1(std)))
+            )
         alpha_m, lambda_m = self(mean)
         alpha_s, lambda_s = self(std)
         return alpha_m + alpha_s, lambda_m + lambda_s

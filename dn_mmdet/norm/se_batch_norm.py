@@ -5,6 +5,7 @@ front of BN": the channels are first recalibrated by an SE block (Hu et al.,
 2018), then batch-normalised with BN's own affine. As a ``norm_cfg`` type the
 baseline is a one-line change of any backbone, exactly like DN.
 """
+
 from typing import Optional
 
 import torch
@@ -57,19 +58,24 @@ class SEBatchNorm2d(NormLayer):
         - Input: (N, C, H, W)
         - Output: (N, C, H, W)
     """
+
     _abbr_ = 'sebn'
 
-    def __init__(self,
-                 num_features: int,
-                 r: int = 16,
-                 eps: float = 1e-5,
-                 momentum: Optional[float] = 0.1,
-                 affine: bool = True,
-                 track_running_stats: bool = True) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        r: int = 16,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
         super().__init__(num_features)
         if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-            raise ValueError(f'SEBN(num_features={num_features}): r (SE '
-                             f'reduction) must be an int >= 1, got {r!r}')
+            raise ValueError(
+                f'SEBN(num_features={num_features}): r (SE '
+                f'reduction) must be an int >= 1, got {r!r}'
+            )
         self.r = r
         hidden = max(1, num_features // r)
         self.se_fc1 = GroupedFC(num_features, hidden, bias=True)
@@ -79,15 +85,18 @@ class SEBatchNorm2d(NormLayer):
             eps=eps,
             momentum=momentum,
             affine=affine,
-            track_running_stats=track_running_stats)
+            track_running_stats=track_running_stats,
+        )
 
     @property
     def uses_batch_statistics(self) -> bool:
         return self.bn.training or not self.bn.track_running_stats
 
     def extra_repr(self) -> str:
-        return (f'{self.num_features}, r={self.r} '
-                f'(hidden={self.se_fc1.out_features})')
+        return (
+            f'{self.num_features}, r={self.r} '
+            f'(hidden={self.se_fc1.out_features})'
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H, W)."""

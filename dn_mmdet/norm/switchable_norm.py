@@ -1,6 +1,7 @@
 """Switchable Normalization (Luo, Ren, Peng, Zhang and Li, "Differentiable
 Learning-to-Normalize via Switchable Normalization", ICLR 2019), as its
 reference code (``SwitchNorm2d``) computes it."""
+
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -10,9 +11,8 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .aten_passes import LOW_PRECISION, affine_per_sample, centered_sums
 from .base import BatchNormAffineChildLayer
-from .functional import (_LOW_PRECISION, _centered_sums, affine_per_sample,
-                         fused_enabled)
 
 IMPLS = ('auto', 'plain')
 
@@ -22,7 +22,7 @@ def instance_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
     SN's reference (``x.var``); a 1x1 map's variance is 0 (its biased
     value: the unbiased one is 0/0). Differentiable; (N, C), in float32 or
     wider."""
-    if x.dtype in _LOW_PRECISION:
+    if x.dtype in LOW_PRECISION:
         x = x.float()
     correction = 1 if x.shape[2] * x.shape[3] > 1 else 0
     var, mean = torch.var_mean(x, dim=(2, 3), correction=correction)
@@ -36,9 +36,10 @@ def _instance_moments_one_pass(x: Tensor) -> Tuple[Tensor, Tensor]:
     is many standard deviations from zero, as DN's statistics do."""
     n, c, h, w = x.shape
     hw = h * w
-    zeros = x.new_zeros((n, c), dtype=torch.promote_types(x.dtype,
-                                                          torch.float32))
-    sum_x2, sum_x = _centered_sums(x, x, zeros, torch.ones_like(zeros))
+    zeros = x.new_zeros(
+        (n, c), dtype=torch.promote_types(x.dtype, torch.float32)
+    )
+    sum_x2, sum_x = centered_sums(x, x, zeros, torch.ones_like(zeros))
     mean = sum_x / hw
     if hw == 1:
         return mean, zeros
@@ -67,12 +68,12 @@ class _SwitchNormTrain(torch.autograd.Function):
         ctx.graph = (mean_in, var_in, scale, shift, params)
         batch_stats = tuple(s.detach() for s in batch_stats)
         ctx.mark_non_differentiable(*batch_stats)
-        return (y, ) + batch_stats
+        return (y,) + batch_stats
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: Tensor, *unused):
-        x, = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         mean_in, var_in, scale, shift, params = ctx.graph
         n, c, h, w = x.shape
         hw = h * w
@@ -80,16 +81,21 @@ class _SwitchNormTrain(torch.autograd.Function):
         # sum_hw g x and sum_hw g: the gradients of scale and shift.
         if x.is_contiguous():  # the native one-pass sums need both so
             grad_y = grad_y.contiguous()
-        sum_gx, sum_g = _centered_sums(grad_y, x, zeros,
-                                       torch.ones_like(zeros))
-        grads = torch.autograd.grad((scale, shift), (mean_in, var_in) +
-                                    params, (sum_gx, sum_g),
-                                    allow_unused=True)
+        sum_gx, sum_g = centered_sums(grad_y, x, zeros, torch.ones_like(zeros))
+        grads = torch.autograd.grad(
+            (scale, shift),
+            (mean_in, var_in) + params,
+            (sum_gx, sum_g),
+            allow_unused=True,
+        )
         grad_mean, grad_var = grads[:2]
         # d mean_in / dx = 1 / HW; d var_in / dx = 2 (x - mean_in) / (HW - 1)
         # (0 for a 1x1 map, whose variance is the constant 0).
-        coef_x = (grad_var * (2.0 / (hw - 1)) if hw > 1 and grad_var
-                  is not None else torch.zeros_like(zeros))
+        coef_x = (
+            grad_var * (2.0 / (hw - 1))
+            if hw > 1 and grad_var is not None
+            else torch.zeros_like(zeros)
+        )
         if grad_mean is None:
             grad_mean = torch.zeros_like(zeros)
         const = grad_mean / hw - coef_x * mean_in.detach()
@@ -174,8 +180,7 @@ class SwitchNorm2d(BatchNormAffineChildLayer):
     one autograd node (:class:`_SwitchNormTrain`) whose backward makes one
     reduction pass and two elementwise passes. ``'plain'`` is the
     straightforward version (``torch.var_mean`` and autograd), which
-    ``'auto'`` also takes with synchronised statistics, under tracing and
-    with ``DN_MMDET_FUSED=0``.
+    ``'auto'`` also takes with synchronised statistics and under tracing.
 
     Checkpoint keys (``<p>`` is e.g. ``conv.sn``)::
 
@@ -199,25 +204,30 @@ class SwitchNorm2d(BatchNormAffineChildLayer):
         - Input: (N, C, H, W)
         - Output: (N, C, H, W)
     """
+
     _abbr_ = 'sn'
     # The instance and layer scopes exist for any input and the batch scope
     # of a single value per channel is that value (as in the reference,
     # where batch = instance for one image): SN is defined for any batch.
     min_values_per_channel = 1
 
-    def __init__(self,
-                 num_features: int,
-                 eps: float = 1e-5,
-                 momentum: Optional[float] = 0.1,
-                 using_moving_average: bool = True,
-                 using_bn: bool = True,
-                 last_gamma: bool = False,
-                 impl: str = 'auto') -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        using_moving_average: bool = True,
+        using_bn: bool = True,
+        last_gamma: bool = False,
+        impl: str = 'auto',
+    ) -> None:
         super().__init__(num_features)
         self.check_eps_momentum(eps, momentum)
-        for name, value in (('using_moving_average', using_moving_average),
-                            ('using_bn', using_bn),
-                            ('last_gamma', last_gamma)):
+        for name, value in (
+            ('using_moving_average', using_moving_average),
+            ('using_bn', using_bn),
+            ('last_gamma', last_gamma),
+        ):
             if not isinstance(value, bool):
                 raise self.option_error(name, 'True or False', value)
         if impl not in IMPLS:
@@ -229,7 +239,8 @@ class SwitchNorm2d(BatchNormAffineChildLayer):
             num_features,
             eps=eps,
             momentum=momentum if using_moving_average else None,
-            track_running_stats=using_bn)
+            track_running_stats=using_bn,
+        )
         num_scopes = 3 if using_bn else 2
         self.mean_weight = nn.Parameter(torch.ones(num_scopes))
         self.var_weight = nn.Parameter(torch.ones(num_scopes))
@@ -256,15 +267,20 @@ class SwitchNorm2d(BatchNormAffineChildLayer):
         return self.using_bn and self.bn.training
 
     def extra_repr(self) -> str:
-        return (f'{self.num_features}, eps={self.eps}, momentum='
-                f'{self.momentum}, using_moving_average='
-                f'{self.using_moving_average}, using_bn={self.using_bn}, '
-                f'last_gamma={self.last_gamma}')
+        return (
+            f'{self.num_features}, eps={self.eps}, momentum='
+            f'{self.momentum}, using_moving_average='
+            f'{self.using_moving_average}, using_bn={self.using_bn}, '
+            f'last_gamma={self.last_gamma}'
+        )
 
     def _sync_group(self):
         """The process group the batch scope is computed over, if any."""
-        if (isinstance(self.bn, nn.SyncBatchNorm) and dist.is_available()
-                and dist.is_initialized()):
+        if (
+            isinstance(self.bn, nn.SyncBatchNorm)
+            and dist.is_available()
+            and dist.is_initialized()
+        ):
             group = self.bn.process_group or dist.group.WORLD
             if dist.get_world_size(group) > 1:
                 return group
@@ -282,17 +298,24 @@ class SwitchNorm2d(BatchNormAffineChildLayer):
         batch_scope = self.uses_batch_statistics
         group = self._sync_group() if batch_scope else None
         params = tuple(p for p in self.parameters() if p.requires_grad)
-        fast = (self.impl == 'auto' and fused_enabled()
-                and not torch.jit.is_tracing()
-                and not torch.jit.is_scripting())
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad
-                                                  or bool(params))
+        fast = (
+            self.impl == 'auto'
+            and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting()
+        )
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or bool(params)
+        )
         if fast and needs_grad and group is None:
             y, *batch_stats = _SwitchNormTrain.apply(
-                x, lambda m, v: self._mix(m, v, None), *params)
+                x, lambda m, v: self._mix(m, v, None), *params
+            )
         else:
-            moments = (_instance_moments_one_pass(x)
-                       if fast and not needs_grad else instance_moments(x))
+            moments = (
+                _instance_moments_one_pass(x)
+                if fast and not needs_grad
+                else instance_moments(x)
+            )
             scale, shift, batch_stats = self._mix(*moments, group)
             y = affine_per_sample(x, scale, shift)
         if batch_scope:
@@ -343,8 +366,9 @@ class SwitchNorm2d(BatchNormAffineChildLayer):
         bn.running_var.copy_(second - bn.running_mean.pow(2))
 
 
-def _batch_scope(mean_in: Tensor, second_in: Tensor,
-                 group) -> Tuple[Tensor, Tensor]:
+def _batch_scope(
+    mean_in: Tensor, second_in: Tensor, group
+) -> Tuple[Tensor, Tensor]:
     """The batch scope's mean and variance (C,) from the instance means and
     second moments (N, C), over all processes of ``group`` if given
     (differentiable; weighted by each process's batch)."""
@@ -352,13 +376,16 @@ def _batch_scope(mean_in: Tensor, second_in: Tensor,
         mean = mean_in.mean(0)
         return mean, second_in.mean(0) - mean * mean
     from torch.distributed.nn.functional import all_reduce
+
     c = mean_in.shape[1]
-    local = torch.cat([
-        mean_in.double().sum(0),
-        second_in.double().sum(0),
-        mean_in.new_full((1, ), mean_in.shape[0], dtype=torch.float64)
-    ])
+    local = torch.cat(
+        [
+            mean_in.double().sum(0),
+            second_in.double().sum(0),
+            mean_in.new_full((1,), mean_in.shape[0], dtype=torch.float64),
+        ]
+    )
     total = all_reduce(local, group=group)
     mean = total[:c] / total[-1]
-    var = total[c:2 * c] / total[-1] - mean * mean
+    var = total[c : 2 * c] / total[-1] - mean * mean
     return mean.to(mean_in.dtype), var.to(mean_in.dtype)

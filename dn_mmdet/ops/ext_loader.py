@@ -30,10 +30,10 @@ later load of that directory waits for it forever.)
 This module imports only the standard library and torch, so that
 ``setup.py`` can load it before the package's dependencies are installed.
 """
+
 import contextlib
 import glob
 import hashlib
-import importlib
 import importlib.util
 import json
 import os
@@ -42,7 +42,6 @@ import shutil
 import sysconfig
 import tempfile
 import warnings
-from types import ModuleType
 from typing import Optional
 
 import torch
@@ -55,7 +54,7 @@ except ImportError:  # Windows: builds are not guarded against each other
 __all__ = ['ExtensionSpec', 'CompiledExtension', 'cpu_isa']
 
 HERE = osp.dirname(osp.abspath(__file__))
-# Written into a cache build when it is complete: which module file to load
+# Written into a cache build when it is complete: which library file to load
 # (cpp_extension names it ``<name>_v1`` if one process builds a name twice).
 _MANIFEST = 'extension.json'
 
@@ -79,8 +78,9 @@ class ExtensionSpec:
             (:func:`cpu_isa`) if not given.
     """
 
-    def __init__(self, base_name: str, source: str,
-                 isa: Optional[str] = None) -> None:
+    def __init__(
+        self, base_name: str, source: str, isa: Optional[str] = None
+    ) -> None:
         self.source = osp.join(HERE, source)
         self.isa = isa or cpu_isa()
         self.cflags = ['-O3', '-fopenmp']
@@ -96,10 +96,14 @@ class ExtensionSpec:
         digest = hashlib.sha256()
         with open(self.source, 'rb') as f:
             digest.update(f.read())
-        for part in (self.cflags, self.ldflags,
-                     sysconfig.get_config_var('EXT_SUFFIX'),
-                     torch.__version__, torch.version.git_version,
-                     torch._C._GLIBCXX_USE_CXX11_ABI):
+        for part in (
+            self.cflags,
+            self.ldflags,
+            sysconfig.get_config_var('EXT_SUFFIX'),
+            torch.__version__,
+            torch.version.git_version,
+            torch._C._GLIBCXX_USE_CXX11_ABI,
+        ):
             digest.update(repr(part).encode())
         return digest.hexdigest()[:12]
 
@@ -107,10 +111,11 @@ class ExtensionSpec:
 class CompiledExtension:
     """A C++ extension of :mod:`dn_mmdet.ops`, loaded on first use.
 
-    :meth:`load` finds or builds it once per process; afterwards
-    :attr:`module` holds its functions and :attr:`origin` says where it
-    came from. A failure (no C++ compiler, say) warns once and is
-    remembered in :attr:`error`: the callers then use ATen's kernels.
+    :meth:`load` finds or builds it once per process and loads it, which
+    registers its ops; afterwards :attr:`library` is its file and
+    :attr:`origin` says where it came from. A failure (no C++ compiler,
+    say) warns once and is remembered in :attr:`error`: the callers then
+    use ATen's kernels.
 
     Args:
         base_name (str): e.g. ``'dn_cpu'``.
@@ -122,39 +127,46 @@ class CompiledExtension:
         self.base_name = base_name
         self.source = source
         self.description = description
-        self.module: Optional[ModuleType] = None
+        #: The loaded shared library's path.
+        self.library: Optional[str] = None
         #: ``'installed'``, ``'cache'`` or ``'compiled'`` once loaded.
         self.origin: Optional[str] = None
         self.error: Optional[str] = None
 
     def load(self) -> bool:
         """Find or build the extension now; True if it is available."""
-        if self.module is None and self.error is None:
+        if self.library is None and self.error is None:
             try:
-                self.module, self.origin = self._find_or_build()
+                self.library, self.origin = self._find_or_build()
             except Exception as error:  # noqa: BLE001  (any failure: ATen)
                 self.error = f'{type(error).__name__}: {error}'
                 warnings.warn(
                     f'dn_mmdet: could not build {self.description}, using '
                     f'ATen kernels instead ({self.error.splitlines()[0]}). '
-                    'Set DN_MMDET_FUSED=0 to skip trying.')
-        return self.module is not None
+                    "Build DN layers with impl='composite' to skip trying.",
+                    stacklevel=2,
+                )
+        return self.library is not None
 
     def _find_or_build(self):
         spec = ExtensionSpec(self.base_name, self.source)
-        installed = f'{__package__}.{spec.name}'
-        if importlib.util.find_spec(installed) is not None:
-            return importlib.import_module(installed), 'installed'
+        installed = importlib.util.find_spec(f'{__package__}.{spec.name}')
+        if installed is not None:
+            torch.ops.load_library(installed.origin)
+            return installed.origin, 'installed'
         from torch.utils import cpp_extension
+
         root = osp.join(
             os.environ.get('TORCH_EXTENSIONS_DIR')
-            or cpp_extension.get_default_build_root(), 'dn_mmdet')
+            or cpp_extension.get_default_build_root(),
+            'dn_mmdet',
+        )
         return build_in_cache(spec, root, self.description)
 
 
 def build_in_cache(spec: ExtensionSpec, root: str, description: str):
     """Load ``spec``'s build from ``<root>/<name>``, building it first if
-    it is not there. Returns ``(module, 'cache' or 'compiled')``."""
+    it is not there. Returns ``(library path, 'cache' or 'compiled')``."""
     target = osp.join(root, spec.name)
     if osp.isdir(target):
         with contextlib.suppress(ImportError, OSError, ValueError, KeyError):
@@ -171,39 +183,41 @@ def build_in_cache(spec: ExtensionSpec, root: str, description: str):
         for stale in glob.glob(osp.join(root, f'.{spec.name}.*')):
             shutil.rmtree(stale, ignore_errors=True)
         from mmengine.logging import print_log
+
         print_log(
             f'dn_mmdet: building {description} (once per machine, source '
-            f'and torch version; ~40 s) into {target}', logger='current')
+            f'and torch version; ~40 s) into {target}',
+            logger='current',
+        )
         building = tempfile.mkdtemp(prefix=f'.{spec.name}.', dir=root)
         try:
             from torch.utils import cpp_extension
-            module = cpp_extension.load(
+
+            # Loads the library too (torch.ops.load_library).
+            library = cpp_extension.load(
                 name=spec.name,
                 sources=[spec.source],
                 build_directory=building,
                 extra_cflags=spec.cflags,
                 extra_ldflags=spec.ldflags,
-                verbose=False)
+                is_python_module=False,
+                verbose=False,
+            )
             with open(osp.join(building, _MANIFEST), 'w') as f:
-                json.dump(dict(module=module.__name__,
-                               file=osp.basename(module.__file__)), f)
+                json.dump(dict(file=osp.basename(library)), f)
             os.rename(building, target)
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
-    return module, 'compiled'
+    return osp.join(target, osp.basename(library)), 'compiled'
 
 
-def _import_build(directory: str) -> ModuleType:
+def _import_build(directory: str) -> str:
+    """Load the library a complete build in ``directory`` holds; its path."""
     with open(osp.join(directory, _MANIFEST)) as f:
-        manifest = json.load(f)
-    spec = importlib.util.spec_from_file_location(
-        manifest['module'], osp.join(directory, manifest['file']))
-    if spec is None:
-        raise ImportError(f'no loadable extension in {directory}')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        library = osp.join(directory, json.load(f)['file'])
+    torch.ops.load_library(library)
+    return library
 
 
 @contextlib.contextmanager
@@ -216,8 +230,11 @@ def _exclusive_lock(path: str, description: str):
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 from mmengine.logging import print_log
+
                 print_log(
                     f'dn_mmdet: waiting for another process that is '
-                    f'building {description} ({path})', logger='current')
+                    f'building {description} ({path})',
+                    logger='current',
+                )
                 fcntl.flock(f, fcntl.LOCK_EX)
         yield

@@ -13,6 +13,7 @@ the destination untouched.
 Use it with ``backend_args=dict(backend='atomic_local')`` wherever mmengine
 takes ``backend_args`` (``default_runtime.py`` sets it for checkpoints).
 """
+
 import contextlib
 import os
 import os.path as osp
@@ -32,8 +33,9 @@ _TEMP_NAME = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$')
 
 def _temp_path(filepath: str) -> str:
     dirname, basename = osp.split(filepath)
-    return osp.join(dirname,
-                    f'.{basename}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
+    return osp.join(
+        dirname, f'.{basename}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -51,8 +53,11 @@ def _remove_stale_temps(filepath: str) -> None:
     dirname, basename = osp.split(filepath)
     for entry in os.scandir(dirname):
         match = _TEMP_NAME.match(entry.name)
-        if (match and match['name'] == basename
-                and not _pid_alive(int(match['pid']))):
+        if (
+            match
+            and match['name'] == basename
+            and not _pid_alive(int(match['pid']))
+        ):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(entry.path)
 
@@ -116,10 +121,9 @@ class AtomicLocalBackend(LocalBackend):
         """
         atomic_write(filepath, obj)
 
-    def put_text(self,
-                 obj: str,
-                 filepath: Union[str, Path],
-                 encoding: str = 'utf-8') -> None:
+    def put_text(
+        self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8'
+    ) -> None:
         """Write text to ``filepath`` atomically (see :func:`atomic_write`).
 
         Args:

@@ -6,32 +6,140 @@ checkpoint of another model gives a partly random one. The project's loaders
 (:class:`~dn_mmdet.engine.hooks.CheckpointMatchHook`, the backbone's
 ``Pretrained`` init) compare first with :func:`state_dict_mismatch` and
 refuse with :func:`format_mismatch`.
+
+Two DN layers of one width have the same keys and shapes whatever their
+``mode``, ``eps`` or activation, so a layer also records the options that
+change its function in the state dict's metadata
+(``state_dict._metadata[<layer name>]['norm_options']``, beside torch's
+``version``; see :func:`record_options`), which mmengine's
+``save_checkpoint`` and ``load_state_dict`` carry. Recorded options that
+differ from the model's are a mismatch too: :func:`state_dict_mismatch`
+lists them, and the layer's own load refuses them
+(:func:`check_recorded_options`). A checkpoint without the record (written
+before it existed, or converted from BN) loads as before.
 """
+
 import re
-from typing import List, Mapping, NamedTuple, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Tuple
 
 import torch
 
-__all__ = ['Mismatch', 'state_dict_mismatch', 'format_mismatch']
+__all__ = [
+    'CheckpointMismatchError',
+    'Mismatch',
+    'state_dict_mismatch',
+    'format_mismatch',
+    'OPTIONS_KEY',
+    'record_options',
+    'check_recorded_options',
+]
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not fit the model (keys, shapes, the options of a
+    norm layer) or the optimizer of the run."""
+
 
 #: How many keys of each kind a message names.
 MAX_LISTED = 10
 
 
+#: The key of the options record in a layer's state-dict metadata.
+OPTIONS_KEY = 'norm_options'
+
+
 class Mismatch(NamedTuple):
     """Keys of the model absent from the checkpoint, keys of the checkpoint
-    the model does not have, and ``(key, checkpoint shape, model shape)`` of
-    tensors whose shapes differ; each in model / file order."""
+    the model does not have, ``(key, checkpoint shape, model shape)`` of
+    tensors whose shapes differ, and ``(layer, option, checkpoint value,
+    model value)`` of recorded norm options that differ; each in model /
+    file order."""
+
     missing: List[str]
     unexpected: List[str]
     wrong_shape: List[Tuple[str, tuple, tuple]]
+    other_options: List[Tuple[str, str, Any, Any]] = []
 
     def __bool__(self) -> bool:
-        return bool(self.missing or self.unexpected or self.wrong_shape)
+        return bool(
+            self.missing
+            or self.unexpected
+            or self.wrong_shape
+            or self.other_options
+        )
 
 
-def state_dict_mismatch(model_state: Mapping,
-                        checkpoint_state: Mapping) -> Mismatch:
+def record_options(
+    destination: Mapping, prefix: str, options: Dict[str, Any]
+) -> None:
+    """Add a layer's ``options`` to the metadata that ``Module.state_dict``
+    keeps for it (nothing if ``destination`` keeps none). Call it from the
+    layer's ``_save_to_state_dict``.
+
+    Args:
+        destination (Mapping): The state dict being written.
+        prefix (str): The layer's key prefix, e.g. ``'backbone.stem.dn.'``.
+        options (dict): Option name -> plain value (str, int, float).
+    """
+    metadata = getattr(destination, '_metadata', None)
+    if metadata is None:
+        return
+    metadata.setdefault(prefix[:-1], {})[OPTIONS_KEY] = dict(options)
+
+
+def _differing_options(recorded: Mapping, options: Mapping) -> list:
+    return [
+        (name, recorded[name], value)
+        for name, value in options.items()
+        if name in recorded and recorded[name] != value
+    ]
+
+
+def _listed_options(differ: list) -> str:
+    return ', '.join(
+        f'{name}={saved!r} (model: {value!r})' for name, saved, value in differ
+    )
+
+
+def check_recorded_options(
+    local_metadata: Mapping, prefix: str, options: Dict[str, Any], layer: str
+) -> None:
+    """Raise if the checkpoint recorded other options for this layer. Call
+    it from the layer's ``_load_from_state_dict``.
+
+    Args:
+        local_metadata (Mapping): The layer's metadata in the checkpoint.
+        prefix (str): The layer's key prefix in the checkpoint.
+        options (dict): The loading layer's options.
+        layer (str): The loading layer, for the message.
+
+    Raises:
+        CheckpointMismatchError: Naming the layer and each option that
+            differs, with both values.
+    """
+    differ = _differing_options(local_metadata.get(OPTIONS_KEY) or {}, options)
+    if differ:
+        raise CheckpointMismatchError(
+            f'Checkpoint layer "{prefix[:-1]}" was saved with '
+            f'{_listed_options(differ)}; it does not fit {layer}, which '
+            'computes another function with the same weights. Load it into '
+            'a model built with the recorded options (norm_cfg), or use a '
+            'checkpoint of this model.'
+        )
+
+
+def _options_records(state: Mapping) -> Dict[str, dict]:
+    metadata = getattr(state, '_metadata', None) or {}
+    return {
+        re.sub(r'^module\.', '', layer): meta[OPTIONS_KEY]
+        for layer, meta in metadata.items()
+        if isinstance(meta, Mapping) and meta.get(OPTIONS_KEY)
+    }
+
+
+def state_dict_mismatch(
+    model_state: Mapping, checkpoint_state: Mapping
+) -> Mismatch:
     """Compare a checkpoint's state dict with a model's.
 
     A leading ``module.`` (a checkpoint of a wrapped model) is ignored, as
@@ -42,20 +150,31 @@ def state_dict_mismatch(model_state: Mapping,
         model_state (Mapping): ``model.state_dict()``.
         checkpoint_state (Mapping): The checkpoint's ``state_dict``.
     """
+    saved_options = _options_records(checkpoint_state)
+    other_options = [
+        (layer, name, saved, value)
+        for layer, options in _options_records(model_state).items()
+        for name, saved, value in _differing_options(
+            saved_options.get(layer, {}), options
+        )
+    ]
     checkpoint_state = {
-        re.sub(r'^module\.', '', k): v
-        for k, v in checkpoint_state.items()
+        re.sub(r'^module\.', '', k): v for k, v in checkpoint_state.items()
     }
     missing = [
-        k for k in model_state if k not in checkpoint_state
-        and not k.endswith('num_batches_tracked')
+        k
+        for k in model_state
+        if k not in checkpoint_state and not k.endswith('num_batches_tracked')
     ]
     unexpected = [k for k in checkpoint_state if k not in model_state]
-    wrong_shape = [(k, tuple(v.shape), tuple(model_state[k].shape))
-                   for k, v in checkpoint_state.items()
-                   if k in model_state and isinstance(v, torch.Tensor)
-                   and v.shape != model_state[k].shape]
-    return Mismatch(missing, unexpected, wrong_shape)
+    wrong_shape = [
+        (k, tuple(v.shape), tuple(model_state[k].shape))
+        for k, v in checkpoint_state.items()
+        if k in model_state
+        and isinstance(v, torch.Tensor)
+        and v.shape != model_state[k].shape
+    ]
+    return Mismatch(missing, unexpected, wrong_shape, other_options)
 
 
 def _listed(keys: List[str]) -> str:
@@ -69,18 +188,36 @@ def format_mismatch(mismatch: Mismatch) -> str:
     checkpoint loaded into a model with DN layers."""
     lines = []
     if mismatch.missing:
-        lines.append(f'  {len(mismatch.missing)} missing from the '
-                     f'checkpoint: {_listed(mismatch.missing)}')
+        lines.append(
+            f'  {len(mismatch.missing)} missing from the '
+            f'checkpoint: {_listed(mismatch.missing)}'
+        )
     if mismatch.unexpected:
-        lines.append(f'  {len(mismatch.unexpected)} not in the model: '
-                     f'{_listed(mismatch.unexpected)}')
+        lines.append(
+            f'  {len(mismatch.unexpected)} not in the model: '
+            f'{_listed(mismatch.unexpected)}'
+        )
     if mismatch.wrong_shape:
         shapes = [f'{k} {a} vs {b}' for k, a, b in mismatch.wrong_shape]
-        lines.append(f'  {len(shapes)} of another shape (checkpoint vs '
-                     f'model): {_listed(shapes)}')
+        lines.append(
+            f'  {len(shapes)} of another shape (checkpoint vs '
+            f'model): {_listed(shapes)}'
+        )
+    if mismatch.other_options:
+        shown = [
+            f'{layer} {name}={saved!r} (model: {value!r})'
+            for layer, name, saved, value in mismatch.other_options
+        ]
+        lines.append(
+            f'  {len(shown)} norm option(s) recorded otherwise in '
+            f'the checkpoint: {_listed(shown)}'
+        )
     if any('.dn.' in k for k in mismatch.missing) and any(
-            '.bn.' in k for k in mismatch.unexpected):
-        lines.append('  This looks like a BN model\'s checkpoint for a model '
-                     'with DN layers: convert it with '
-                     'tools/model_converters/bn2dn.py.')
+        '.bn.' in k for k in mismatch.unexpected
+    ):
+        lines.append(
+            "  This looks like a BN model's checkpoint for a model "
+            'with DN layers: convert it with '
+            'tools/model_converters/bn2dn.py.'
+        )
     return '\n'.join(lines)

@@ -46,20 +46,30 @@ module name ``numpy.core.multiarray``; the same functions are registered under
 that name too, so checkpoints written with numpy 1.x load as well.
 
 Everything else (``os.system``, ``builtins.eval``, any class not listed) is
-still refused by torch. On top of that, mmengine's local-file loader is
-replaced by :func:`load_from_local`, which reports a refused file by name
-together with the globals that were not allowed, and an empty, truncated or
-foreign file by name with what to do (torch says only ``EOFError`` or
-"PytorchStreamReader failed reading zip archive").
+still refused by torch.
 
-Importing this module (``import dn_mmdet`` does) applies both; it is cheap and
-idempotent.
+Nothing here changes the process on import. :func:`load_from_local` allows
+:data:`SAFE_GLOBALS` only while it loads (``torch.serialization.
+safe_globals``), and restores ``HistoryBuffer``'s class-wide table of
+statistics methods afterwards: ``HistoryBuffer.__setstate__`` merges the
+table a file carries into it, so a crafted file of allowed globals could
+otherwise map ``'max'`` to ``min`` for every buffer of the process. It
+reports a refused file by name together with the globals that were not
+allowed, and an empty, truncated or foreign file by name with what to do
+(torch says only ``EOFError`` or "PytorchStreamReader failed reading zip
+archive"). :func:`safe_checkpoint_loading` makes mmengine's loader of plain
+paths (``load_from``, ``resume``, ``Pretrained``, ``tools/test.py``) use it
+for the duration of a ``with`` block; the tools wrap their run in it and
+:class:`~dn_mmdet.engine.hooks.SafeCheckpointLoaderHook` does the same for
+a runner built from the project's configs.
 """
+
+import contextlib
 import glob
 import os.path as osp
 import pickle
 import zipfile
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -67,13 +77,17 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
-    'SAFE_GLOBALS', 'register_safe_globals', 'safe_global_names',
-    'load_from_local', 'CheckpointReadError'
+    'SAFE_GLOBALS',
+    'safe_global_names',
+    'load_from_local',
+    'safe_checkpoint_loading',
+    'CheckpointReadError',
 ]
 
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint file is empty, truncated or not a checkpoint."""
+
 
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 
@@ -100,7 +114,8 @@ def _history_buffer_getattr(obj: Any, name: str) -> Callable:
     raise pickle.UnpicklingError(
         f'getattr({obj!r}, {name!r}) is not allowed when loading a '
         'checkpoint: only the statistics methods '
-        f'{_HISTORY_BUFFER_METHODS} of HistoryBuffer may be referenced.')
+        f'{_HISTORY_BUFFER_METHODS} of HistoryBuffer may be referenced.'
+    )
 
 
 # Boolean, signed/unsigned integer and floating numpy dtypes, by type code
@@ -122,15 +137,18 @@ def _numpy_entries() -> List[_ENTRY]:
     entries += sorted(dtype_classes - {np.dtype}, key=lambda c: c.__name__)
     # Under both the numpy >= 2 and the numpy 1.x module name.
     for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
-        entries += [(reconstruct, f'{module}._reconstruct'),
-                    (scalar, f'{module}.scalar')]
+        entries += [
+            (reconstruct, f'{module}._reconstruct'),
+            (scalar, f'{module}.scalar'),
+        ]
     return entries
 
 
 #: The globals added to torch's weights-only allow-list (see module doc).
 SAFE_GLOBALS: Tuple[_ENTRY, ...] = tuple(
-    [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')] +
-    _numpy_entries())
+    [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')]
+    + _numpy_entries()
+)
 
 
 def _entry_name(entry: _ENTRY) -> str:
@@ -144,16 +162,32 @@ def safe_global_names() -> List[str]:
     return sorted(_entry_name(entry) for entry in SAFE_GLOBALS)
 
 
-def register_safe_globals() -> None:
-    """Add :data:`SAFE_GLOBALS` to torch's allow-list (idempotent)."""
-    torch.serialization.add_safe_globals(list(SAFE_GLOBALS))
+@contextlib.contextmanager
+def _unpickling_allowed_globals() -> Iterator[None]:
+    """Allow :data:`SAFE_GLOBALS` in the block; leave the class-wide state
+    the allowed globals' unpickling touches as it was before."""
+    statistics = HistoryBuffer._statistics_methods
+    saved = dict(statistics)
+    # Only what is not allowed yet: leaving the block removes what it added,
+    # and a global the user allowed process-wide must stay allowed.
+    allowed = set(torch.serialization.get_safe_globals())
+    missing = [entry for entry in SAFE_GLOBALS if entry not in allowed]
+    try:
+        with torch.serialization.safe_globals(missing):
+            yield
+    finally:
+        # Whatever a file put there (HistoryBuffer.__setstate__ merges its
+        # pickled table into the class's), the process keeps its own.
+        statistics.clear()
+        statistics.update(saved)
 
 
 def _disallowed_globals(filename: str) -> List[str]:
     """Globals of a checkpoint that the allow-list refuses (static scan)."""
     try:
         return sorted(
-            torch.serialization.get_unsafe_globals_in_checkpoint(filename))
+            torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+        )
     except Exception:  # legacy (non-zip) format: no static scan available
         return []
 
@@ -180,11 +214,15 @@ def _unreadable_reason(filename: str, err: Exception) -> Optional[str]:
             with zipfile.ZipFile(filename) as archive:
                 broken = archive.testzip()
         except (zipfile.BadZipFile, OSError, EOFError):
-            return (f'the file ({size} bytes) is truncated or corrupt (an '
-                    'incomplete zip archive)')
+            return (
+                f'the file ({size} bytes) is truncated or corrupt (an '
+                'incomplete zip archive)'
+            )
         if broken is not None:
-            return (f'the file ({size} bytes) is corrupt (its record '
-                    f'{broken} fails its checksum)')
+            return (
+                f'the file ({size} bytes) is corrupt (its record '
+                f'{broken} fails its checksum)'
+            )
         return None
     if not head.startswith(b'\x80'):  # nor a pickle (the legacy format)
         return f'the file ({size} bytes) is not a PyTorch checkpoint'
@@ -196,19 +234,26 @@ def _unreadable_reason(filename: str, err: Exception) -> Optional[str]:
 def _other_checkpoints(filename: str) -> List[str]:
     folder = osp.dirname(osp.abspath(filename))
     return sorted(
-        (p for p in glob.glob(osp.join(folder, '*.pth'))
-         if not osp.samefile(p, filename)),
+        (
+            p
+            for p in glob.glob(osp.join(folder, '*.pth'))
+            if not osp.samefile(p, filename)
+        ),
         key=osp.getmtime,
-        reverse=True)
+        reverse=True,
+    )
 
 
 def load_from_local(filename: str, map_location=None) -> Any:
     """Load a local checkpoint with torch's default (weights-only) unpickler.
 
-    Registered as mmengine's loader for plain paths, so ``load_from``,
-    ``resume``, ``Pretrained`` init and ``tools/test.py`` use it. Unlike
-    mmengine's own, it names the file when torch refuses a global or cannot
-    read the file (empty, truncated, not a checkpoint), and says what to do.
+    :data:`SAFE_GLOBALS` are allowed during the load only, and the load
+    changes nothing outside the returned object (see the module doc).
+    Within :func:`safe_checkpoint_loading`, mmengine's loader of plain paths
+    is this function, so ``load_from``, ``resume``, ``Pretrained`` init and
+    ``tools/test.py`` use it. Unlike mmengine's own, it names the file when
+    torch refuses a global or cannot read the file (empty, truncated, not a
+    checkpoint), and says what to do.
 
     Args:
         filename (str): Path of the checkpoint.
@@ -228,13 +273,18 @@ def load_from_local(filename: str, map_location=None) -> Any:
     if not osp.isfile(filename):
         raise FileNotFoundError(f'Checkpoint file {filename} does not exist.')
     try:
-        return torch.load(filename, map_location=map_location)
+        with _unpickling_allowed_globals():
+            return torch.load(filename, map_location=map_location)
     except Exception as err:
         broken = _unreadable_reason(filename, err)
         if broken is not None:
             others = [osp.basename(p) for p in _other_checkpoints(filename)]
-            hint = (' Other checkpoints in its folder, newest first: '
-                    f'{", ".join(others[:5])}.' if others else '')
+            hint = (
+                ' Other checkpoints in its folder, newest first: '
+                f'{", ".join(others[:5])}.'
+                if others
+                else ''
+            )
             detail = str(err).split('. ')[0]  # not torch's generic advice
             torch_says = type(err).__name__ + (f': {detail}' if detail else '')
             raise CheckpointReadError(
@@ -242,22 +292,53 @@ def load_from_local(filename: str, map_location=None) -> Any:
                 f'({torch_says}). If it was cut short '
                 'while being written or copied, copy or download it again; '
                 'or use another checkpoint (--resume PATH, load_from=PATH).'
-                f'{hint}') from err
+                f'{hint}'
+            ) from err
         if not isinstance(err, pickle.UnpicklingError):
             raise  # a readable file: e.g. a bad map_location
-        disallowed = _disallowed_globals(filename)
-        reason = (f'it references globals that are not allowed: {disallowed}'
-                  if disallowed else _unpickler_reason(err))
+        with _unpickling_allowed_globals():  # list only what stays refused
+            disallowed = _disallowed_globals(filename)
+        reason = (
+            f'it references globals that are not allowed: {disallowed}'
+            if disallowed
+            else _unpickler_reason(err)
+        )
         raise pickle.UnpicklingError(
             f'Refusing to load checkpoint {filename}: {reason}. Checkpoints '
-            'are loaded with torch\'s weights-only unpickler, which permits '
+            "are loaded with torch's weights-only unpickler, which permits "
             'tensors, plain containers and the types listed in '
             'dn_mmdet.utils.compat.SAFE_GLOBALS. If you trust this file and '
             'the globals are plain data types, add them with '
-            'torch.serialization.add_safe_globals.') from None
+            'torch.serialization.add_safe_globals.'
+        ) from None
 
 
-register_safe_globals()
-# Plain paths (prefix ''), the scheme mmengine's own ``load_from_local`` has.
-CheckpointLoader.register_scheme(prefixes='', loader=load_from_local,
-                                 force=True)
+@contextlib.contextmanager
+def safe_checkpoint_loading() -> Iterator[None]:
+    """Make mmengine load plain checkpoint paths with
+    :func:`load_from_local` inside the block.
+
+    mmengine's own loader calls ``torch.load`` without allowing the globals
+    its runner's checkpoints reference, so under torch's weights-only
+    default it cannot resume them. The previous loader of plain paths is
+    put back on exit (blocks nest).
+
+    Example::
+
+        from dn_mmdet.utils import safe_checkpoint_loading
+        with safe_checkpoint_loading():
+            runner.train()
+    """
+    previous = CheckpointLoader._schemes.get('')
+    # Plain paths (prefix ''), the scheme of mmengine's load_from_local.
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=load_from_local, force=True
+    )
+    try:
+        yield
+    finally:
+        # register_scheme rebuilds the table, so look it up again.
+        if previous is None:
+            CheckpointLoader._schemes.pop('', None)
+        else:
+            CheckpointLoader._schemes[''] = previous

@@ -4,10 +4,13 @@ They turn command-line input into a config with errors that name what was
 wrong, find the checkpoint to resume from, and make distributed runs work on
 machines without CUDA (gloo instead of nccl).
 """
+
 import datetime
 import glob
 import logging
+import os
 import os.path as osp
+import pickle
 import re
 from typing import Optional
 
@@ -17,12 +20,43 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import _load_checkpoint
 
+from .checkpoint import CheckpointMismatchError
+from .compat import CheckpointReadError, safe_checkpoint_loading
+
 __all__ = [
-    'CfgOptionsAction', 'load_config', 'drop_disabled_hooks',
-    'default_work_dir', 'check_file',
-    'find_resume_checkpoint', 'checkpoint_seed', 'setup_cpu_distributed',
-    'cpu_has_native_bf16'
+    'CfgOptionsAction',
+    'load_config',
+    'drop_disabled_hooks',
+    'default_work_dir',
+    'check_file',
+    'find_resume_checkpoint',
+    'checkpoint_seed',
+    'setup_cpu_distributed',
+    'cpu_has_native_bf16',
+    'is_main_process',
+    'CHECKPOINT_ERRORS',
 ]
+
+#: What loading a checkpoint raises with a message that names the file or
+#: layer and says what to do: the tools print it as one line, no traceback.
+CHECKPOINT_ERRORS = (
+    CheckpointReadError,
+    pickle.UnpicklingError,
+    CheckpointMismatchError,
+)
+
+# Where each launcher puts a process's global rank.
+_RANK_VARIABLES = ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK')
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of its launch (or not launched by
+    torchrun, slurm or mpirun), read from the launcher's environment
+    before any process group exists."""
+    for name in _RANK_VARIABLES:
+        if os.environ.get(name):
+            return os.environ[name] == '0'
+    return True
 
 
 class CfgOptionsAction(DictAction):
@@ -36,8 +70,9 @@ class CfgOptionsAction(DictAction):
         for item in values:
             key = item.split('=', 1)[0]
             if '=' not in item or not key:
-                parser.error(f'{option_string}: expected KEY=VALUE, got '
-                             f'{item!r}')
+                parser.error(
+                    f'{option_string}: expected KEY=VALUE, got {item!r}'
+                )
         try:
             super().__call__(parser, namespace, values, option_string)
         except Exception as err:  # malformed value, e.g. '[1,2'
@@ -84,8 +119,10 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
         try:
             cfg.merge_from_dict({key: value})
         except Exception as err:
-            raise ValueError(f'--cfg-options {key}={value!r} cannot be merged '
-                             f'into {path}: {err}') from err
+            raise ValueError(
+                f'--cfg-options {key}={value!r} cannot be merged '
+                f'into {path}: {err}'
+            ) from err
     drop_disabled_hooks(cfg)
     return cfg
 
@@ -142,7 +179,8 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
             if osp.isfile(candidate):
                 return candidate
     found = glob.glob(osp.join(work_dir, 'epoch_*.pth')) + glob.glob(
-        osp.join(work_dir, 'iter_*.pth'))
+        osp.join(work_dir, 'iter_*.pth')
+    )
     if not found:
         return None
     latest = max(found, key=_step_of)
@@ -151,7 +189,8 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
             f'{record} names {recorded!r}, which does not exist; resuming '
             f'from the latest checkpoint found instead: {latest}',
             logger='current',
-            level=logging.WARNING)
+            level=logging.WARNING,
+        )
     return latest
 
 
@@ -164,7 +203,8 @@ def checkpoint_seed(path: str) -> Optional[int]:
     Returns:
         int or None: The seed.
     """
-    checkpoint = _load_checkpoint(path, map_location='cpu')
+    with safe_checkpoint_loading():
+        checkpoint = _load_checkpoint(path, map_location='cpu')
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     return (meta or {}).get('seed')
 
@@ -204,13 +244,15 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
     if launcher != 'pytorch':
         raise ValueError(
             f'--launcher {launcher} needs CUDA; on a CPU-only machine launch '
-            'with torchrun and --launcher pytorch (tools/dist_train.sh).')
+            'with torchrun and --launcher pytorch (tools/dist_train.sh).'
+        )
     backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend')
     if backend != 'gloo':
         print_log(
             f"CUDA is not available: using the 'gloo' backend instead of "
             f'{backend!r}.',
-            logger='current')
+            logger='current',
+        )
     cfg.merge_from_dict({'env_cfg.dist_cfg.backend': 'gloo'})
     if not torch_dist.is_initialized():
         kwargs = cfg.env_cfg.dist_cfg.to_dict()
@@ -223,6 +265,7 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
             type='MMDistributedDataParallel',
             device_ids=None,
             broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
+            find_unused_parameters=cfg.get('find_unused_parameters', False),
+        )
     else:
         wrapper.setdefault('device_ids', None)

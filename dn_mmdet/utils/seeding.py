@@ -18,6 +18,7 @@ run was interrupted before it or not:
   where ``base_seed`` is drawn from the main process's torch generator when
   an epoch's iterator is created, i.e. right after the epoch was seeded.
 """
+
 import random
 
 import numpy as np

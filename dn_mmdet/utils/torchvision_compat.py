@@ -15,7 +15,11 @@ declares the schemas of those two operators (no kernels), so torchvision's
 pure-Python parts import and work, and calling one of its C++ ops still raises
 torchvision's own "Couldn't load custom C++ ops" error. Nothing in dn_mmdet or
 mmpretrain's classification path calls them (mmdet uses mmcv's ops).
+
+Importing this module does nothing; ``import dn_mmdet`` calls
+:func:`define_missing_ops` before it imports mmdet's models.
 """
+
 import glob
 import importlib.util
 import os.path as osp
@@ -28,8 +32,10 @@ __all__ = ['define_missing_ops']
 
 # The operators torchvision/_meta_registrations.py registers fakes for
 # without checking that its extension loaded (torchvision 0.28).
-_SCHEMAS = ('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor',
-            'qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor')
+_SCHEMAS = (
+    'nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor',
+    'qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor',
+)
 
 # Held for the life of the process: a Library deregisters its ops when
 # garbage-collected.
@@ -70,6 +76,3 @@ def define_missing_ops() -> bool:
     for schema in _SCHEMAS:
         _library.define(schema)
     return True
-
-
-define_missing_ops()

@@ -1,16 +1,16 @@
 """The stage-1 (ImageNet-100) configs: one per row of the paper's Tables 1,
 2, 3, 4 (batch 8), 6, 7 and 8, each with the row's size counted by the
 project's size tool (tools/analysis/get_flops.py) and the row's recipe."""
+
 import json
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 from dn_mmdet.norm import DynamicNorm2d, SEBatchNorm2d
-
-REPO = Path(__file__).resolve().parents[2]
 
 MBV2 = 'configs/mobilenet_v2/mobilenet-v2-{}_in100.py'
 RES = 'configs/resnet/{}_in100.py'
@@ -88,8 +88,9 @@ def test_every_stage1_config_is_a_row():
     assert on_disk == {row[0] for row in ROWS}
 
 
-@pytest.mark.parametrize('config,params,madds', ROWS,
-                         ids=[Path(r[0]).stem for r in ROWS])
+@pytest.mark.parametrize(
+    'config,params,madds', ROWS, ids=[Path(r[0]).stem for r in ROWS]
+)
 def test_row_sizes(sizes, config, params, madds):
     cfg = Config.fromfile(str(REPO / config))
     counted_params, counted_madds = sizes(cfg)
@@ -106,7 +107,8 @@ def test_resnet_madds_differ_from_the_paper_in_the_stem_only(sizes):
     the paper to the digit."""
     counted = {
         config: sizes(Config.fromfile(str(REPO / config)))[1] / 1e6
-        for config, _, _ in ROWS if '/resnet/' in config
+        for config, _, _ in ROWS
+        if '/resnet/' in config
     }
     paper = {config: madds for config, _, madds in ROWS if config in counted}
     gaps = {round(counted[c] - paper[c], 2) for c in counted}
@@ -125,7 +127,8 @@ def test_recipe():
     assert cfg.train_dataloader.batch_size == 64
     assert cfg.auto_scale_lr.base_batch_size == 64
     assert cfg.optim_wrapper.optimizer == dict(
-        type='SGD', lr=0.2, momentum=0.9, weight_decay=4e-5)
+        type='SGD', lr=0.2, momentum=0.9, weight_decay=4e-5
+    )
     assert cfg.param_scheduler.type == 'CosineAnnealingLR'
     assert cfg.param_scheduler.convert_to_iter_based
     assert cfg.param_scheduler.T_max == cfg.train_cfg.max_epochs == 240
@@ -133,7 +136,10 @@ def test_recipe():
     assert cfg.default_hooks.checkpoint.save_best == 'auto'
     assert cfg.model.head.loss.label_smooth_val == 0.1
     assert [t['type'] for t in cfg.train_pipeline] == [
-        'LoadImageFromFile', 'RandomResizedCrop', 'RandomFlip', 'PackInputs'
+        'LoadImageFromFile',
+        'RandomResizedCrop',
+        'RandomFlip',
+        'PackInputs',
     ]
     assert cfg.train_pipeline[1].scale == 224
     assert cfg.test_pipeline[1].scale == 256
@@ -145,15 +151,19 @@ def test_recipe():
     def differences(config):
         other = Config.fromfile(str(REPO / config)).to_dict()
         base = cfg.to_dict()
-        return {k for k in set(base) | set(other)
-                if base.get(k) != other.get(k)}
+        return {
+            k for k in set(base) | set(other) if base.get(k) != other.get(k)
+        }
 
     assert differences(MBV2.format('dnb-r16-g1_1xb64-240e')) == {'model'}
     assert differences(MBV2.format('dnc1-r16_1xb64-240e-lr0.1')) == {
-        'model', 'optim_wrapper'
+        'model',
+        'optim_wrapper',
     }
     assert differences(MBV2.format('bn_1xb8-120e')) == {
-        'train_dataloader', 'param_scheduler', 'train_cfg'
+        'train_dataloader',
+        'param_scheduler',
+        'train_cfg',
     }
     small = Config.fromfile(str(REPO / MBV2.format('dnb-r16-g1_1xb8-120e')))
     assert small.train_dataloader.batch_size == 8
@@ -163,11 +173,14 @@ def test_recipe():
     assert high.optim_wrapper.optimizer.lr == 0.5
 
 
-@pytest.mark.parametrize('config,norm_type,count', [
-    (MBV2.format('dnb-r16-g1_1xb64-240e'), DynamicNorm2d, 52),
-    (MBV2.format('se-r16_1xb64-240e'), SEBatchNorm2d, 52),
-    (RES.format('resnet34-dnb-r16-goup_1xb4-60e'), DynamicNorm2d, 36),
-])
+@pytest.mark.parametrize(
+    'config,norm_type,count',
+    [
+        (MBV2.format('dnb-r16-g1_1xb64-240e'), DynamicNorm2d, 52),
+        (MBV2.format('se-r16_1xb64-240e'), SEBatchNorm2d, 52),
+        (RES.format('resnet34-dnb-r16-goup_1xb4-60e'), DynamicNorm2d, 36),
+    ],
+)
 def test_every_norm_is_replaced(config, norm_type, count):
     cfg = Config.fromfile(str(REPO / config))
     init_default_scope('mmpretrain')

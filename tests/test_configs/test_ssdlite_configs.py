@@ -1,17 +1,18 @@
-"""The SSDLite configs: they parse, build, and differ only where they should.
-"""
+"""The SSDLite configs: they parse, build, and differ only where they
+should."""
+
 import glob
 import os.path as osp
 
 import pytest
+from helpers import REPO
+from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import dn_mmdet  # noqa: F401
-from mmdet.registry import MODELS
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-SSDLITE = osp.join(ROOT, 'configs', 'ssdlite')
+SSDLITE = osp.join(REPO, 'configs', 'ssdlite')
 BN = 'ssdlite_mobilenetv2-bn_2xb64-30e_coco.py'
 DN = 'ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e_coco.py'
 BN_SHAPES = 'ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
@@ -43,8 +44,9 @@ def diff(a, b):
 
 
 ALL_CONFIGS = sorted(
-    glob.glob(osp.join(SSDLITE, '*.py')) +
-    glob.glob(osp.join(ROOT, 'configs', 'ssdlite_mbv2_*.py')))
+    glob.glob(osp.join(SSDLITE, '*.py'))
+    + glob.glob(osp.join(REPO, 'configs', 'ssdlite_mbv2_*.py'))
+)
 
 
 @pytest.mark.parametrize('path', ALL_CONFIGS, ids=osp.basename)
@@ -64,7 +66,8 @@ def test_bn_and_dn_differ_in_backbone_norm_only(bn, dn):
     bn_cfg, dn_cfg = load(bn), load(dn)
     keys = diff(bn_cfg, dn_cfg)
     assert keys and all(
-        k.startswith('model.backbone.norm_cfg.') for k in keys), keys
+        k.startswith('model.backbone.norm_cfg.') for k in keys
+    ), keys
     assert bn_cfg.model.backbone.norm_cfg == dict(type='BN', eps=1e-3)
     assert dn_cfg.model.backbone.norm_cfg == DN_NORM
     # The neck and head keep BN in the DN detector.
@@ -73,21 +76,34 @@ def test_bn_and_dn_differ_in_backbone_norm_only(bn, dn):
 
 
 def test_short_names_are_the_full_configs():
-    for short, full in (('ssdlite_mbv2_bn_coco.py', BN),
-                        ('ssdlite_mbv2_dnb_coco.py', DN)):
-        short_cfg = Config.fromfile(osp.join(ROOT, 'configs', short))
+    for short, full in (
+        ('ssdlite_mbv2_bn_coco.py', BN),
+        ('ssdlite_mbv2_dnb_coco.py', DN),
+    ):
+        short_cfg = Config.fromfile(osp.join(REPO, 'configs', short))
         assert diff(short_cfg, load(full)) == []
 
 
-@pytest.mark.parametrize('name, expected', [
-    ('ssdlite_mobilenetv2-dnb-r16-g1_2xb64-30e_coco.py',
-     {'model.backbone.norm_cfg.g': 1}),
-    ('ssdlite_mobilenetv2-dnb-r16-goup_2xb8-30e_coco.py',
-     {'train_dataloader.batch_size': 8,
-      'optim_wrapper.optimizer.lr': 0.00625}),
-    ('ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e-lr0.125_coco.py',
-     {'optim_wrapper.optimizer.lr': 0.125}),
-])
+@pytest.mark.parametrize(
+    'name, expected',
+    [
+        (
+            'ssdlite_mobilenetv2-dnb-r16-g1_2xb64-30e_coco.py',
+            {'model.backbone.norm_cfg.g': 1},
+        ),
+        (
+            'ssdlite_mobilenetv2-dnb-r16-goup_2xb8-30e_coco.py',
+            {
+                'train_dataloader.batch_size': 8,
+                'optim_wrapper.optimizer.lr': 0.00625,
+            },
+        ),
+        (
+            'ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e-lr0.125_coco.py',
+            {'optim_wrapper.optimizer.lr': 0.125},
+        ),
+    ],
+)
 def test_dn_ablations_change_one_thing(name, expected):
     cfg, base = load(name), load(DN)
     assert diff(base, cfg) == sorted(expected)
@@ -97,11 +113,16 @@ def test_dn_ablations_change_one_thing(name, expected):
 
 
 def test_bn_ablations_match_dn_ablations():
-    for bn, dn in (('ssdlite_mobilenetv2-bn_2xb8-30e_coco.py',
-                    'ssdlite_mobilenetv2-dnb-r16-goup_2xb8-30e_coco.py'),
-                   ('ssdlite_mobilenetv2-bn_2xb64-30e-lr0.125_coco.py',
-                    'ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e-lr0.125'
-                    '_coco.py')):
+    for bn, dn in (
+        (
+            'ssdlite_mobilenetv2-bn_2xb8-30e_coco.py',
+            'ssdlite_mobilenetv2-dnb-r16-goup_2xb8-30e_coco.py',
+        ),
+        (
+            'ssdlite_mobilenetv2-bn_2xb64-30e-lr0.125_coco.py',
+            'ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e-lr0.125_coco.py',
+        ),
+    ):
         keys = diff(load(bn), load(dn))
         assert all(k.startswith('model.backbone.norm_cfg.') for k in keys)
 
@@ -110,8 +131,13 @@ def test_coco_config_follows_the_paper():
     cfg = load(DN)
     # Optimiser and schedule of FNA (the DN paper, Sec. 4.3).
     opt = cfg.optim_wrapper.optimizer
-    assert (opt.type, opt.lr, opt.eps, opt.momentum,
-            opt.weight_decay) == ('RMSprop', 0.05, 1.0, 0.9, 4e-5)
+    assert (opt.type, opt.lr, opt.eps, opt.momentum, opt.weight_decay) == (
+        'RMSprop',
+        0.05,
+        1.0,
+        0.9,
+        4e-5,
+    )
     warmup, steps = cfg.param_scheduler
     assert warmup.type == 'LinearLR' and warmup.end == 500
     assert warmup.start_factor == pytest.approx(1 / 3)
@@ -128,8 +154,14 @@ def test_coco_config_follows_the_paper():
     assert train.type == 'RepeatDataset' and train.times == 5
     steps = {t['type']: t for t in train.dataset.pipeline}
     assert list(steps) == [
-        'LoadImageFromFile', 'LoadAnnotations', 'PhotoMetricDistortion',
-        'Expand', 'MinIoURandomCrop', 'Resize', 'RandomFlip', 'PackDetInputs'
+        'LoadImageFromFile',
+        'LoadAnnotations',
+        'PhotoMetricDistortion',
+        'Expand',
+        'MinIoURandomCrop',
+        'Resize',
+        'RandomFlip',
+        'PackDetInputs',
     ]
     assert steps['Resize']['scale'] == (320, 320)
     assert steps['Resize']['keep_ratio'] is False
@@ -143,12 +175,18 @@ def test_coco_config_follows_the_paper():
     assert cfg.val_evaluator.metric == 'bbox'
     # Model: train/test settings.
     tc = cfg.model.train_cfg
-    assert (tc.assigner.pos_iou_thr, tc.assigner.neg_iou_thr,
-            tc.assigner.min_pos_iou) == (0.5, 0.5, 0.)
-    assert tc.neg_pos_ratio == 3 and tc.smoothl1_beta == 1.
+    assert (
+        tc.assigner.pos_iou_thr,
+        tc.assigner.neg_iou_thr,
+        tc.assigner.min_pos_iou,
+    ) == (0.5, 0.5, 0.0)
+    assert tc.neg_pos_ratio == 3 and tc.smoothl1_beta == 1.0
     test = cfg.model.test_cfg
-    assert (test.score_thr, test.nms.iou_threshold,
-            test.max_per_img) == (0.02, 0.6, 200)
+    assert (test.score_thr, test.nms.iou_threshold, test.max_per_img) == (
+        0.02,
+        0.6,
+        200,
+    )
 
 
 # The other normalisers (SN, MABN + CenConv, GN) beside each BN config: only
@@ -172,15 +210,17 @@ def test_norm_variants_differ_from_bn_in_backbone_only(variant, setting):
     cfg = load(f'ssdlite_mobilenetv2-{variant}_{setting}.py')
     keys = diff(bn_cfg, cfg)
     assert keys and all(
-        k.startswith(('model.backbone.norm_cfg.',
-                      'model.backbone.conv_cfg')) for k in keys), keys
+        k.startswith(('model.backbone.norm_cfg.', 'model.backbone.conv_cfg'))
+        for k in keys
+    ), keys
     norm_cfg, conv_cfg = NORM_VARIANTS[variant]
     got = dict(cfg.model.backbone.norm_cfg)
     if variant == 'mabn-cenconv':
         # B is the per-process batch: the config says it.
         assert got.pop('batch_size') == cfg.train_dataloader.batch_size
-        assert got.pop('real_batch_size') % cfg.train_dataloader.batch_size \
-            == 0
+        assert (
+            got.pop('real_batch_size') % cfg.train_dataloader.batch_size == 0
+        )
     assert got == norm_cfg
     assert cfg.model.backbone.get('conv_cfg') == conv_cfg
     assert cfg.model.neck.norm_cfg.type == 'BN'

@@ -4,19 +4,19 @@ A few images of the embedded shapes data in COCO layout stand in for COCO;
 the configs run unchanged except for paths, batch size and length, through
 mmengine's Runner, the whole FNA pipeline and pycocotools' COCO evaluation.
 """
+
 import glob
-import importlib.util
 import json
 import math
 import os.path as osp
 
 import pytest
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.runner import Runner
 
 from dn_mmdet.datasets import SHAPES_CLASSES
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = {
     'bn': 'configs/ssdlite/ssdlite_mobilenetv2-bn_2xb64-30e_coco.py',
     'dn': 'configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e_coco.py',
@@ -29,13 +29,14 @@ def coco_root(tmp_path_factory, shapes_generator):
     # One batch (of 2) an epoch and one a validation: the configs' whole
     # pipeline, at their input size (320), for the least time.
     shapes_generator.generate_shapes_dataset(
-        root, num_train=2, num_val=2, coco_layout=True)
+        root, num_train=2, num_val=2, coco_layout=True
+    )
     return root + '/'
 
 
 def _small_run_cfg(config, data_root, work_dir):
     """The config with paths, classes, batch and length made small."""
-    cfg = Config.fromfile(osp.join(ROOT, config))
+    cfg = Config.fromfile(osp.join(REPO, config))
     cfg.work_dir = work_dir
     # The shapes categories instead of COCO's 80.
     metainfo = dict(classes=SHAPES_CLASSES)
@@ -44,12 +45,14 @@ def _small_run_cfg(config, data_root, work_dir):
     cfg.train_dataloader.update(loader)
     cfg.train_dataloader.dataset.times = 1
     cfg.train_dataloader.dataset.dataset.update(
-        data_root=data_root, metainfo=metainfo)
+        data_root=data_root, metainfo=metainfo
+    )
     cfg.val_dataloader.update(loader)
     cfg.val_dataloader.dataset.update(data_root=data_root, metainfo=metainfo)
     cfg.test_dataloader = cfg.val_dataloader
     cfg.val_evaluator.ann_file = osp.join(
-        data_root, 'annotations/instances_val2017.json')
+        data_root, 'annotations/instances_val2017.json'
+    )
     cfg.test_evaluator = cfg.val_evaluator
     cfg.train_cfg.max_epochs = 2
     cfg.default_hooks.logger.interval = 1
@@ -64,7 +67,7 @@ def _small_run_cfg(config, data_root, work_dir):
 
 def _records(work_dir):
     """The run's scalars.json path and its records."""
-    path, = glob.glob(osp.join(work_dir, '*/vis_data/scalars.json'))
+    (path,) = glob.glob(osp.join(work_dir, '*/vis_data/scalars.json'))
     with open(path) as f:
         return path, [json.loads(line) for line in f if line.strip()]
 
@@ -95,27 +98,25 @@ def test_coco_config_trains_and_evaluates(trained, name):
     assert osp.isfile(osp.join(trained[name], 'epoch_2.pth'))
 
 
-def test_plot_map_from_real_runs(trained, tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        '_plot_map', osp.join(ROOT, 'tools/analysis/plot_map.py'))
-    plot_map = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot_map)
+def test_plot_map_from_real_runs(trained, tmp_path, load_tool):
+    plot_map = load_tool('analysis/plot_map')
 
     scalars, records = _records(trained['dn'])
     expected = {
-        r['step']: r['coco/bbox_mAP']
-        for r in records if 'coco/bbox_mAP' in r
+        r['step']: r['coco/bbox_mAP'] for r in records if 'coco/bbox_mAP' in r
     }
     # A work dir and a scalars.json file give the same curve.
     assert plot_map.read_metric(trained['dn']) == expected
     assert plot_map.read_metric(scalars) == expected
 
     out = str(tmp_path / 'map.png')
-    plot_map.main([trained['bn'], scalars, '--labels', 'BN', 'DN-B',
-                   '--out', out])
+    plot_map.main(
+        [trained['bn'], scalars, '--labels', 'BN', 'DN-B', '--out', out]
+    )
     with open(out, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     import matplotlib.image as mpimg
+
     img = mpimg.imread(out)
     assert img.shape[0] > 100 and img.shape[1] > 100
     assert img[..., :3].std() > 0  # not a blank image

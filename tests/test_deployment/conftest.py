@@ -1,5 +1,6 @@
 """A seeded DN-B shapes detector and its checkpoint, for the deployment
 tests (the real SSDLite config, 5 classes, 128 px)."""
+
 import pytest
 import torch
 from mmengine.config import Config
@@ -14,6 +15,7 @@ def _seeded_detector(cfg: Config):
     change the outputs as in a trained model."""
     from mmdet.registry import MODELS
     from mmengine.registry import DefaultScope
+
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MODELS.build(cfg.model)
@@ -55,8 +57,12 @@ def dn_checkpoint(dn_detector, tmp_path_factory):
     """The seeded DN-B detector saved as a runner checkpoint."""
     path = tmp_path_factory.mktemp('ckpt') / 'dnb_seeded.pth'
     torch.save(
-        dict(state_dict=dn_detector.state_dict(),
-             meta=dict(dataset_meta=dn_detector.dataset_meta)), path)
+        dict(
+            state_dict=dn_detector.state_dict(),
+            meta=dict(dataset_meta=dn_detector.dataset_meta),
+        ),
+        path,
+    )
     return str(path)
 
 
@@ -65,6 +71,7 @@ def dn_onnx(dn_detector, tmp_path_factory):
     """The seeded DN-B detector exported at 128 px, batch 1, and PyTorch's
     outputs on the traced input."""
     from dn_mmdet.deployment import export_detector
+
     path = str(tmp_path_factory.mktemp('onnx') / 'dnb.onnx')
     expected = export_detector(dn_detector, path, (128, 128))
     return dict(path=path, expected=expected)

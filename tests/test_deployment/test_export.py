@@ -1,12 +1,18 @@
 """Exporting the DN SSDLite to ONNX: standard ops, onnxruntime computes
 what PyTorch does, and bad input is refused before anything is written."""
+
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from dn_mmdet.deployment import (INPUT_NAME, MIN_OPSET, DetectorForExport,
-                                 export_detector, load_session)
+from dn_mmdet.deployment import (
+    INPUT_NAME,
+    MIN_OPSET,
+    DetectorForExport,
+    export_detector,
+    load_session,
+)
 from dn_mmdet.norm import DynamicNorm2d
 
 
@@ -31,21 +37,26 @@ def test_dn_b_exports_as_standard_onnx_ops(dn_onnx, dn_detector):
     assert {'Gemm', 'MatMul'} & set(ops)
     assert {'Sigmoid', 'Mul', 'Add', 'Clip', 'Conv'} <= set(ops)
     # Every DN-B layer's SC-Module has its own Sigmoid between its FCs.
-    dn_layers = [m for m in dn_detector.modules()
-                 if isinstance(m, DynamicNorm2d)]
+    dn_layers = [
+        m for m in dn_detector.modules() if isinstance(m, DynamicNorm2d)
+    ]
     assert len(dn_layers) > 40
     assert ops.count('Sigmoid') >= len(dn_layers)
     assert [i.name for i in graph.input] == [INPUT_NAME]
 
 
 def test_onnxruntime_computes_pytorchs_outputs(dn_onnx, dn_detector):
-    traced = torch.rand(1, 3, 128, 128,
-                        generator=torch.Generator().manual_seed(0)) * 255
+    traced = (
+        torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+        * 255
+    )
     _assert_close(_run(dn_onnx['path'], traced), dn_onnx['expected'])
     # And on another image than the traced one: nothing of the input was
     # frozen into the graph.
-    image = torch.rand(1, 3, 128, 128,
-                       generator=torch.Generator().manual_seed(1)) * 255
+    image = (
+        torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+        * 255
+    )
     with torch.no_grad():
         want = DetectorForExport(dn_detector)(image)
     _assert_close(_run(dn_onnx['path'], image), want)
@@ -54,8 +65,10 @@ def test_onnxruntime_computes_pytorchs_outputs(dn_onnx, dn_detector):
 def test_dynamic_batch_is_per_sample(dn_detector, tmp_path):
     path = str(tmp_path / 'dyn.onnx')
     export_detector(dn_detector, path, (96, 64), dynamic_batch=True)
-    images = torch.rand(3, 3, 96, 64,
-                        generator=torch.Generator().manual_seed(2)) * 255
+    images = (
+        torch.rand(3, 3, 96, 64, generator=torch.Generator().manual_seed(2))
+        * 255
+    )
     with torch.no_grad():
         want = DetectorForExport(dn_detector)(images)
         single = DetectorForExport(dn_detector)(images[1:2])
@@ -64,17 +77,21 @@ def test_dynamic_batch_is_per_sample(dn_detector, tmp_path):
     # DN-B's affine is per sample: sample 1 alone gives what it gives in
     # the batch.
     for batch_out, alone in zip(got, single):
-        np.testing.assert_allclose(batch_out[1:2], alone.numpy(), rtol=1e-4,
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            batch_out[1:2], alone.numpy(), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_normalisation_is_the_data_preprocessors(dn_detector):
     pre = dn_detector.data_preprocessor
-    image = torch.rand(3, 128, 128,
-                       generator=torch.Generator().manual_seed(3)) * 255
+    image = (
+        torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(3))
+        * 255
+    )
     with torch.no_grad():
-        inputs = pre(dict(inputs=[image.clone()], data_samples=None),
-                     False)['inputs']
+        inputs = pre(dict(inputs=[image.clone()], data_samples=None), False)[
+            'inputs'
+        ]
         want = dn_detector.bbox_head(dn_detector.extract_feat(inputs))
         got = DetectorForExport(dn_detector)(image[None])
     for a, b in zip(got, want[0] + want[1]):
@@ -93,8 +110,9 @@ def test_training_mode_writes_nothing(dn_detector, tmp_path):
     path = tmp_path / 'out.onnx'
     dn_detector.backbone.train()
     try:
-        with pytest.raises(ValueError,
-                           match=r'^backbone .*training mode.*model\.eval'):
+        with pytest.raises(
+            ValueError, match=r'^backbone .*training mode.*model\.eval'
+        ):
             export_detector(dn_detector, str(path), (128, 128))
     finally:
         dn_detector.eval()
@@ -104,18 +122,25 @@ def test_training_mode_writes_nothing(dn_detector, tmp_path):
 def test_dn_c_writes_nothing(seeded_detector, shapes_config, tmp_path):
     detector = seeded_detector(shapes_config('dn'), mode='C1')
     path = tmp_path / 'out.onnx'
-    with pytest.raises(ValueError, match=r"^backbone\.stem\.dn: DN-C "
-                       r"\(mode='C1'\) is not supported"):
+    with pytest.raises(
+        ValueError,
+        match=r'^backbone\.stem\.dn: DN-C '
+        r"\(mode='C1'\) is not supported",
+    ):
         export_detector(detector, str(path), (128, 128))
     assert not path.exists()
 
 
-def test_batch_statistics_in_eval_write_nothing(seeded_detector,
-                                                shapes_config, tmp_path):
+def test_batch_statistics_in_eval_write_nothing(
+    seeded_detector, shapes_config, tmp_path
+):
     detector = seeded_detector(shapes_config('bn'))
     detector.neck.extra_layers[0][0].bn.running_mean = None
     path = tmp_path / 'out.onnx'
-    with pytest.raises(ValueError, match=r'^neck\.extra_layers\.0\.0\.bn '
-                       r'\(BatchNorm2d\) normalises with the statistics'):
+    with pytest.raises(
+        ValueError,
+        match=r'^neck\.extra_layers\.0\.0\.bn '
+        r'\(BatchNorm2d\) normalises with the statistics',
+    ):
         export_detector(detector, str(path), (128, 128))
     assert not path.exists()

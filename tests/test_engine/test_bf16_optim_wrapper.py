@@ -11,7 +11,8 @@ def test_bf16_optim_wrapper_autocasts_and_steps_in_fp32():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), DynamicNorm2d(8, g='oup'))
     wrapper = build_optim_wrapper(
         model,
-        dict(type='BF16OptimWrapper', optimizer=dict(type='SGD', lr=0.1)))
+        dict(type='BF16OptimWrapper', optimizer=dict(type='SGD', lr=0.1)),
+    )
     before = model[0].weight.detach().clone()
     with wrapper.optim_context(model):
         out = model(torch.randn(4, 3, 16, 16))

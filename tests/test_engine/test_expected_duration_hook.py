@@ -1,14 +1,17 @@
 """ExpectedDurationHook: one early log line with the run's expected
 duration, its iteration count and the measured time per iteration."""
+
 import re
 
 import pytest
 
 from dn_mmdet.engine.hooks import ExpectedDurationHook
 
-LINE = re.compile(r'expected duration: ~([\d.]+) (s|min) for (\d+) '
-                  r'iterations at ([\d.e+-]+) s/iter(.*), about ([\d.]+) '
-                  r'(s|min) left')
+LINE = re.compile(
+    r'expected duration: ~([\d.]+) (s|min) for (\d+) '
+    r'iterations at ([\d.e+-]+) s/iter(.*), about ([\d.]+) '
+    r'(s|min) left'
+)
 
 
 def _lines(tmp_path, runner):
@@ -17,7 +20,8 @@ def _lines(tmp_path, runner):
 
 
 def test_logs_the_expected_duration_once_after_the_measured_iterations(
-        tmp_path, toy):
+    tmp_path, toy
+):
     # 8 samples in batches of 4, 3 epochs: 6 iterations.
     runner = toy.build_runner(
         tmp_path,
@@ -25,7 +29,8 @@ def test_logs_the_expected_duration_once_after_the_measured_iterations(
         validate=True,
         custom_hooks=[
             dict(type='ExpectedDurationHook', skip_iters=1, measure_iters=2)
-        ])
+        ],
+    )
     runner.train()
     lines = _lines(tmp_path, runner)
     assert len(lines) == 1
@@ -38,13 +43,15 @@ def test_logs_the_expected_duration_once_after_the_measured_iterations(
 
 
 def test_a_run_shorter_than_the_window_logs_at_its_last_iteration(
-        tmp_path, toy):
+    tmp_path, toy
+):
     runner = toy.build_runner(
         tmp_path,
         max_epochs=1,
         custom_hooks=[
             dict(type='ExpectedDurationHook', skip_iters=1, measure_iters=50)
-        ])
+        ],
+    )
     runner.train()
     lines = _lines(tmp_path, runner)
     assert len(lines) == 1
@@ -57,13 +64,15 @@ def test_no_line_when_every_iteration_is_warm_up(tmp_path, toy):
     runner = toy.build_runner(
         tmp_path,
         max_epochs=1,
-        custom_hooks=[dict(type='ExpectedDurationHook', skip_iters=2)])
+        custom_hooks=[dict(type='ExpectedDurationHook', skip_iters=2)],
+    )
     runner.train()
     assert _lines(tmp_path, runner) == []
 
 
-@pytest.mark.parametrize('kwargs', [
-    dict(skip_iters=-1), dict(measure_iters=0), dict(max_seconds=0)])
+@pytest.mark.parametrize(
+    'kwargs', [dict(skip_iters=-1), dict(measure_iters=0), dict(max_seconds=0)]
+)
 def test_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match='ExpectedDurationHook needs'):
         ExpectedDurationHook(**kwargs)
@@ -71,7 +80,9 @@ def test_rejects_bad_settings(kwargs):
 
 def test_the_shapes_configs_log_their_expected_duration(shapes_config):
     from mmengine.config import Config
+
     for kind in ('bn', 'dn', 'sn', 'mabn-cenconv'):
         cfg = Config.fromfile(shapes_config(kind))
         assert cfg.default_hooks.expected_duration == dict(
-            type='ExpectedDurationHook')
+            type='ExpectedDurationHook'
+        )

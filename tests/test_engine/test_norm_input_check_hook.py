@@ -2,6 +2,7 @@
 raises a ValueError naming it, before any update; a last batch of one
 sample is reported after the first iteration, not at the end of the epoch.
 """
+
 import pytest
 import torch
 import torch.nn as nn
@@ -19,12 +20,15 @@ def test_batch_size_one_names_the_bn_layer(tmp_path, toy):
         n=4,
         batch_size=1,
         img_size=TINY,
-        custom_hooks=[NormInputCheckHook()])
+        custom_hooks=[NormInputCheckHook()],
+    )
     with pytest.raises(ValueError) as err:
         runner.train()
     msg = str(err.value)
-    assert msg.startswith('`backbone.1.bn` (BatchNorm2d) got an input of '
-                          'shape (1, 16, 1, 1) in training, 1 value(s)')
+    assert msg.startswith(
+        '`backbone.1.bn` (BatchNorm2d) got an input of '
+        'shape (1, 16, 1, 1) in training, 1 value(s)'
+    )
     assert '`train_dataloader.batch_size` to 2' in msg
     assert runner.iter == 0  # before any optimizer step
 
@@ -44,19 +48,19 @@ def test_batch_size_one_on_larger_maps_trains(tmp_path, toy):
         n=2,
         batch_size=1,
         max_epochs=1,
-        custom_hooks=[NormInputCheckHook()])
+        custom_hooks=[NormInputCheckHook()],
+    )
     runner.train()
     assert runner.iter == 2
 
 
 def test_last_single_sample_batch_is_reported_after_first_iteration(
-        tmp_path, toy):
+    tmp_path, toy
+):
     # 9 samples in batches of 4: the third batch of every epoch holds one.
     runner = toy.build_runner(
-        tmp_path,
-        n=9,
-        img_size=TINY,
-        custom_hooks=[NormInputCheckHook()])
+        tmp_path, n=9, img_size=TINY, custom_hooks=[NormInputCheckHook()]
+    )
     with pytest.raises(ValueError) as err:
         runner.train()
     msg = str(err.value)
@@ -80,7 +84,8 @@ def test_last_batch_dropped_trains(tmp_path, toy):
         img_size=TINY,
         drop_last=True,
         max_epochs=1,
-        custom_hooks=[NormInputCheckHook()])
+        custom_hooks=[NormInputCheckHook()],
+    )
     runner.train()
     assert runner.iter == 2
 
@@ -92,7 +97,8 @@ def test_last_batch_of_dn_layers_is_predicted(tmp_path, toy):
         model=toy.ToyNet(dict(type='DN', r=4)),
         n=9,
         img_size=TINY,
-        custom_hooks=[NormInputCheckHook()])
+        custom_hooks=[NormInputCheckHook()],
+    )
     with pytest.raises(ValueError, match='`backbone.1.dn`, which sees 1x1'):
         runner.train()
     assert runner.iter == 0

@@ -1,12 +1,13 @@
 """FNA's SSDLite: neck (mmdet SSDNeck), head, anchors, detector, sizes."""
-import importlib.util
+
 import math
-import os.path as osp
 
 import pytest
 import torch
 import torch.nn as nn
+from helpers import REPO, run_python
 from mmcv.cnn import ConvModule
+from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -15,22 +16,13 @@ from mmengine.structures import InstanceData
 import dn_mmdet  # noqa: F401
 from dn_mmdet.models.dense_heads import FNASSDLiteHead
 from dn_mmdet.norm import DynamicNorm2d
-from mmdet.registry import MODELS
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-BN_CFG = osp.join(ROOT, 'configs/ssdlite/ssdlite_mobilenetv2-bn_2xb64-30e_coco.py')
-DN_CFG = osp.join(ROOT,
-                  'configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e_coco.py')
+BN_CFG = str(REPO / 'configs/ssdlite/ssdlite_mobilenetv2-bn_2xb64-30e_coco.py')
+DN_CFG = str(
+    REPO / 'configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_2xb64-30e_coco.py'
+)
 FEAT_CHANNELS = (576, 1280, 512, 256, 256, 128)
 FEAT_SIZES_320 = (20, 10, 5, 3, 2, 1)
-
-
-def _load_tool(name):
-    path = osp.join(ROOT, 'tools', 'analysis', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -51,8 +43,9 @@ def test_neck_is_fna_extra_layers(bn_detector):
     assert not hasattr(neck, 'l2_norm')
     assert len(neck.extra_layers) == 4
     in_ch = 1280
-    for layer, mid, out in zip(neck.extra_layers, (256, 128, 128, 64),
-                               (512, 256, 256, 128)):
+    for layer, mid, out in zip(
+        neck.extra_layers, (256, 128, 128, 64), (512, 256, 256, 128)
+    ):
         reduce, sep = layer
         assert (reduce.in_channels, reduce.out_channels) == (in_ch, mid)
         assert reduce.kernel_size == (1, 1)
@@ -81,14 +74,15 @@ def test_head_predicts_with_bias_free_conv_and_bn(bn_detector):
     assert head.num_base_priors == [4, 6, 6, 6, 4, 4]
     for branches, per_prior in ((head.cls_convs, 81), (head.reg_convs, 4)):
         assert len(branches) == 6
-        for branch, c, a in zip(branches, FEAT_CHANNELS,
-                                head.num_base_priors):
+        for branch, c, a in zip(branches, FEAT_CHANNELS, head.num_base_priors):
             dw, pred = branch
             assert isinstance(dw, ConvModule) and isinstance(pred, ConvModule)
             assert dw.groups == c and dw.kernel_size == (3, 3)
             assert dw.conv.bias is None and isinstance(dw.activate, nn.ReLU6)
-            assert pred.kernel_size == (1, 1) and pred.out_channels == a * \
-                per_prior
+            assert (
+                pred.kernel_size == (1, 1)
+                and pred.out_channels == a * per_prior
+            )
             assert pred.conv.bias is None
             assert isinstance(pred.norm, nn.BatchNorm2d)
             assert not pred.with_activation
@@ -96,14 +90,24 @@ def test_head_predicts_with_bias_free_conv_and_bn(bn_detector):
 
 def test_head_init_follows_fna(bn_detector):
     head = bn_detector.bbox_head
-    w = torch.cat([m.weight.flatten() for m in head.modules()
-                   if isinstance(m, nn.Conv2d)])
+    w = torch.cat(
+        [
+            m.weight.flatten()
+            for m in head.modules()
+            if isinstance(m, nn.Conv2d)
+        ]
+    )
     assert abs(w.std().item() - 0.03) < 0.003
     for m in head.modules():
         if isinstance(m, nn.BatchNorm2d):
             assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
-    w = torch.cat([m.weight.flatten() for m in bn_detector.neck.modules()
-                   if isinstance(m, nn.Conv2d)])
+    w = torch.cat(
+        [
+            m.weight.flatten()
+            for m in bn_detector.neck.modules()
+            if isinstance(m, nn.Conv2d)
+        ]
+    )
     assert abs(w.std().item() - 0.03) < 0.003
 
 
@@ -111,8 +115,9 @@ def test_anchors_follow_fna(bn_detector):
     gen = bn_detector.bbox_head.prior_generator
     assert gen.base_sizes == [30, 60, 114, 168, 222, 276]
     assert [s[0] for s in gen.strides] == [16, 32, 64, 107, 160, 320]
-    max_sizes = [round(b * float(s[1])**2) for b, s in zip(gen.base_sizes,
-                                                            gen.scales)]
+    max_sizes = [
+        round(b * float(s[1]) ** 2) for b, s in zip(gen.base_sizes, gen.scales)
+    ]
     assert max_sizes == [60, 114, 168, 222, 276, 330]
     coder = bn_detector.bbox_head.bbox_coder
     assert tuple(coder.stds) == (0.1, 0.1, 0.2, 0.2)
@@ -128,8 +133,10 @@ def _small_head(**kwargs):
             strides=[16, 32],
             ratios=[[2], [2, 3]],
             min_sizes=[13, 26],
-            max_sizes=[26, 49]),
-        **kwargs)
+            max_sizes=[26, 49],
+        ),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize('pred_norm_cfg', [None, dict(type='DN')])
@@ -159,7 +166,7 @@ def test_head_unnormalized_predictions_use_a_biased_conv():
             assert pred.norm_name is None and pred.conv.bias is not None
     bias = head.cls_convs[1][1].conv.bias.view(-1, 6)
     assert torch.all(bias[:, :5] == 0)
-    assert torch.allclose(bias[:, 5], torch.tensor(math.log(5 * 99.)))
+    assert torch.allclose(bias[:, 5], torch.tensor(math.log(5 * 99.0)))
     # The depthwise convs keep their norm.
     assert head.cls_convs[0][0].norm_name is not None
 
@@ -179,7 +186,8 @@ def test_head_background_prior_rejects_bad_probability(prob):
 
 def test_head_background_prior_needs_a_shift():
     head = _small_head(
-        cls_prior_prob=0.01, pred_norm_cfg=dict(type='BN', affine=False))
+        cls_prior_prob=0.01, pred_norm_cfg=dict(type='BN', affine=False)
+    )
     with pytest.raises(TypeError, match=r'cls_convs\.0.*pred_norm_cfg'):
         head.init_weights()
 
@@ -198,11 +206,15 @@ def _batch(n=2, size=320):
                 img_shape=(size, size),
                 ori_shape=(size, size),
                 pad_shape=(size, size),
-                scale_factor=(1., 1.)))
+                scale_factor=(1.0, 1.0),
+            )
+        )
         s.gt_instances = InstanceData(
-            bboxes=torch.tensor([[20., 30., 150., 200.],
-                                 [100., 60., 300., 290.]]),
-            labels=torch.tensor([i, 3]))
+            bboxes=torch.tensor(
+                [[20.0, 30.0, 150.0, 200.0], [100.0, 60.0, 300.0, 290.0]]
+            ),
+            labels=torch.tensor([i, 3]),
+        )
         samples.append(s)
     return inputs, samples
 
@@ -215,7 +227,8 @@ def test_detector_loss_and_predict(cfg_file):
     model.init_weights()
     inputs, samples = _batch()
     data = model.data_preprocessor(
-        dict(inputs=list(inputs), data_samples=samples), training=True)
+        dict(inputs=list(inputs), data_samples=samples), training=True
+    )
     model.train()
     losses = model(**data, mode='loss')
     assert set(losses) == {'loss_cls', 'loss_bbox'}
@@ -227,8 +240,12 @@ def test_detector_loss_and_predict(cfg_file):
 
     model.eval()
     with torch.no_grad():
-        results = model(**model.data_preprocessor(
-            dict(inputs=list(inputs), data_samples=samples)), mode='predict')
+        results = model(
+            **model.data_preprocessor(
+                dict(inputs=list(inputs), data_samples=samples)
+            ),
+            mode='predict',
+        )
     assert len(results) == 2
     pred = results[0].pred_instances
     assert pred.bboxes.shape[1] == 4 and len(pred) <= 200
@@ -244,13 +261,14 @@ def test_dn_config_puts_dn_in_backbone_only():
         assert not any(isinstance(m, DynamicNorm2d) for m in part.modules())
 
 
-def test_paper_sizes():
+def test_paper_sizes(get_flops):
     """The paper's Table 5: 4.32M / 6.33M params, both 0.81G MAdds @320."""
-    get_flops = _load_tool('get_flops')
     bn_params, bn_madds = get_flops.model_complexity(
-        Config.fromfile(BN_CFG), (320, 320))
+        Config.fromfile(BN_CFG), (320, 320)
+    )
     dn_params, dn_madds = get_flops.model_complexity(
-        Config.fromfile(DN_CFG), (320, 320))
+        Config.fromfile(DN_CFG), (320, 320)
+    )
     assert round(bn_params / 1e6, 2) == 4.32
     assert round(dn_params / 1e6, 2) == 6.33
     assert round(bn_madds / 1e9, 2) == 0.81
@@ -259,12 +277,13 @@ def test_paper_sizes():
     assert 0 < dn_madds - bn_madds < 0.005e9
 
 
-def test_count_madds_by_hand():
-    get_flops = _load_tool('get_flops')
+def test_count_madds_by_hand(get_flops):
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Flatten(),
-        nn.Linear(8 * 4 * 4, 10))
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    )
     madds = get_flops.count_madds(net, torch.randn(2, 3, 8, 8))
     # 27*8 per location * 16 + 9*8 * 16 + 128*10, per sample.
     assert madds == 27 * 8 * 16 + 9 * 8 * 16 + 128 * 10
@@ -272,12 +291,11 @@ def test_count_madds_by_hand():
 
 
 def test_get_flops_cli():
-    import subprocess
-    import sys
-    out = subprocess.run(
-        [sys.executable, 'tools/analysis/get_flops.py', BN_CFG, '--shape',
-         '320'],
-        cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    proc = run_python(
+        ['tools/analysis/get_flops.py', BN_CFG, '--shape', '320'], cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
     assert 'Params: 4.32M (4,322,988)' in out
     assert 'MAdds: 0.81G' in out
     assert 'Input shape: (3, 320, 320)' in out

@@ -1,13 +1,14 @@
 """MobileNetV2DN: structure, FNA taps, freezing, norm_eval, pretrained."""
+
 import pytest
 import torch
 import torch.nn as nn
+from mmdet.registry import MODELS
 from mmengine.runner import save_checkpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dn_mmdet.models.backbones import MobileNetV2DN
 from dn_mmdet.norm import DynamicNorm2d
-from mmdet.registry import MODELS
 
 BN = dict(type='BN', eps=1e-3)
 DN = dict(type='DN', r=16, g='oup', eps=1e-3)
@@ -33,8 +34,10 @@ def test_fna_taps_at_320(norm_cfg):
     assert model.out_strides == (16, 32)
     with torch.no_grad():
         feats = model(torch.randn(2, 3, 320, 320))
-    assert [tuple(f.shape) for f in feats] == [(2, 576, 20, 20),
-                                               (2, 1280, 10, 10)]
+    assert [tuple(f.shape) for f in feats] == [
+        (2, 576, 20, 20),
+        (2, 1280, 10, 10),
+    ]
     # The stride-16 tap is a ReLU6 output (expansion conv + norm + act).
     assert feats[0].min() >= 0 and feats[0].max() <= 6
 
@@ -54,11 +57,33 @@ def test_stride16_tap_is_first_160_block_expansion():
 
 
 def test_other_size_and_all_taps():
-    taps = ('stem', 'stage1', 'stage2_expand', 'stage2', 'stage3', 'stage4',
-            'stage5', 'stage6_expand', 'stage6', 'stage7', 'conv_last')
+    taps = (
+        'stem',
+        'stage1',
+        'stage2_expand',
+        'stage2',
+        'stage3',
+        'stage4',
+        'stage5',
+        'stage6_expand',
+        'stage6',
+        'stage7',
+        'conv_last',
+    )
     model = MobileNetV2DN(out_taps=taps, norm_cfg=BN).eval()
-    assert model.out_channels == (32, 16, 96, 24, 32, 64, 96, 576, 160, 320,
-                                  1280)
+    assert model.out_channels == (
+        32,
+        16,
+        96,
+        24,
+        32,
+        64,
+        96,
+        576,
+        160,
+        320,
+        1280,
+    )
     assert model.out_strides == (2, 2, 2, 4, 8, 16, 16, 16, 32, 32, 32)
     h, w = 200, 136  # not multiples of 32: sizes round up at every stride
     with torch.no_grad():
@@ -69,8 +94,7 @@ def test_other_size_and_all_taps():
 
 
 def test_taps_are_returned_in_requested_order():
-    model = MobileNetV2DN(
-        out_taps=('conv_last', 'stage4'), norm_cfg=BN).eval()
+    model = MobileNetV2DN(out_taps=('conv_last', 'stage4'), norm_cfg=BN).eval()
     with torch.no_grad():
         last, s4 = model(torch.randn(1, 3, 64, 64))
     assert last.shape[1] == 1280 and s4.shape[1] == 64
@@ -78,8 +102,7 @@ def test_taps_are_returned_in_requested_order():
 
 def test_bad_tap_names_tap_and_valid_ones():
     with pytest.raises(ValueError) as err:
-        MobileNetV2DN(out_taps=('stage6_expand', 'stage1_expand'),
-                      norm_cfg=BN)
+        MobileNetV2DN(out_taps=('stage6_expand', 'stage1_expand'), norm_cfg=BN)
     msg = str(err.value)
     assert "'stage1_expand'" in msg  # stage1 has no expansion conv
     assert 'stage6_expand' in msg and 'conv_last' in msg  # valid ones listed
@@ -104,12 +127,16 @@ def test_convs_are_bias_free():
 def test_frozen_stages(frozen):
     model = MobileNetV2DN(frozen_stages=frozen, norm_cfg=BN)
     model.train()
-    layers = [model.stem] + [getattr(model, f'stage{i}')
-                             for i in range(1, 8)] + [model.conv_last]
+    layers = (
+        [model.stem]
+        + [getattr(model, f'stage{i}') for i in range(1, 8)]
+        + [model.conv_last]
+    )
     for i, layer in enumerate(layers):
         frozen_layer = i <= frozen
-        assert all(p.requires_grad != frozen_layer
-                   for p in layer.parameters()), i
+        assert all(
+            p.requires_grad != frozen_layer for p in layer.parameters()
+        ), i
         assert all(m.training != frozen_layer for m in layer.modules()), i
 
 
@@ -152,7 +179,8 @@ def test_state_dict_names():
 def _pretrained_model(checkpoint, **kwargs):
     return MobileNetV2DN(
         norm_cfg=BN,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint, **kwargs))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint, **kwargs),
+    )
 
 
 def test_pretrained_loads_mmengine_checkpoint_with_prefix(tmp_path):
@@ -184,7 +212,8 @@ def test_pretrained_key_mismatch_names_keys(tmp_path):
     path = str(tmp_path / 'bn.pth')
     torch.save(MobileNetV2DN(norm_cfg=BN).state_dict(), path)
     model = MobileNetV2DN(
-        norm_cfg=DN, init_cfg=dict(type='Pretrained', checkpoint=path))
+        norm_cfg=DN, init_cfg=dict(type='Pretrained', checkpoint=path)
+    )
     with pytest.raises(RuntimeError) as err:
         model.init_weights()
     msg = str(err.value)
@@ -195,8 +224,10 @@ def test_pretrained_key_mismatch_names_keys(tmp_path):
 
 def test_pretrained_without_prefix_keys_is_an_error(tmp_path):
     path = str(tmp_path / 'det.pth')
-    state = {f'model.{k}': v
-             for k, v in MobileNetV2DN(norm_cfg=BN).state_dict().items()}
+    state = {
+        f'model.{k}': v
+        for k, v in MobileNetV2DN(norm_cfg=BN).state_dict().items()
+    }
     torch.save(state, path)
     with pytest.raises(RuntimeError, match='prefix "backbone."'):
         _pretrained_model(path, prefix='backbone.').init_weights()

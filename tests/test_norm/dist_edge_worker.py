@@ -6,6 +6,7 @@ For each case every process runs one training forward and backward on its
 share of a batch both draw from the same seed, and saves its output, input
 gradient and statistics to ``<out>/<case>_rank<r>.pt``.
 """
+
 import argparse
 import os.path as osp
 
@@ -51,13 +52,18 @@ def main() -> None:
         x = make_inputs(case)[rank].requires_grad_(True)
         y = dn(x)
         # weights differ per element, so the gradient is not trivially 0
-        (y * torch.arange(y.numel(), dtype=y.dtype).view_as(y)).sum() \
-            .backward()
+        (
+            y * torch.arange(y.numel(), dtype=y.dtype).view_as(y)
+        ).sum().backward()
         torch.save(
-            dict(y=y.detach(), x_grad=x.grad,
-                 synced=dn.synced_processes(),
-                 statistics=dict(dn.bn.state_dict())),
-            osp.join(args.out, f'{case}_rank{rank}.pt'))
+            dict(
+                y=y.detach(),
+                x_grad=x.grad,
+                synced=dn.synced_processes(),
+                statistics=dict(dn.bn.state_dict()),
+            ),
+            osp.join(args.out, f'{case}_rank{rank}.pt'),
+        )
     dist.destroy_process_group()
 
 

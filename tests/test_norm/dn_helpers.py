@@ -1,24 +1,38 @@
 """Helpers of the norm tests: layers with non-trivial values, the reference
-output, a counting proxy of the C++ kernel."""
+output, how a forward is run, and which DN ops the profiler saw."""
+
 import contextlib
 import copy
-import os
+import math
+from typing import List
 
 import torch
-import torch.nn as nn
 
 from dn_mmdet.norm import DynamicNorm2d
 from dn_mmdet.norm.reference import dynamic_norm_reference
-from dn_mmdet.ops import dn_cpu
 
-SHAPES = [(1, 8, 5, 7), (2, 16, 1, 3), (4, 24, 9, 9), (3, 32, 13, 11),
-          (8, 96, 4, 4)]
+SHAPES = [
+    (1, 8, 5, 7),
+    (2, 16, 1, 3),
+    (4, 24, 9, 9),
+    (3, 32, 13, 11),
+    (8, 96, 4, 4),
+]
 
-ACTIVATIONS = {
-    'none': None,
-    'relu': nn.ReLU,
-    'relu6': nn.ReLU6,
-    'hardtanh': lambda: nn.Hardtanh(-0.5, 0.7),
+#: Clamps a parent may fuse into DN (``forward_clamped``'s bounds).
+CLAMPS = {
+    'none': (-math.inf, math.inf),
+    'relu': (0.0, math.inf),
+    'relu6': (0.0, 6.0),
+    'hardtanh': (-0.5, 0.7),
+}
+
+#: How a forward is run: (training, autograd).
+SETTINGS = {
+    'train': (True, True),
+    'train-no-grad': (True, False),
+    'eval-no-grad': (False, False),
+    'eval-autograd': (False, True),
 }
 
 
@@ -29,8 +43,9 @@ def randomize(dn: DynamicNorm2d, seed: int = 0) -> DynamicNorm2d:
     with torch.no_grad():
         for p in dn.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        dn.base_scale.copy_(1 + 0.2 * torch.randn(dn.num_features,
-                                                  generator=gen))
+        dn.base_scale.copy_(
+            1 + 0.2 * torch.randn(dn.num_features, generator=gen)
+        )
         dn.base_shift.copy_(0.2 * torch.randn(dn.num_features, generator=gen))
         if dn.track_running_stats:
             dn.bn.running_mean.normal_(generator=gen)
@@ -38,98 +53,79 @@ def randomize(dn: DynamicNorm2d, seed: int = 0) -> DynamicNorm2d:
     return dn
 
 
-def with_activation(dn: DynamicNorm2d, act_name: str) -> DynamicNorm2d:
-    act = ACTIVATIONS[act_name]
-    if act is not None:
-        dn.fuse_activation(act())
-    return dn
-
-
-def reference_output(dn: DynamicNorm2d, x: torch.Tensor) -> torch.Tensor:
+def reference_output(
+    dn: DynamicNorm2d, x: torch.Tensor, clamp: str = 'none'
+) -> torch.Tensor:
     """The reference implementation on a copy of ``dn`` (its statistics
-    stay as they are)."""
-    return dynamic_norm_reference(copy.deepcopy(dn), x)
+    stay as they are), then the clamp."""
+    y = dynamic_norm_reference(copy.deepcopy(dn), x)
+    return y.clamp(*CLAMPS[clamp])
 
 
-class CountingKernel:
-    """Counts calls to the built ops (a thin proxy of the real module)."""
-
-    def __init__(self, module):
-        self.module, self.calls, self.dn_b_calls = module, 0, 0
-
-    def normalize_act(self, *args):
-        self.calls += 1
-        return self.module.normalize_act(*args)
-
-    def dn_b_inference(self, *args):
-        self.calls += 1
-        self.dn_b_calls += 1
-        return self.module.dn_b_inference(*args)
-
-
-#: How a forward is run: (training, autograd, DN_MMDET_FUSED on, the C++
-#: kernel available), then the path DynamicNorm2d._select_path must choose
-#: for DN-B and for DN-C.
-SETTINGS = {
-    'train': (True, True, True, True, 'train_kernel', 'torch'),
-    'train-aten': (True, True, True, False, 'train_node', 'torch'),
-    'train-no-grad': (True, False, True, True, 'kernel', 'kernel'),
-    'train-plain': (True, True, False, True, 'torch', 'torch'),
-    'eval-no-grad': (False, False, True, True, 'dn_b_kernel', 'kernel'),
-    'eval-autograd': (False, True, True, True, 'torch', 'torch'),
-    'eval-plain': (False, False, False, True, 'torch', 'torch'),
-}
-
-
-def expected_path(setting: str, mode: str) -> str:
-    return SETTINGS[setting][4 if mode == 'B' else 5]
-
-
-def forward_in(dn: DynamicNorm2d, x: torch.Tensor,
-               setting: str) -> torch.Tensor:
-    """``dn(x)`` run as ``SETTINGS[setting]`` says (``x`` requires grad
-    under autograd; without the kernel, DN runs as where it cannot be
-    built)."""
-    training, autograd, fused, kernel = SETTINGS[setting][:4]
+def forward_in(
+    dn: DynamicNorm2d, x: torch.Tensor, setting: str, clamp: str = 'none'
+) -> torch.Tensor:
+    """``dn.forward_clamped(x, CLAMPS[clamp])`` run as ``SETTINGS[setting]``
+    says (``x`` requires grad under autograd)."""
+    training, autograd = SETTINGS[setting]
     dn.train(training)
-    previous = os.environ.get('DN_MMDET_FUSED')
-    os.environ['DN_MMDET_FUSED'] = '1' if fused else '0'
-    try:
-        with torch.set_grad_enabled(autograd), without_kernel(not kernel):
-            return dn(x.requires_grad_(True) if autograd else x)
-    finally:
-        if previous is None:
-            del os.environ['DN_MMDET_FUSED']
-        else:
-            os.environ['DN_MMDET_FUSED'] = previous
+    with torch.set_grad_enabled(autograd):
+        return dn.forward_clamped(
+            x.requires_grad_(True) if autograd else x, CLAMPS[clamp]
+        )
 
 
 @contextlib.contextmanager
-def without_kernel(hide: bool = True):
-    """DN as on a machine where the C++ kernel could not be built."""
-    if not hide:
-        yield
-        return
-    load = dn_cpu.load
-    dn_cpu.load = lambda: False
-    try:
-        yield
-    finally:
-        dn_cpu.load = load
+def recorded_dn_ops():
+    """The ``dn_mmdet::`` ops the profiler records in the block (sorted
+    names, one entry per call), as a user sees them in a profile."""
+    names: List[str] = []
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU]
+    ) as prof:
+        yield names
+    names.extend(
+        sorted(
+            e.name for e in prof.events() if e.name.startswith('dn_mmdet::')
+        )
+    )
 
 
 #: The empty-batch cases empty_batch_worker.py runs: (name, layer options,
-#: input shape, setting, fused activation).
+#: input shape, setting, clamp).
 EMPTY_BATCH_CASES = [
-    (f'{mode}-{setting}', dict(mode=mode), (0, 16, 5, 5), setting, 'relu6')
-    for mode in ('B', 'C1', 'C2') for setting in SETTINGS
+    (
+        f'{mode}-{setting}-{impl}',
+        dict(mode=mode, impl=impl),
+        (0, 16, 5, 5),
+        setting,
+        'relu6',
+    )
+    for mode in ('B', 'C1', 'C2')
+    for setting in SETTINGS
+    for impl in ('auto', 'composite')
 ] + [
-    ('B-train-no-running-stats', dict(track_running_stats=False),
-     (0, 16, 5, 5), 'train', 'none'),
-    ('B-eval-no-running-stats', dict(track_running_stats=False),
-     (0, 16, 5, 5), 'eval-no-grad', 'none'),
-    ('B-train-cumulative', dict(momentum=None), (0, 16, 5, 5), 'train',
-     'none'),
+    (
+        'B-train-no-running-stats',
+        dict(track_running_stats=False),
+        (0, 16, 5, 5),
+        'train',
+        'none',
+    ),
+    (
+        'B-eval-no-running-stats',
+        dict(track_running_stats=False),
+        (0, 16, 5, 5),
+        'eval-no-grad',
+        'none',
+    ),
+    (
+        'B-train-cumulative',
+        dict(momentum=None),
+        (0, 16, 5, 5),
+        'train',
+        'none',
+    ),
     ('B-train-empty-map', dict(), (2, 16, 0, 3), 'train', 'relu'),
     ('B-eval-empty-map', dict(), (2, 16, 0, 3), 'eval-no-grad', 'relu'),
 ]

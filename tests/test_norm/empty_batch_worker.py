@@ -5,38 +5,35 @@ Run by test_dynamic_norm_edges.py in a process of its own: a path that
 crashes (DN's fused training node once died of SIGFPE here) must not take
 pytest down with it.
 """
+
 import json
 
 import torch
-from dn_helpers import EMPTY_BATCH_CASES, forward_in, randomize, \
-    with_activation
+from dn_helpers import (
+    EMPTY_BATCH_CASES,
+    forward_in,
+    randomize,
+    recorded_dn_ops,
+)
 
 from dn_mmdet.norm import DynamicNorm2d
 
 
 def main() -> None:
-    chosen = []
-    select = DynamicNorm2d._select_path
-
-    def spy(self, *args):
-        chosen.append(select(self, *args))
-        return chosen[-1]
-
-    DynamicNorm2d._select_path = spy
-    for name, options, shape, setting, act in EMPTY_BATCH_CASES:
+    for name, options, shape, setting, clamp in EMPTY_BATCH_CASES:
         print(json.dumps(dict(start=name)), flush=True)
-        dn = with_activation(randomize(DynamicNorm2d(16, **options)), act)
+        dn = randomize(DynamicNorm2d(16, **options))
         before = {k: v.clone() for k, v in dn.bn.state_dict().items()}
-        chosen.clear()
         result = dict(case=name, error=None)
         try:
             x = torch.randn(shape)
-            y = forward_in(dn, x, setting)
-            result.update(shape=list(y.shape), dtype=str(y.dtype),
-                          path=chosen[-1])
+            with recorded_dn_ops() as ops:
+                y = forward_in(dn, x, setting, clamp)
+            result.update(shape=list(y.shape), dtype=str(y.dtype), ops=ops)
             after = dn.bn.state_dict()
             result['statistics_untouched'] = all(
-                torch.equal(before[k], after[k]) for k in before)
+                torch.equal(before[k], after[k]) for k in before
+            )
             if y.requires_grad:
                 y.sum().backward()
                 result['x_grad_shape'] = list(x.grad.shape)

@@ -2,6 +2,7 @@
 conversion, errors, precision and export. (The paper's parameter counts are
 asserted on the stage-1 configs: tests/test_configs/
 test_classification_configs.py.)"""
+
 import copy
 
 import pytest
@@ -22,8 +23,9 @@ def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize('scope', [None, 'mmdet', 'mmengine', 'mmpretrain',
-                                   'mmyolo'])
+@pytest.mark.parametrize(
+    'scope', [None, 'mmdet', 'mmengine', 'mmpretrain', 'mmyolo']
+)
 def test_registered_for_build_norm_layer_under_every_scope(scope):
     # scopes of packages that are not installed (mmpretrain, mmyolo) fall
     # back to the root registry, where DN lives
@@ -48,12 +50,19 @@ def test_bn_config_with_only_type_changed_works():
 
 def test_checkpoint_keys_are_stable():
     conv = ConvModule(3, 32, 3, norm_cfg=dict(type='DN', g='oup'))
-    assert sorted(conv.state_dict()) == sorted([
-        'conv.weight', 'dn.base_scale', 'dn.base_shift',
-        'dn.bn.running_mean', 'dn.bn.running_var',
-        'dn.bn.num_batches_tracked', 'dn.sc.fc1.weight', 'dn.sc.fc1.bias',
-        'dn.sc.fc2.weight'
-    ])
+    assert sorted(conv.state_dict()) == sorted(
+        [
+            'conv.weight',
+            'dn.base_scale',
+            'dn.base_shift',
+            'dn.bn.running_mean',
+            'dn.bn.running_var',
+            'dn.bn.num_batches_tracked',
+            'dn.sc.fc1.weight',
+            'dn.sc.fc1.bias',
+            'dn.sc.fc2.weight',
+        ]
+    )
 
 
 def test_not_a_batchnorm_but_statistics_are():
@@ -79,8 +88,12 @@ def test_uses_batch_statistics_follows_the_statistics_child():
 
 
 def test_norm_eval_and_frozen_stages_in_mmdet_backbone():
-    model = MobileNetV2(out_indices=(2, ), frozen_stages=1, norm_eval=True,
-                        norm_cfg=dict(type='DN'))
+    model = MobileNetV2(
+        out_indices=(2,),
+        frozen_stages=1,
+        norm_eval=True,
+        norm_cfg=dict(type='DN'),
+    )
     model.train()
     dns = [m for m in model.modules() if isinstance(m, DynamicNorm2d)]
     before = [m.bn.running_mean.clone() for m in dns]
@@ -129,14 +142,18 @@ def test_layer_name_init_does_not_touch_sc_module():
     from mmengine.model import BaseModule
 
     class Net(BaseModule):
-
         def __init__(self):
-            super().__init__(init_cfg=[
-                dict(type='Normal', layer='Conv2d', std=0.03),
-                dict(type='Constant', layer=['_BatchNorm', 'GroupNorm'],
-                     val=1),
-                dict(type='Normal', layer='Linear', std=0.01)
-            ])
+            super().__init__(
+                init_cfg=[
+                    dict(type='Normal', layer='Conv2d', std=0.03),
+                    dict(
+                        type='Constant',
+                        layer=['_BatchNorm', 'GroupNorm'],
+                        val=1,
+                    ),
+                    dict(type='Normal', layer='Linear', std=0.01),
+                ]
+            )
             self.conv = ConvModule(3, 16, 3, norm_cfg=dict(type='DN'))
 
     net = Net()
@@ -150,13 +167,19 @@ def test_norm_decay_mult_applies_to_bn_only_not_sc_weights():
     weight decay; norm_decay_mult affects static norm affines only."""
     model = nn.Sequential(
         ConvModule(3, 8, 3, norm_cfg=dict(type='BN')),
-        ConvModule(8, 8, 3, norm_cfg=dict(type='DN')))
+        ConvModule(8, 8, 3, norm_cfg=dict(type='DN')),
+    )
     wrapper = build_optim_wrapper(
         model,
-        dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
-             paramwise_cfg=dict(norm_decay_mult=0.0)))
-    decay = {id(g['params'][0]): g['weight_decay']
-             for g in wrapper.optimizer.param_groups}
+        dict(
+            optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
+            paramwise_cfg=dict(norm_decay_mult=0.0),
+        ),
+    )
+    decay = {
+        id(g['params'][0]): g['weight_decay']
+        for g in wrapper.optimizer.param_groups
+    }
     bn, dn = model[0].norm, model[1].norm
     assert decay[id(bn.weight)] == 0.0
     assert decay[id(dn.sc.fc1.weight)] == 1e-4
@@ -182,8 +205,9 @@ def test_convert_batchnorm_model_keeps_outputs_and_paper_counts(g):
     bn_model = random_bn_model()
     bn_model.eval()  # mmdet's MobileNetV2.train() returns None
     dn_model = DynamicNorm2d.convert_batchnorm(copy.deepcopy(bn_model), g=g)
-    assert not any(isinstance(m, nn.BatchNorm2d) and m.affine
-                   for m in dn_model.modules())
+    assert not any(
+        isinstance(m, nn.BatchNorm2d) and m.affine for m in dn_model.modules()
+    )
     x = torch.randn(2, 3, 64, 64)
     for a, b in zip(bn_model(x), dn_model(x)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -196,16 +220,22 @@ def test_convert_batchnorm_model_keeps_outputs_and_paper_counts(g):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize('kwargs,message', [
-    (dict(r=0), 'r (FC1 reduction) must be an int >= 1, got 0'),
-    (dict(r=2.5), 'got 2.5'),
-    (dict(g=0), "g (input channels per group of FC2) must be a positive "
-     "int or 'oup', got 0"),
-    (dict(g='all'), "got 'all'"),
-    (dict(mode='D'), "unknown mode 'D'"),
-    (dict(eps=0), 'eps must be > 0'),
-    (dict(momentum=2), 'momentum must be in [0, 1]'),
-])
+@pytest.mark.parametrize(
+    'kwargs,message',
+    [
+        (dict(r=0), 'r (FC1 reduction) must be an int >= 1, got 0'),
+        (dict(r=2.5), 'got 2.5'),
+        (
+            dict(g=0),
+            'g (input channels per group of FC2) must be a positive '
+            "int or 'oup', got 0",
+        ),
+        (dict(g='all'), "got 'all'"),
+        (dict(mode='D'), "unknown mode 'D'"),
+        (dict(eps=0), 'eps must be > 0'),
+        (dict(momentum=2), 'momentum must be in [0, 1]'),
+    ],
+)
 def test_build_errors_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match='DN\\(num_features=16\\)') as err:
         build_norm_layer(dict(type='DN', **kwargs), 16)
@@ -224,8 +254,9 @@ def test_runtime_errors_name_the_layer():
     assert dn.layer_name == '0.dn'
     with pytest.raises(ValueError, match=r'"0.dn".*expected a 4-D input'):
         dn(torch.randn(2, 8, 4))
-    with pytest.raises(ValueError,
-                       match=r'"0.dn".*expected 8 input channels, got 5'):
+    with pytest.raises(
+        ValueError, match=r'"0.dn".*expected 8 input channels, got 5'
+    ):
         dn(torch.randn(2, 5, 4, 4))
 
 
@@ -257,30 +288,20 @@ def test_fp16_input_with_large_values_does_not_overflow_statistics():
     torch.testing.assert_close(y_half.float(), y, rtol=1e-2, atol=1e-2)
 
 
-def test_jit_trace_and_onnx_export(tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        ConvModule(3, 8, 3, norm_cfg=dict(type='DN', g='oup'))).eval()
-    with torch.no_grad():
-        model[0].norm.sc.fc2.weight.normal_(0, 0.1)
-    x = torch.randn(2, 3, 16, 16)
-    traced = torch.jit.trace(model, x)
-    x2 = torch.randn(3, 3, 16, 16)
-    torch.testing.assert_close(traced(x2), model(x2))
-
-    import onnx
-    path = tmp_path / 'dn.onnx'
-    torch.onnx.export(model, (x, ), str(path), dynamo=False,
-                      input_names=['x'], output_names=['y'])
-    onnx.checker.check_model(onnx.load(str(path)))
-
-
-def test_convert_state_dict_rejects_unknown_norm_names():
-    with pytest.raises(ValueError, match='"layer.norm"'):
-        DynamicNorm2d.convert_batchnorm_state_dict({
+def test_convert_state_dict_keeps_names_mmcv_does_not_derive_from_bn():
+    # ``bn1`` is mmcv's name for a BN layer (``dn1`` for DN); ``norm`` is
+    # the model's own name and stays.
+    converted = DynamicNorm2d.convert_batchnorm_state_dict(
+        {
             'layer.norm.running_mean': torch.zeros(2),
-            'layer.norm.running_var': torch.ones(2)
-        })
+            'layer.norm.running_var': torch.ones(2),
+            'layer.bn1.running_mean': torch.zeros(2),
+            'layer.bn1.running_var': torch.ones(2),
+        }
+    )
+    assert 'layer.norm.bn.running_var' in converted
+    assert 'layer.dn1.bn.running_var' in converted
+    assert not any(key.startswith('layer.bn1.') for key in converted)
 
 
 def mixed_model(seed=0):
@@ -288,8 +309,9 @@ def mixed_model(seed=0):
     MobileNetV2), BN after it; every norm with non-trivial values."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        MobileNetV2(out_indices=(2, ), norm_cfg=dict(type='DN', g='oup')),
-        ConvModule(32, 16, 3, padding=1, norm_cfg=dict(type='BN')))
+        MobileNetV2(out_indices=(2,), norm_cfg=dict(type='DN', g='oup')),
+        ConvModule(32, 16, 3, padding=1, norm_cfg=dict(type='BN')),
+    )
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, DynamicNorm2d):
@@ -315,15 +337,19 @@ def test_convert_batchnorm_leaves_existing_dn_layers_alone():
     expected = run_mixed(model, x)
     converted = DynamicNorm2d.convert_batchnorm(model, g=1)
     # the DN layers keep their BatchNorm2d statistics children ...
-    assert [m for m in converted.modules()
-            if isinstance(m, DynamicNorm2d)][:len(dn_layers)] == dn_layers
-    assert all(type(m.bn) is nn.BatchNorm2d and m.bn is child
-               for m, child in zip(dn_layers, stats_children))
+    assert [m for m in converted.modules() if isinstance(m, DynamicNorm2d)][
+        : len(dn_layers)
+    ] == dn_layers
+    assert all(
+        type(m.bn) is nn.BatchNorm2d and m.bn is child
+        for m, child in zip(dn_layers, stats_children)
+    )
     # ... and only the plain BN after the backbone became a DN
     assert isinstance(converted[1].norm, DynamicNorm2d)
     assert converted[1].norm.g == 1 and dn_layers[0].g == 'oup'
-    torch.testing.assert_close(run_mixed(converted, x), expected, rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        run_mixed(converted, x), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_convert_state_dict_leaves_existing_dn_layers_alone():
@@ -334,14 +360,17 @@ def test_convert_state_dict_leaves_existing_dn_layers_alone():
     converted = DynamicNorm2d.convert_batchnorm_state_dict(state, g='oup')
     # every key of the DN layers is kept as it was
     dn_keys = [k for k in state if '.dn.' in k]
-    assert dn_keys and all(k in converted and converted[k] is state[k]
-                           for k in dn_keys)
+    assert dn_keys and all(
+        k in converted and converted[k] is state[k] for k in dn_keys
+    )
     assert not any('.dn.dn' in k for k in converted)
     target = nn.Sequential(
-        MobileNetV2(out_indices=(2, ), norm_cfg=dict(type='DN', g='oup')),
-        ConvModule(32, 16, 3, padding=1, norm_cfg=dict(type='DN', g='oup')))
+        MobileNetV2(out_indices=(2,), norm_cfg=dict(type='DN', g='oup')),
+        ConvModule(32, 16, 3, padding=1, norm_cfg=dict(type='DN', g='oup')),
+    )
     target.load_state_dict(converted, strict=True)
     target.eval()
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(run_mixed(target, x), run_mixed(model, x),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        run_mixed(target, x), run_mixed(model, x), rtol=1e-5, atol=1e-5
+    )

@@ -2,6 +2,7 @@
 formula, not autograd), window and warm-up transitions, the renormalisation
 clamp, the running estimate, eval, and exact continuation after a
 checkpoint taken in the middle of a window."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -41,8 +42,7 @@ class MABNAlgorithm:
         self.t += 1
         chi = (x * x).mean(dim=(0, 2, 3))
         self.buffer_x2[self.t % self.m] = chi
-        v = chi if self._use_current() else torch.stack(
-            self.buffer_x2).mean(0)
+        v = chi if self._use_current() else torch.stack(self.buffer_x2).mean(0)
         std = torch.sqrt(v + self.eps)
         z = x / std.view(1, -1, 1, 1)
         r = std / torch.sqrt(self.running_var + self.eps)
@@ -52,11 +52,13 @@ class MABNAlgorithm:
             r = r.clamp(1 / self.clip, self.clip)
         self.r_history.append(r)
         if self.keep is None:
-            self.running_var = self.running_var + (v - self.running_var) / \
-                self.t
+            self.running_var = (
+                self.running_var + (v - self.running_var) / self.t
+            )
         else:
-            self.running_var = self.keep * self.running_var + (
-                1 - self.keep) * v
+            self.running_var = (
+                self.keep * self.running_var + (1 - self.keep) * v
+            )
         self.saved = (z, std, r, gamma)
         return (gamma * r).view(1, -1, 1, 1) * z + beta.view(1, -1, 1, 1)
 
@@ -65,8 +67,9 @@ class MABNAlgorithm:
         g = grad_y * (gamma * r).view(1, -1, 1, 1)
         psi = (g * z).mean(dim=(0, 2, 3))
         self.buffer_gz[self.t % self.m] = psi
-        psi_bar = psi if self._use_current() else torch.stack(
-            self.buffer_gz).mean(0)
+        psi_bar = (
+            psi if self._use_current() else torch.stack(self.buffer_gz).mean(0)
+        )
         grad_x = (g - z * psi_bar.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
         grad_gamma = (grad_y * r.view(1, -1, 1, 1) * z).sum(dim=(0, 2, 3))
         return grad_x, grad_gamma, grad_y.sum(dim=(0, 2, 3))
@@ -84,16 +87,24 @@ def batch(t, shape=(2, 4, 3, 5)):
 
 
 def new_layer(**kwargs):
-    args = dict(batch_size=2, real_batch_size=6, warmup_iters=5,
-                renorm_warmup_iters=8, renorm_clip=1.5, momentum=0.02)
+    args = dict(
+        batch_size=2,
+        real_batch_size=6,
+        warmup_iters=5,
+        renorm_warmup_iters=8,
+        renorm_clip=1.5,
+        momentum=0.02,
+    )
     args.update(kwargs)
     layer = MABN2d(4, **args).double()
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        layer.weight.copy_(1 + 0.5 * torch.randn(4, generator=g,
-                                                 dtype=torch.float64))
-        layer.bias.copy_(0.5 * torch.randn(4, generator=g,
-                                           dtype=torch.float64))
+        layer.weight.copy_(
+            1 + 0.5 * torch.randn(4, generator=g, dtype=torch.float64)
+        )
+        layer.bias.copy_(
+            0.5 * torch.randn(4, generator=g, dtype=torch.float64)
+        )
     return layer
 
 
@@ -108,10 +119,12 @@ def step(layer, t):
 def test_training_matches_algorithm(warmup, keep):
     """14 iterations with m = 3: the current batch (t <= 3, and t = 4 while
     t < warm-up 5), then the window; r = 1 up to t = 8, then clipped."""
-    layer = new_layer(warmup_iters=warmup,
-                      momentum=None if keep is None else 1 - keep)
-    algo = MABNAlgorithm(4, m=3, warmup=warmup, renorm_warmup=8, clip=1.5,
-                         keep=keep)
+    layer = new_layer(
+        warmup_iters=warmup, momentum=None if keep is None else 1 - keep
+    )
+    algo = MABNAlgorithm(
+        4, m=3, warmup=warmup, renorm_warmup=8, clip=1.5, keep=keep
+    )
     gamma, beta = layer.weight.detach().clone(), layer.bias.detach().clone()
     for t in range(1, 15):
         y, (gx, gg, gb) = step(layer, t)
@@ -120,18 +133,22 @@ def test_training_matches_algorithm(warmup, keep):
         gx_ref, gg_ref, gb_ref = algo.backward(grad)
         msg = f'iteration {t}'
         torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10, msg=msg)
-        torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-10,
-                                   msg=msg)
-        torch.testing.assert_close(gg, gg_ref, rtol=1e-10, atol=1e-10,
-                                   msg=msg)
-        torch.testing.assert_close(gb, gb_ref, rtol=1e-10, atol=1e-10,
-                                   msg=msg)
-        torch.testing.assert_close(layer.bn.running_var, algo.running_var,
-                                   rtol=1e-12, atol=1e-12, msg=msg)
-        torch.testing.assert_close(layer.buffer_x2,
-                                   torch.stack(algo.buffer_x2), msg=msg)
-        torch.testing.assert_close(layer.buffer_gz,
-                                   torch.stack(algo.buffer_gz), msg=msg)
+        torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-10, msg=msg)
+        torch.testing.assert_close(gg, gg_ref, rtol=1e-10, atol=1e-10, msg=msg)
+        torch.testing.assert_close(gb, gb_ref, rtol=1e-10, atol=1e-10, msg=msg)
+        torch.testing.assert_close(
+            layer.bn.running_var,
+            algo.running_var,
+            rtol=1e-12,
+            atol=1e-12,
+            msg=msg,
+        )
+        torch.testing.assert_close(
+            layer.buffer_x2, torch.stack(algo.buffer_x2), msg=msg
+        )
+        torch.testing.assert_close(
+            layer.buffer_gz, torch.stack(algo.buffer_gz), msg=msg
+        )
         assert int(layer.bn.num_batches_tracked) == t
     assert torch.equal(layer.bn.running_mean, torch.zeros(4))
     # The test covered what it claims: r was 1, then hit both bounds.
@@ -164,10 +181,14 @@ def test_backward_is_the_algorithms_not_autograd():
         chi = (x * x).mean(dim=(0, 2, 3))
         v = chi if window_x2 is None else (window_x2.sum(0) + chi) / 3
         std = torch.sqrt(v + EPS)
-        r = (std / torch.sqrt(running_before + EPS)).clamp(1 / 1.5,
-                                                           1.5).detach()
+        r = (
+            (std / torch.sqrt(running_before + EPS))
+            .clamp(1 / 1.5, 1.5)
+            .detach()
+        )
         y = (layer.weight * r).view(1, -1, 1, 1) * x / std.view(
-            1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
+            1, -1, 1, 1
+        ) + layer.bias.view(1, -1, 1, 1)
         return torch.autograd.grad(y, x, grad)[0]
 
     for t in range(1, 6):
@@ -191,8 +212,8 @@ def test_eval_is_bn_inference_with_zero_mean():
     x, grad = batch(20)
     y = layer(x)
     expected = layer.weight.view(1, -1, 1, 1) * x / torch.sqrt(
-        layer.bn.running_var + EPS).view(1, -1, 1, 1) + layer.bias.view(
-            1, -1, 1, 1)
+        layer.bn.running_var + EPS
+    ).view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
     y.backward(grad)  # eval with gradients (norm_eval training)
     assert layer.weight.grad is not None and x.grad is not None
@@ -203,11 +224,16 @@ def test_eval_is_bn_inference_with_zero_mean():
 
 
 def test_eval_folds_into_the_conv():
-    block = ConvModule(3, 4, 3, padding=1, conv_cfg=dict(type='CenConv'),
-                       norm_cfg=dict(type='MABN', batch_size=2,
-                                     real_batch_size=4),
-                       act_cfg=None).double()
-    for t in range(1, 4):
+    block = ConvModule(
+        3,
+        4,
+        3,
+        padding=1,
+        conv_cfg=dict(type='CenConv'),
+        norm_cfg=dict(type='MABN', batch_size=2, real_batch_size=4),
+        act_cfg=None,
+    ).double()
+    for _ in range(1, 4):
         block(torch.randn(2, 3, 6, 6, dtype=torch.float64))
     block.eval()
     x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
@@ -236,8 +262,9 @@ def test_resume_in_the_middle_of_a_window_continues_exactly(tmp_path):
     for t in range(1, 8):
         train_step(a, sgd, t)
     path = tmp_path / 'mabn.pth'
-    torch.save(dict(state_dict=a.state_dict(), optimizer=sgd.state_dict()),
-               path)
+    torch.save(
+        dict(state_dict=a.state_dict(), optimizer=sgd.state_dict()), path
+    )
     b = new_layer()
     b.load_state_dict(torch.load(path)['state_dict'])
     sgd_b = torch.optim.SGD(b.parameters(), lr=0.1)
@@ -255,7 +282,8 @@ def test_resume_in_the_middle_of_a_window_continues_exactly(tmp_path):
     full.load_state_dict(saved)
     partial.load_state_dict(
         {k: v for k, v in saved.items() if not k.startswith('buffer_')},
-        strict=False)
+        strict=False,
+    )
     x, _ = batch(8)
     with torch.no_grad():
         assert not torch.allclose(full(x), partial(x))
@@ -318,36 +346,51 @@ def test_built_from_a_bn_norm_cfg_by_changing_type():
     assert layer.window == 16  # the reference's detection default: 32 / 2
     assert not any(p.requires_grad for p in layer.parameters())
     name, layer = build_norm_layer(
-        dict(type='MABN2d', batch_size=8, real_batch_size=64), 4, postfix=1)
+        dict(type='MABN2d', batch_size=8, real_batch_size=64), 4, postfix=1
+    )
     assert name == 'mabn1' and layer.buffer_x2.shape == (8, 4)
     assert 'window 8' in repr(layer)
     assert sorted(layer.state_dict()) == [
-        'bn.bias', 'bn.num_batches_tracked', 'bn.running_mean',
-        'bn.running_var', 'bn.weight', 'buffer_gz', 'buffer_x2'
+        'bn.bias',
+        'bn.num_batches_tracked',
+        'bn.running_mean',
+        'bn.running_var',
+        'bn.weight',
+        'buffer_gz',
+        'buffer_x2',
     ]
 
 
-@pytest.mark.parametrize('kwargs, option', [
-    (dict(batch_size=0), 'batch_size'),
-    (dict(batch_size=3, real_batch_size=32), 'real_batch_size'),
-    (dict(real_batch_size=2.5), 'real_batch_size'),
-    (dict(warmup_iters=-1), 'warmup_iters'),
-    (dict(renorm_warmup_iters=None), 'renorm_warmup_iters'),
-    (dict(renorm_clip=0.5), 'renorm_clip'),
-    (dict(eps=-1e-5), 'eps'),
-    (dict(momentum=2), 'momentum'),
-])
+@pytest.mark.parametrize(
+    'kwargs, option',
+    [
+        (dict(batch_size=0), 'batch_size'),
+        (dict(batch_size=3, real_batch_size=32), 'real_batch_size'),
+        (dict(real_batch_size=2.5), 'real_batch_size'),
+        (dict(warmup_iters=-1), 'warmup_iters'),
+        (dict(renorm_warmup_iters=None), 'renorm_warmup_iters'),
+        (dict(renorm_clip=0.5), 'renorm_clip'),
+        (dict(eps=-1e-5), 'eps'),
+        (dict(momentum=2), 'momentum'),
+    ],
+)
 def test_bad_options_name_the_option(kwargs, option):
-    with pytest.raises(ValueError, match=rf'MABN\(num_features=8\): option '
-                       rf'`{option}`'):
+    with pytest.raises(
+        ValueError,
+        match=rf'MABN\(num_features=8\): option '
+        rf'`{option}`',
+    ):
         build_norm_layer(dict(type='MABN', **kwargs), 8)
 
 
 def test_bad_inputs_name_the_layer():
     model = nn.Sequential(ConvModule(3, 8, 3, norm_cfg=dict(type='MABN')))
     name_norm_layers(model)
-    with pytest.raises(ValueError, match=r'MABN layer "0.mabn" \(MABN2d, '
-                       r'8 channels\): expected 8 input channels'):
+    with pytest.raises(
+        ValueError,
+        match=r'MABN layer "0.mabn" \(MABN2d, '
+        r'8 channels\): expected 8 input channels',
+    ):
         model[0].mabn(torch.zeros(2, 4, 3, 3))
 
 
@@ -356,11 +399,13 @@ def test_bad_inputs_name_the_layer():
 # --------------------------------------------------------------------- #
 def test_norm_eval_and_frozen_stages_in_a_backbone():
     from dn_mmdet.models.backbones import MobileNetV2DN
+
     backbone = MobileNetV2DN(
         conv_cfg=dict(type='CenConv'),
         norm_cfg=dict(type='MABN', batch_size=2, real_batch_size=32),
         norm_eval=True,
-        frozen_stages=1)
+        frozen_stages=1,
+    )
     backbone.train()
     layers = [m for m in backbone.modules() if isinstance(m, MABN2d)]
     assert len(layers) == 52
@@ -377,7 +422,8 @@ def test_norm_decay_mult_applies_to_gamma_beta():
     model = nn.Sequential(ConvModule(3, 8, 3, norm_cfg=dict(type='MABN')))
     constructor = DefaultOptimWrapperConstructor(
         dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4)),
-        paramwise_cfg=dict(norm_decay_mult=0.))
+        paramwise_cfg=dict(norm_decay_mult=0.0),
+    )
     groups = constructor(model).optimizer.param_groups
     decay = {id(g['params'][0]): g['weight_decay'] for g in groups}
     assert decay[id(model[0].mabn.weight)] == 0
@@ -386,27 +432,30 @@ def test_norm_decay_mult_applies_to_gamma_beta():
 
 def test_sync_bn_keeps_mabn_per_process():
     model = nn.Sequential(ConvModule(3, 8, 3, norm_cfg=dict(type='MABN')))
-    reference = nn.Sequential(ConvModule(3, 8, 3,
-                                         norm_cfg=dict(type='MABN')))
+    reference = nn.Sequential(ConvModule(3, 8, 3, norm_cfg=dict(type='MABN')))
     reference.load_state_dict(model.state_dict())
     synced = convert_sync_batchnorm(model)
     assert isinstance(synced[0].mabn, MABN2d)
     assert isinstance(synced[0].mabn.bn, nn.SyncBatchNorm)
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(synced(x), reference(x))
-    torch.testing.assert_close(synced[0].mabn.buffer_x2,
-                               reference[0].mabn.buffer_x2)
+    torch.testing.assert_close(
+        synced[0].mabn.buffer_x2, reference[0].mabn.buffer_x2
+    )
 
 
 def test_efficient_conv_bn_eval_leaves_mabn_alone():
-    block = ConvModule(3, 8, 3, norm_cfg=dict(type='MABN'),
-                       efficient_conv_bn_eval=True)
+    block = ConvModule(
+        3, 8, 3, norm_cfg=dict(type='MABN'), efficient_conv_bn_eval=True
+    )
     assert block.efficient_conv_bn_eval_forward is None
 
 
 def test_zero_init_residual_reaches_gamma():
     from mmdet.models.backbones import ResNet
-    resnet = ResNet(depth=18, norm_cfg=dict(type='MABN'),
-                    zero_init_residual=True)
+
+    resnet = ResNet(
+        depth=18, norm_cfg=dict(type='MABN'), zero_init_residual=True
+    )
     resnet.init_weights()
     assert torch.equal(resnet.layer1[0].norm2.weight, torch.zeros(64))

@@ -1,4 +1,5 @@
 """SEBN: the paper's SE-then-BN baseline as a norm_cfg type."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -20,21 +21,35 @@ def test_math_is_se_then_batch_norm():
     w1, b1 = layer.se_fc1.weight, layer.se_fc1.bias
     w2, b2 = layer.se_fc2.weight, layer.se_fc2.bias
     scale = torch.sigmoid(
-        F.linear(F.relu(F.linear(x.mean((2, 3)), w1, b1)), w2, b2))
+        F.linear(F.relu(F.linear(x.mean((2, 3)), w1, b1)), w2, b2)
+    )
     recalibrated = x * scale[:, :, None, None]
-    expected = F.batch_norm(recalibrated, None, None, layer.bn.weight,
-                            layer.bn.bias, training=True, eps=layer.bn.eps)
+    expected = F.batch_norm(
+        recalibrated,
+        None,
+        None,
+        layer.bn.weight,
+        layer.bn.bias,
+        training=True,
+        eps=layer.bn.eps,
+    )
     torch.testing.assert_close(layer(x), expected)
     # eval: BN's running statistics (of the recalibrated input)
     layer.eval()
-    expected = F.batch_norm(recalibrated, layer.bn.running_mean,
-                            layer.bn.running_var, layer.bn.weight,
-                            layer.bn.bias, eps=layer.bn.eps)
+    expected = F.batch_norm(
+        recalibrated,
+        layer.bn.running_mean,
+        layer.bn.running_var,
+        layer.bn.weight,
+        layer.bn.bias,
+        eps=layer.bn.eps,
+    )
     torch.testing.assert_close(layer(x), expected)
 
 
-@pytest.mark.parametrize('channels,r,hidden', [(32, 16, 2), (16, 16, 1),
-                                               (8, 16, 1), (1280, 16, 80)])
+@pytest.mark.parametrize(
+    'channels,r,hidden', [(32, 16, 2), (16, 16, 1), (8, 16, 1), (1280, 16, 80)]
+)
 def test_parameters_are_se_with_bias_plus_bn_affine(channels, r, hidden):
     layer = SEBatchNorm2d(channels, r=r)
     assert layer.se_fc1.out_features == hidden
@@ -47,16 +62,25 @@ def test_norm_cfg_type_under_every_scope_and_keys():
     for scope in (None, 'mmdet', 'mmpretrain'):
         with DefaultScope.overwrite_default_scope(scope):
             name, layer = build_norm_layer(
-                dict(type='SEBN', r=8, eps=1e-3, requires_grad=True), 64)
+                dict(type='SEBN', r=8, eps=1e-3, requires_grad=True), 64
+            )
         assert name == 'sebn' and isinstance(layer, SEBatchNorm2d)
         assert layer.bn.eps == 1e-3 and layer.se_fc1.out_features == 8
     conv = ConvModule(3, 16, 3, norm_cfg=dict(type='SEBN'))
-    assert sorted(conv.state_dict()) == sorted([
-        'conv.weight', 'sebn.se_fc1.weight', 'sebn.se_fc1.bias',
-        'sebn.se_fc2.weight', 'sebn.se_fc2.bias', 'sebn.bn.weight',
-        'sebn.bn.bias', 'sebn.bn.running_mean', 'sebn.bn.running_var',
-        'sebn.bn.num_batches_tracked'
-    ])
+    assert sorted(conv.state_dict()) == sorted(
+        [
+            'conv.weight',
+            'sebn.se_fc1.weight',
+            'sebn.se_fc1.bias',
+            'sebn.se_fc2.weight',
+            'sebn.se_fc2.bias',
+            'sebn.bn.weight',
+            'sebn.bn.bias',
+            'sebn.bn.running_mean',
+            'sebn.bn.running_var',
+            'sebn.bn.num_batches_tracked',
+        ]
+    )
     assert conv(torch.randn(2, 3, 8, 8)).shape == (2, 16, 6, 6)
 
 
@@ -64,10 +88,12 @@ def test_layer_name_init_leaves_se_alone():
     """A backbone's layer-name init (e.g. Kaiming on Conv2d) must not touch
     the SE FCs: they keep PyTorch's default FC init."""
     from mmengine.model import initialize
+
     conv = ConvModule(3, 32, 1, norm_cfg=dict(type='SEBN'))
     before = conv.norm.se_fc1.weight.clone()
-    initialize(conv, dict(type='Constant', layer=['Conv2d', 'Linear'],
-                          val=0.5))
+    initialize(
+        conv, dict(type='Constant', layer=['Conv2d', 'Linear'], val=0.5)
+    )
     assert (conv.conv.weight == 0.5).all()
     torch.testing.assert_close(conv.norm.se_fc1.weight, before)
 

@@ -1,5 +1,6 @@
 """Switchable Normalization against its formulas (float64), its options and
 its behaviour inside OpenMMLab models."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -13,8 +14,7 @@ from dn_mmdet.norm.base import name_norm_layers
 EPS = 1e-5
 
 
-def sn_formula(x, mean_weight, var_weight, gamma, beta, eps=EPS,
-               running=None):
+def sn_formula(x, mean_weight, var_weight, gamma, beta, eps=EPS, running=None):
     """SN as the paper and its reference code define it, on x viewed as
     (N, C, HW): instance mean and unbiased variance, layer and batch
     statistics from them, mixed by softmax weights.
@@ -29,8 +29,11 @@ def sn_formula(x, mean_weight, var_weight, gamma, beta, eps=EPS,
     n, c = x.shape[:2]
     v = x.reshape(n, c, -1)
     mean_in = v.mean(-1, keepdim=True)
-    var_in = (v.var(-1, keepdim=True) if v.shape[-1] > 1 else
-              torch.zeros_like(mean_in))
+    var_in = (
+        v.var(-1, keepdim=True)
+        if v.shape[-1] > 1
+        else torch.zeros_like(mean_in)
+    )
     mean_ln = mean_in.mean(1, keepdim=True)
     temp = var_in + mean_in**2
     var_ln = temp.mean(1, keepdim=True) - mean_ln**2
@@ -60,10 +63,15 @@ def randomised(sn, seed=0):
     with torch.no_grad():
         for p in (sn.mean_weight, sn.var_weight):
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-        sn.weight.copy_(1 + 0.3 * torch.randn(sn.num_features, generator=g,
-                                              dtype=sn.weight.dtype))
-        sn.bias.copy_(0.3 * torch.randn(sn.num_features, generator=g,
-                                        dtype=sn.bias.dtype))
+        sn.weight.copy_(
+            1
+            + 0.3
+            * torch.randn(sn.num_features, generator=g, dtype=sn.weight.dtype)
+        )
+        sn.bias.copy_(
+            0.3
+            * torch.randn(sn.num_features, generator=g, dtype=sn.bias.dtype)
+        )
     return sn
 
 
@@ -81,15 +89,17 @@ def check_against_formula(sn, x, running=None):
     """Output, input gradient and every parameter's gradient of ``sn``
     equal the formula's (autograd), in float64."""
     params = [sn.mean_weight, sn.var_weight, sn.weight, sn.bias]
-    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(2),
-                       dtype=x.dtype)
+    grad = torch.randn(
+        x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype
+    )
     y = sn(x)
     got = torch.autograd.grad(y, [x] + params, grad)
     y_ref, batch = sn_formula(x, *params, eps=sn.eps, running=running)
     expected = torch.autograd.grad(y_ref, [x] + params, grad)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-    for name, a, b in zip(['x', 'mean_weight', 'var_weight', 'gamma',
-                           'beta'], got, expected):
+    for name, a, b in zip(
+        ['x', 'mean_weight', 'var_weight', 'gamma', 'beta'], got, expected
+    ):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
     return batch
 
@@ -101,8 +111,9 @@ SHAPES = [(4, 6, 5, 7), (2, 3, 1, 4), (1, 5, 3, 3), (3, 4, 1, 1)]
 @pytest.mark.parametrize('shape', SHAPES)
 @pytest.mark.parametrize('using_bn', [True, False])
 def test_training_matches_formula(impl, shape, using_bn):
-    sn = randomised(SwitchNorm2d(shape[1], impl=impl,
-                                 using_bn=using_bn).double().train())
+    sn = randomised(
+        SwitchNorm2d(shape[1], impl=impl, using_bn=using_bn).double().train()
+    )
     x = input_like(shape)
     batch = check_against_formula(sn, x)
     assert torch.isfinite(x).all()
@@ -121,8 +132,10 @@ def test_training_matches_formula(impl, shape, using_bn):
 def test_eval_uses_running_batch_scope(impl, shape):
     c = shape[1]
     sn = randomised(SwitchNorm2d(c, impl=impl).double())
-    running = (torch.randn(c, dtype=torch.float64),
-               torch.rand(c, dtype=torch.float64) + 0.2)
+    running = (
+        torch.randn(c, dtype=torch.float64),
+        torch.rand(c, dtype=torch.float64) + 0.2,
+    )
     sn.bn.running_mean.copy_(running[0])
     sn.bn.running_var.copy_(running[1])
     sn.eval()
@@ -142,8 +155,10 @@ def test_norm_eval_freezes_batch_scope_only():
     from the running estimates, no update, gradients still flow."""
     c = 4
     sn = randomised(SwitchNorm2d(c).double()).train()
-    running = (torch.randn(c, dtype=torch.float64),
-               torch.rand(c, dtype=torch.float64) + 0.2)
+    running = (
+        torch.randn(c, dtype=torch.float64),
+        torch.rand(c, dtype=torch.float64) + 0.2,
+    )
     sn.bn.running_mean.copy_(running[0])
     sn.bn.running_var.copy_(running[1])
     sn.bn.eval()
@@ -162,20 +177,23 @@ def test_layer_and_batch_scopes_follow_from_instance_moments():
     n, c, h, w = 3, 5, 4, 6
     hw = h * w
     x = input_like((n, c, h, w)).detach()
-    var_in_biased = x.var(dim=(2, 3), unbiased=False)          # (N, C)
+    var_in_biased = x.var(dim=(2, 3), unbiased=False)  # (N, C)
     scopes = {
-        0: (x.mean(dim=(2, 3), keepdim=True),
-            x.var(dim=(2, 3), keepdim=True)),
-        1: (x.mean(dim=(1, 2, 3), keepdim=True),
-            x.var(dim=(1, 2, 3), unbiased=False, keepdim=True) +
-            var_in_biased.mean(1).view(n, 1, 1, 1) / (hw - 1)),
-        2: (x.mean(dim=(0, 2, 3), keepdim=True),
-            x.var(dim=(0, 2, 3), unbiased=False, keepdim=True) +
-            var_in_biased.mean(0).view(1, c, 1, 1) / (hw - 1)),
+        0: (x.mean(dim=(2, 3), keepdim=True), x.var(dim=(2, 3), keepdim=True)),
+        1: (
+            x.mean(dim=(1, 2, 3), keepdim=True),
+            x.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+            + var_in_biased.mean(1).view(n, 1, 1, 1) / (hw - 1),
+        ),
+        2: (
+            x.mean(dim=(0, 2, 3), keepdim=True),
+            x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+            + var_in_biased.mean(0).view(1, c, 1, 1) / (hw - 1),
+        ),
     }
     for k, (mean, var) in scopes.items():
         sn = SwitchNorm2d(c).double().train()
-        logits = torch.full((3, ), -60.0, dtype=torch.float64)
+        logits = torch.full((3,), -60.0, dtype=torch.float64)
         logits[k] = 60.0  # softmax: 1 and ~1e-52
         with torch.no_grad():
             sn.mean_weight.copy_(logits)
@@ -183,8 +201,12 @@ def test_layer_and_batch_scopes_follow_from_instance_moments():
         with torch.no_grad():
             y = sn(x)
         torch.testing.assert_close(
-            y, (x - mean) / (var + EPS).sqrt(), rtol=1e-10, atol=1e-10,
-            msg=f'scope {k}')
+            y,
+            (x - mean) / (var + EPS).sqrt(),
+            rtol=1e-10,
+            atol=1e-10,
+            msg=f'scope {k}',
+        )
 
 
 @pytest.mark.parametrize('n', [1, 4])
@@ -203,28 +225,32 @@ def test_one_by_one_maps_are_finite(n):
     assert torch.isfinite(y).all()
     sn.eval()
     check_against_formula(
-        sn, x, running=(sn.bn.running_mean.clone(),
-                        sn.bn.running_var.clone()))
+        sn, x, running=(sn.bn.running_mean.clone(), sn.bn.running_var.clone())
+    )
 
 
 @pytest.mark.parametrize('using_moving_average', [True, False])
 def test_running_estimates_over_several_batches(using_moving_average):
     c = 3
-    sn = SwitchNorm2d(c, momentum=0.1,
-                      using_moving_average=using_moving_average).double()
+    sn = SwitchNorm2d(
+        c, momentum=0.1, using_moving_average=using_moving_average
+    ).double()
     batches = []
     for i in range(5):
         x = input_like((2, c, 3, 4), seed=10 + i) * (1 + i)
         with torch.no_grad():
             sn(x)
-        _, batch = sn_formula(x.detach(), sn.mean_weight, sn.var_weight,
-                              sn.weight, sn.bias)
+        _, batch = sn_formula(
+            x.detach(), sn.mean_weight, sn.var_weight, sn.weight, sn.bias
+        )
         batches.append(batch)
     means = torch.stack([b[0] for b in batches])
     variances = torch.stack([b[1] for b in batches])
     if using_moving_average:
-        mean, var = torch.zeros(c, dtype=torch.float64), torch.zeros(
-            c, dtype=torch.float64)
+        mean, var = (
+            torch.zeros(c, dtype=torch.float64),
+            torch.zeros(c, dtype=torch.float64),
+        )
         for m, v in zip(means, variances):
             mean, var = 0.9 * mean + 0.1 * m, 0.9 * var + 0.1 * v
     else:
@@ -255,8 +281,14 @@ def test_fast_and_plain_agree_in_float32():
         sn = randomised(SwitchNorm2d(16, impl=impl))
         y = sn(x)
         y.backward(torch.ones_like(y) * torch.linspace(-1, 1, 11))
-        outs[impl] = (y, x.grad.clone(), sn.mean_weight.grad,
-                      sn.var_weight.grad, sn.weight.grad, sn.bn.running_var)
+        outs[impl] = (
+            y,
+            x.grad.clone(),
+            sn.mean_weight.grad,
+            sn.var_weight.grad,
+            sn.weight.grad,
+            sn.bn.running_var,
+        )
         x.grad = None
     for a, b in zip(outs['auto'], outs['plain']):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -264,8 +296,12 @@ def test_fast_and_plain_agree_in_float32():
 
 def test_channels_last_input_matches_formula():
     sn = randomised(SwitchNorm2d(6).double())
-    x = input_like((3, 6, 4, 5)).detach().to(
-        memory_format=torch.channels_last).requires_grad_(True)
+    x = (
+        input_like((3, 6, 4, 5))
+        .detach()
+        .to(memory_format=torch.channels_last)
+        .requires_grad_(True)
+    )
     check_against_formula(sn, x)
 
 
@@ -300,9 +336,10 @@ def test_built_from_a_bn_norm_cfg_by_changing_type():
     assert name == 'sn' and isinstance(sn, SwitchNorm2d)
     assert sn.eps == 1e-3 and sn.momentum == 0.03
     assert not any(p.requires_grad for p in sn.parameters())
-    name, sn = build_norm_layer(dict(type='SwitchNorm2d', using_bn=False), 8,
-                                postfix=2)
-    assert name == 'sn2' and sn.mean_weight.shape == (2, )
+    name, sn = build_norm_layer(
+        dict(type='SwitchNorm2d', using_bn=False), 8, postfix=2
+    )
+    assert name == 'sn2' and sn.mean_weight.shape == (2,)
     assert 'using_bn=False' in repr(sn)
 
 
@@ -311,25 +348,35 @@ def test_initial_state_and_checkpoint_keys():
     assert torch.equal(sn.mean_weight, torch.ones(3))
     assert torch.equal(sn.weight, torch.ones(5))
     assert torch.equal(sn.bn.running_var, torch.zeros(5))
-    assert torch.equal(SwitchNorm2d(5, last_gamma=True).weight,
-                       torch.zeros(5))
+    assert torch.equal(SwitchNorm2d(5, last_gamma=True).weight, torch.zeros(5))
     assert sorted(sn.state_dict()) == [
-        'bn.bias', 'bn.num_batches_tracked', 'bn.running_mean',
-        'bn.running_var', 'bn.weight', 'mean_weight', 'var_weight'
+        'bn.bias',
+        'bn.num_batches_tracked',
+        'bn.running_mean',
+        'bn.running_var',
+        'bn.weight',
+        'mean_weight',
+        'var_weight',
     ]
 
 
-@pytest.mark.parametrize('kwargs, option', [
-    (dict(eps=0), 'eps'),
-    (dict(momentum=1.5), 'momentum'),
-    (dict(using_bn='yes'), 'using_bn'),
-    (dict(using_moving_average=None), 'using_moving_average'),
-    (dict(last_gamma=1), 'last_gamma'),
-    (dict(impl='fast'), 'impl'),
-])
+@pytest.mark.parametrize(
+    'kwargs, option',
+    [
+        (dict(eps=0), 'eps'),
+        (dict(momentum=1.5), 'momentum'),
+        (dict(using_bn='yes'), 'using_bn'),
+        (dict(using_moving_average=None), 'using_moving_average'),
+        (dict(last_gamma=1), 'last_gamma'),
+        (dict(impl='fast'), 'impl'),
+    ],
+)
 def test_bad_options_name_the_option(kwargs, option):
-    with pytest.raises(ValueError, match=rf'SN\(num_features=8\): option '
-                       rf'`{option}`'):
+    with pytest.raises(
+        ValueError,
+        match=rf'SN\(num_features=8\): option '
+        rf'`{option}`',
+    ):
         build_norm_layer(dict(type='SN', **kwargs), 8)
     with pytest.raises(TypeError, match='num_groups'):
         build_norm_layer(dict(type='SN', num_groups=4), 8)
@@ -338,8 +385,11 @@ def test_bad_options_name_the_option(kwargs, option):
 def test_bad_inputs_name_the_layer():
     model = nn.Sequential(ConvModule(3, 8, 3, norm_cfg=dict(type='SN')))
     name_norm_layers(model)
-    with pytest.raises(ValueError, match=r'SN layer "0.sn" \(SwitchNorm2d, '
-                       r'8 channels\): expected 8 input channels, got 4'):
+    with pytest.raises(
+        ValueError,
+        match=r'SN layer "0.sn" \(SwitchNorm2d, '
+        r'8 channels\): expected 8 input channels, got 4',
+    ):
         model[0].sn(torch.zeros(2, 4, 3, 3))
     with pytest.raises(ValueError, match='expected a 4-D input'):
         model[0].sn(torch.zeros(2, 8, 3))
@@ -350,6 +400,7 @@ def test_bad_inputs_name_the_layer():
 # --------------------------------------------------------------------- #
 def _backbone(**kwargs):
     from dn_mmdet.models.backbones import MobileNetV2DN
+
     return MobileNetV2DN(norm_cfg=dict(type='SN', eps=1e-3), **kwargs)
 
 
@@ -376,7 +427,8 @@ def test_norm_decay_mult_applies_to_gamma_beta_not_mixing_weights():
     model = nn.Sequential(ConvModule(3, 8, 3, norm_cfg=dict(type='SN')))
     constructor = DefaultOptimWrapperConstructor(
         dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4)),
-        paramwise_cfg=dict(norm_decay_mult=0.))
+        paramwise_cfg=dict(norm_decay_mult=0.0),
+    )
     groups = constructor(model).optimizer.param_groups
     decay = {id(g['params'][0]): g['weight_decay'] for g in groups}
     sn = model[0].sn
@@ -385,8 +437,9 @@ def test_norm_decay_mult_applies_to_gamma_beta_not_mixing_weights():
 
 
 def test_efficient_conv_bn_eval_leaves_sn_alone():
-    block = ConvModule(3, 8, 3, norm_cfg=dict(type='SN'),
-                       efficient_conv_bn_eval=True)
+    block = ConvModule(
+        3, 8, 3, norm_cfg=dict(type='SN'), efficient_conv_bn_eval=True
+    )
     assert block.efficient_conv_bn_eval_forward is None
     block.eval()
     x = torch.randn(2, 3, 8, 8)
@@ -409,8 +462,7 @@ def test_sync_bn_converts_only_the_statistics_child():
     assert sn.synced_processes() == 1
     torch.testing.assert_close(synced(x), expected)
     reverted = revert_sync_batchnorm(synced)
-    assert type(reverted[0].sn.bn).__name__ in ('BatchNorm2d',
-                                                '_BatchNormXd')
+    assert type(reverted[0].sn.bn).__name__ in ('BatchNorm2d', '_BatchNormXd')
     assert set(reverted.state_dict()) == set(model.state_dict())
 
 
@@ -418,8 +470,10 @@ def test_bn_init_rules_reach_gamma_and_beta():
     """mmdet's ResNet ``zero_init_residual`` (a Constant init of ``norm2``
     by name) and ``Constant`` init on ``_BatchNorm`` set SN's gamma."""
     from mmdet.models.backbones import ResNet
-    resnet = ResNet(depth=18, norm_cfg=dict(type='SN'),
-                    zero_init_residual=True)
+
+    resnet = ResNet(
+        depth=18, norm_cfg=dict(type='SN'), zero_init_residual=True
+    )
     resnet.init_weights()
     block = resnet.layer1[0]
     assert block.norm2_name == 'sn2'

@@ -5,6 +5,7 @@ test: the kernel itself where the test is about the kernel's build (a C++
 compile of about 40 s of one core), a small extension through the same
 loader where it is about the loader. The timeouts only catch a hang: a busy
 machine may take minutes to compile."""
+
 import os
 import shutil
 import signal
@@ -24,9 +25,11 @@ SOURCE = 'csrc/dn_cpu.cpp'
 def load_code(extension: str) -> str:
     """Code that loads ``extension`` (an expression over ``dn_mmdet.ops``)
     and prints where it came from and which files it used."""
-    return ('import dn_mmdet; from dn_mmdet import ops; '
-            f'ext = {extension}; assert ext.load(), ext.error; '
-            'print(ext.origin, dn_mmdet.__file__, ext.module.__file__)')
+    return (
+        'import torch, dn_mmdet; from dn_mmdet import ops; '
+        f'ext = {extension}; assert ext.load(), ext.error; '
+        'print(ext.origin, dn_mmdet.__file__, ext.library)'
+    )
 
 
 LOAD = load_code('ops.dn_cpu')
@@ -34,13 +37,14 @@ LOAD = load_code('ops.dn_cpu')
 # name, the lock, the private directory, the cache) does not depend on what
 # it compiles, and this compiles in seconds where the kernel takes ~40 s.
 TINY = 'csrc/tiny.cpp'
-TINY_SOURCE = '''#include <pybind11/pybind11.h>
-int answer() { return 42; }
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("answer", &answer); }
-'''
-LOAD_TINY = load_code(
-    f'ops.CompiledExtension("tiny", "{TINY}", "a test extension")'
-) + '; assert ext.module.answer() == 42'
+TINY_SOURCE = """#include <torch/library.h>
+int64_t answer() { return 42; }
+TORCH_LIBRARY(dn_mmdet_tiny, m) { m.def("answer() -> int", &answer); }
+"""
+LOAD_TINY = (
+    load_code(f'ops.CompiledExtension("tiny", "{TINY}", "a test extension")')
+    + '; assert torch.ops.dn_mmdet_tiny.answer() == 42'
+)
 
 
 def copy_checkout(dst: Path) -> Path:
@@ -55,20 +59,27 @@ def copy_checkout(dst: Path) -> Path:
     return dst
 
 
-def python(code: str, checkout: Path, extensions: Path, timeout=600,
-           **popen):
+def python(code: str, checkout: Path, extensions: Path, timeout=600, **popen):
     path = [str(checkout)] + os.environ.get('PYTHONPATH', '').split(os.pathsep)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p),
-               TORCH_EXTENSIONS_DIR=str(extensions))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in path if p),
+        TORCH_EXTENSIONS_DIR=str(extensions),
+    )
     command = [sys.executable, '-c', code]
     if popen:
         return subprocess.Popen(command, env=env, cwd=checkout, **popen)
-    return subprocess.run(command, env=env, cwd=checkout, timeout=timeout,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        command,
+        env=env,
+        cwd=checkout,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )
 
 
-def test_build_name_follows_what_the_binary_depends_on(tmp_path,
-                                                       monkeypatch):
+def test_build_name_follows_what_the_binary_depends_on(tmp_path, monkeypatch):
     base = ExtensionSpec('dn_cpu', SOURCE)
     text = Path(base.source).read_text()
     elsewhere = tmp_path / 'other_checkout' / 'dn_cpu.cpp'
@@ -95,8 +106,14 @@ def test_killed_build_never_blocks_later_runs(tmp_path):
     extensions = tmp_path / 'torch_extensions'
     root = extensions / 'dn_mmdet'
     first = copy_checkout(tmp_path / 'first')
-    builder = python(LOAD_TINY, first, extensions, start_new_session=True,
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    builder = python(
+        LOAD_TINY,
+        first,
+        extensions,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 600
     # torch writes build.ninja, then runs ninja and the compiler
     while not list(root.glob('.*/build.ninja')):
@@ -142,12 +159,18 @@ def test_install_time_build_is_loaded_and_guarded(tmp_path):
     else:
         proc = subprocess.run(
             [sys.executable, 'setup.py', 'build_ext', '--inplace'],
-            cwd=checkout, capture_output=True, text=True, timeout=1800)
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     built = list((checkout / 'dn_mmdet' / 'ops').glob('_dn_cpu_*.so'))
     assert len(built) == 1 and built[0].name.startswith(spec.name + '.')
     extensions = tmp_path / 'torch_extensions'
-    code = LOAD + '''
+    code = (
+        LOAD
+        + """
 import importlib.util, torch
 from dn_mmdet.ops.ext_loader import ExtensionSpec
 def installed(spec):
@@ -157,7 +180,8 @@ other_isa = 'default' if spec.isa == 'avx2' else 'avx2'
 assert not installed(ExtensionSpec('dn_cpu', 'csrc/dn_cpu.cpp', other_isa))
 torch.__version__ = '0.0.1'
 assert not installed(ExtensionSpec('dn_cpu', 'csrc/dn_cpu.cpp'))
-'''
+"""
+    )
     proc = python(code, checkout, extensions, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     origin, _, module_file = proc.stdout.split()[-3:]

@@ -12,6 +12,7 @@ modules"), DN's statistics child included, so ``sync_bn`` training can only
 run on GPUs. What is checked here is DN's own all-reduce, which is the same
 code on CPU and GPU.
 """
+
 import argparse
 import os.path as osp
 
@@ -33,7 +34,7 @@ class FixedSamples:
     def __init__(self) -> None:
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(NUM_SAMPLES, 3, 8, 8, generator=g) * 2 + 1
-        self.y = torch.randint(0, 2, (NUM_SAMPLES, ), generator=g)
+        self.y = torch.randint(0, 2, (NUM_SAMPLES,), generator=g)
 
 
 class TinyDNNet(BaseModel):
@@ -44,7 +45,8 @@ class TinyDNNet(BaseModel):
         norm = dict(type='DN', r=4)
         self.backbone = nn.Sequential(
             ConvModule(3, 8, 3, padding=1, norm_cfg=norm),
-            ConvModule(8, 16, 3, stride=2, padding=1, norm_cfg=norm))
+            ConvModule(8, 16, 3, stride=2, padding=1, norm_cfg=norm),
+        )
         self.head = nn.Linear(16, 2)
 
     def forward(self, inputs, labels=None, mode='loss'):
@@ -57,6 +59,7 @@ class TinyDNNet(BaseModel):
 def dn_statistics(model: nn.Module) -> dict:
     """``{name.running_mean/var: tensor}`` of every DN layer."""
     from dn_mmdet.norm import DynamicNorm2d
+
     stats = {}
     for name, m in model.named_modules():
         if isinstance(m, DynamicNorm2d):
@@ -84,8 +87,8 @@ def main() -> None:
         losses['loss_cls'].backward()  # through the all-reduce, too
         stats = dn_statistics(model)
         stats['bn_types'] = sorted(
-            {type(m.bn).__name__
-             for m in model.modules() if hasattr(m, 'bn')})
+            {type(m.bn).__name__ for m in model.modules() if hasattr(m, 'bn')}
+        )
         torch.save(stats, osp.join(args.out, f'{phase}_rank{rank}.pt'))
     dist.destroy_process_group()
 

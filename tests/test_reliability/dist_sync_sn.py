@@ -7,6 +7,7 @@ with mmengine's ``convert_sync_batchnorm`` (what the Runner does for
 backward, and saves its SN running estimates and the gradients of its
 input and parameters to ``<out>/<phase>_rank<r>.pt``.
 """
+
 import argparse
 import os.path as osp
 
@@ -38,7 +39,8 @@ class TinySNNet(nn.Sequential):
         norm = dict(type='SN')
         super().__init__(
             ConvModule(3, 8, 3, padding=1, norm_cfg=norm),
-            ConvModule(8, 16, 3, stride=2, padding=1, norm_cfg=norm))
+            ConvModule(8, 16, 3, stride=2, padding=1, norm_cfg=norm),
+        )
 
 
 def run(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict:

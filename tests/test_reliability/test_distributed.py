@@ -9,29 +9,19 @@
   torch's DDP refuses SyncBatchNorm modules, so this runs without the
   Runner: see ``dist_sync_dn.py``.)
 """
-import importlib.util
+
 import os.path as osp
-import socket
 import subprocess
 import sys
 
 import torch
+from helpers import free_port, load_module
 
 HERE = osp.dirname(osp.abspath(__file__))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _load_worker(name='dist_sync_dn'):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(HERE, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(osp.join(HERE, f'{name}.py'))
 
 
 def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
@@ -42,16 +32,24 @@ def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
     init = str(tmp_path / 'init.pth')
     torch.save(dict(state_dict=model.state_dict()), init)
 
-    proc = subprocess.run([
-        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-        f'--master_port={_free_port()}',
-        osp.join(HERE, 'dist_sync_dn.py'), '--out',
-        str(tmp_path), '--init', init
-    ],
-                          env=tool_env,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=2',
+            f'--master_port={free_port()}',
+            osp.join(HERE, 'dist_sync_dn.py'),
+            '--out',
+            str(tmp_path),
+            '--init',
+            init,
+        ],
+        env=tool_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     def load(phase, rank):
@@ -70,7 +68,8 @@ def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
     for key, expected in reference.items():
         assert torch.equal(sync0[key], sync1[key]), key
         torch.testing.assert_close(
-            sync0[key], expected, rtol=1e-5, atol=1e-6, msg=key)
+            sync0[key], expected, rtol=1e-5, atol=1e-6, msg=key
+        )
 
     # Control: without sync_bn every rank keeps statistics of its own half.
     local0, local1 = load('local', 0), load('local', 1)
@@ -79,7 +78,6 @@ def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
     for key in reference:
         assert not torch.allclose(local0[key], local1[key]), key
         assert not torch.allclose(local0[key], reference[key]), key
-
 
 
 def test_sn_batch_scope_synchronised_with_sync_bn(tmp_path, tool_env):
@@ -97,16 +95,24 @@ def test_sn_batch_scope_synchronised_with_sync_bn(tmp_path, tool_env):
     init = str(tmp_path / 'init.pth')
     torch.save(model.state_dict(), init)
 
-    proc = subprocess.run([
-        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-        f'--master_port={_free_port()}',
-        osp.join(HERE, 'dist_sync_sn.py'), '--out',
-        str(tmp_path), '--init', init
-    ],
-                          env=tool_env,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=2',
+            f'--master_port={free_port()}',
+            osp.join(HERE, 'dist_sync_sn.py'),
+            '--out',
+            str(tmp_path),
+            '--init',
+            init,
+        ],
+        env=tool_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     def load(phase, rank):
@@ -123,15 +129,22 @@ def test_sn_batch_scope_synchronised_with_sync_bn(tmp_path, tool_env):
         if key == 'input.grad':
             for rank in range(2):
                 torch.testing.assert_close(
-                    sync[rank][key], expected[rank::2], msg=key, **close)
+                    sync[rank][key], expected[rank::2], msg=key, **close
+                )
         elif key.endswith('.grad'):  # each rank's share of the whole
             torch.testing.assert_close(
-                sync[0][key] + sync[1][key], expected, rtol=1e-5,
-                atol=1e-5 * float(expected.abs().max()), msg=key)
+                sync[0][key] + sync[1][key],
+                expected,
+                rtol=1e-5,
+                atol=1e-5 * float(expected.abs().max()),
+                msg=key,
+            )
         else:
             assert torch.equal(sync[0][key], sync[1][key]), key
-            torch.testing.assert_close(sync[0][key], expected, msg=key,
-                                       **close)
+            torch.testing.assert_close(
+                sync[0][key], expected, msg=key, **close
+            )
             assert not torch.allclose(local[0][key], local[1][key]), key
-    assert not torch.allclose(local[0]['input.grad'],
-                              whole['input.grad'][0::2], **close)
+    assert not torch.allclose(
+        local[0]['input.grad'], whole['input.grad'][0::2], **close
+    )

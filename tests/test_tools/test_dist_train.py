@@ -1,47 +1,53 @@
 """tools/dist_train.sh and tools/dist_test.sh from a plain shell (the
 project's environment not activated): two processes train the DN-B shapes
 config on CPU with gloo, then evaluate its checkpoint."""
+
 import re
-import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+from dn_mmdet.utils import load_from_local
+
 # No virtual environment on PATH: the scripts must find the project's python
 # themselves (DN_MMDET_VENV, set by tool_env as a user would).
 PLAIN_PATH = '/usr/local/bin:/usr/bin:/bin'
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _run(script, args, env, cwd):
-    proc = subprocess.run(['bash', str(REPO / 'tools' / script), *args],
-                          capture_output=True,
-                          text=True,
-                          cwd=cwd,
-                          env=dict(env, PORT=str(_free_port())),
-                          timeout=600)
+    proc = subprocess.run(
+        ['bash', str(REPO / 'tools' / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(env, PORT=str(free_port())),
+        timeout=600,
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU path')
-def test_dist_train_and_test_from_a_plain_shell(shapes_data, shapes_config,
-                                                shapes_options, tool_env,
-                                                tmp_path):
+def test_dist_train_and_test_from_a_plain_shell(
+    shapes_data, shapes_config, shapes_options, tool_env, tmp_path
+):
     env = dict(tool_env, PATH=PLAIN_PATH)
     options = shapes_options(shapes_data, max_epochs=1)
     work_dir = tmp_path / 'dist'
-    code, log = _run('dist_train.sh', [
-        shapes_config('dn'), '2', '--work-dir',
-        str(work_dir), '--cfg-options', *options
-    ], env, tmp_path)
+    code, log = _run(
+        'dist_train.sh',
+        [
+            shapes_config('dn'),
+            '2',
+            '--work-dir',
+            str(work_dir),
+            '--cfg-options',
+            *options,
+        ],
+        env,
+        tmp_path,
+    )
     assert code == 0, log[-4000:]
     assert 'command not found' not in log
     assert "using the 'gloo' backend" in log
@@ -52,15 +58,26 @@ def test_dist_train_and_test_from_a_plain_shell(shapes_data, shapes_config,
     # Validation gathered the predictions of both ranks.
     assert re.search(r'Epoch\(val\) \[1\]\[\d+/\d+\].*coco/bbox_mAP', log)
     checkpoint = work_dir / 'epoch_1.pth'
-    state = torch.load(checkpoint)['state_dict']
+    state = load_from_local(checkpoint)['state_dict']
     assert all(
-        torch.isfinite(v).all() for v in state.values()
-        if v.is_floating_point())
+        torch.isfinite(v).all()
+        for v in state.values()
+        if v.is_floating_point()
+    )
 
-    code, log = _run('dist_test.sh', [
-        shapes_config('dn'),
-        str(checkpoint), '2', '--work-dir',
-        str(tmp_path / 'test'), '--cfg-options', *options
-    ], env, tmp_path)
+    code, log = _run(
+        'dist_test.sh',
+        [
+            shapes_config('dn'),
+            str(checkpoint),
+            '2',
+            '--work-dir',
+            str(tmp_path / 'test'),
+            '--cfg-options',
+            *options,
+        ],
+        env,
+        tmp_path,
+    )
     assert code == 0, log[-4000:]
     assert re.search(r'^bbox mAP: \d\.\d{4}$', log, re.M), log[-3000:]

@@ -1,6 +1,7 @@
 """tools/model_converters/mobilenetv2_to_dn_backbone.py: mmpretrain's and
 mmdet's MobileNetV2 checkpoints become MobileNetV2DN checkpoints that the
 detector's backbone loads strictly and that compute the same features."""
+
 import sys
 
 import pytest
@@ -36,20 +37,21 @@ def mmpretrain_classifier():
         data_preprocessor=dict(type='mmpretrain.ClsDataPreprocessor'),
         neck=dict(type='mmpretrain.GlobalAveragePooling'),
         head=dict(
-            type='mmpretrain.LinearClsHead',
-            num_classes=1000,
-            in_channels=1280))
+            type='mmpretrain.LinearClsHead', num_classes=1000, in_channels=1280
+        ),
+    )
 
 
 @pytest.mark.parametrize('source', ['mmpretrain', 'mmdet'])
 def test_converted_checkpoint_loads_strictly_same_features(
-        tool, load_tool, tmp_path, capsys, monkeypatch, source):
+    tool, load_tool, tmp_path, capsys, monkeypatch, source
+):
     if source == 'mmpretrain':
         model = randomise_statistics(mmpretrain_classifier())
         state, features = model.state_dict(), model.backbone
         dropped = 'head.fc.weight, head.fc.bias'
     else:
-        features = randomise_statistics(MMDetMobileNetV2(out_indices=(7, )))
+        features = randomise_statistics(MMDetMobileNetV2(out_indices=(7,)))
         state, dropped = features.state_dict(), None
     src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
     torch.save(dict(state_dict=state), src)
@@ -60,10 +62,12 @@ def test_converted_checkpoint_loads_strictly_same_features(
         assert f'left out (not MobileNetV2DN layers): {dropped}' in out
 
     backbone = MobileNetV2DN(
-        out_taps=('conv_last', ),
+        out_taps=('conv_last',),
         norm_cfg=dict(type='BN'),
-        init_cfg=dict(type='Pretrained', checkpoint=str(dst),
-                      prefix='backbone.'))
+        init_cfg=dict(
+            type='Pretrained', checkpoint=str(dst), prefix='backbone.'
+        ),
+    )
     backbone.init_weights()  # strict: raises on any key mismatch
     backbone.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -72,32 +76,49 @@ def test_converted_checkpoint_loads_strictly_same_features(
 
     # then bn2dn for a DN backbone, which loads it strictly too
     dn = tmp_path / 'dn.pth'
-    monkeypatch.setattr(sys, 'argv', [
-        'bn2dn.py',
-        str(dst),
-        str(dn), '--prefix', 'backbone.', '--r', '16', '--g', 'oup'
-    ])
+    monkeypatch.setattr(
+        sys,
+        'argv',
+        [
+            'bn2dn.py',
+            str(dst),
+            str(dn),
+            '--prefix',
+            'backbone.',
+            '--r',
+            '16',
+            '--g',
+            'oup',
+        ],
+    )
     load_tool('model_converters/bn2dn').main()
     MobileNetV2DN(
-        out_taps=('conv_last', ),
+        out_taps=('conv_last',),
         norm_cfg=dict(type='DN', r=16, g='oup'),
-        init_cfg=dict(type='Pretrained', checkpoint=str(dn),
-                      prefix='backbone.')).init_weights()
+        init_cfg=dict(
+            type='Pretrained', checkpoint=str(dn), prefix='backbone.'
+        ),
+    ).init_weights()
 
 
 def test_other_networks_are_refused(tool, tmp_path):
     from mmdet.models.backbones import ResNet
+
     src, dst = tmp_path / 'resnet.pth', tmp_path / 'out.pth'
     torch.save(ResNet(depth=18).state_dict(), src)
     with pytest.raises(SystemExit) as err:
         tool.main([str(src), str(dst)])
-    assert 'expected the 104 conv and BN layers of MobileNetV2 1.0, ' \
+    assert (
+        'expected the 104 conv and BN layers of MobileNetV2 1.0, '
         'found 40' in str(err.value)
+    )
     assert not dst.exists()
     # a MobileNetV2 of another width: the first wrong shape is named
-    narrow = MMDetMobileNetV2(widen_factor=0.5, out_indices=(7, ))
+    narrow = MMDetMobileNetV2(widen_factor=0.5, out_indices=(7,))
     torch.save(narrow.state_dict(), src)
     with pytest.raises(SystemExit) as err:
         tool.main([str(src), str(dst)])
-    assert 'conv1.conv.weight has shape (16, 3, 3, 3), but MobileNetV2DN ' \
+    assert (
+        'conv1.conv.weight has shape (16, 3, 3, 3), but MobileNetV2DN '
         'stem.conv.weight has (32, 3, 3, 3)' in str(err.value)
+    )

@@ -1,6 +1,8 @@
-"""tools/analysis/norm_study.py: a study of real training runs (tiny shapes
-data, two epochs of a few iterations), killed mid-grid and resumed, its
-results, table and plots; the spec checks; the report's arithmetic."""
+"""tools/analysis/norm_study.py and dn_mmdet.analysis.study: a study of real
+training runs (tiny shapes data, two epochs of a few iterations), killed
+mid-grid and resumed, its results, table and plots; the spec checks; the
+report's arithmetic."""
+
 import json
 import signal
 import subprocess
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config, DictAction
 
+from dn_mmdet.utils import load_from_local
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
 NORMS_BASE = REPO / 'configs/studies/_base_/norms.py'
@@ -18,13 +22,24 @@ DN_NORM_CFG = dict(type='DN', r=16, g='oup', eps=1e-3)
 
 
 @pytest.fixture(scope='module')
-def norm_study(load_tool):
-    return load_tool('analysis/norm_study')
+def norm_study():
+    """The study library (spec, options, records, runner)."""
+    from dn_mmdet.analysis import study
+
+    return study
 
 
 @pytest.fixture(scope='module')
-def report(load_tool):
-    return load_tool('analysis/norm_study_report')
+def report():
+    from dn_mmdet.analysis.study import report
+
+    return report
+
+
+@pytest.fixture(scope='module')
+def study_cli(load_tool):
+    """tools/analysis/norm_study.py (the command line)."""
+    return load_tool('analysis/norm_study')
 
 
 @pytest.fixture(scope='module')
@@ -39,20 +54,24 @@ def write_spec(path: Path, options, **keys) -> Path:
         key: DictAction._parse_iterable(value)
         for key, value in (item.split('=', 1) for item in options)
     }
-    cfg_options.update({
-        # Three iterations an epoch, a validation after each.
-        'train_dataloader.dataset.indices': 6,
-        'train_cfg.val_interval': 1,
-    })
-    spec = dict(base_config=str(CONFIG),
-                metric='coco/bbox_mAP',
-                metric_scale=100,
-                metric_label='bbox mAP (%)',
-                norms=['bn', 'dnb-r16-goup'],
-                batch_sizes=[2],
-                lr_mults=[1],
-                seeds=[0],
-                cfg_options=cfg_options)
+    cfg_options.update(
+        {
+            # Three iterations an epoch, a validation after each.
+            'train_dataloader.dataset.indices': 6,
+            'train_cfg.val_interval': 1,
+        }
+    )
+    spec = dict(
+        base_config=str(CONFIG),
+        metric='coco/bbox_mAP',
+        metric_scale=100,
+        metric_label='bbox mAP (%)',
+        norms=['bn', 'dnb-r16-goup'],
+        batch_sizes=[2],
+        lr_mults=[1],
+        seeds=[0],
+        cfg_options=cfg_options,
+    )
     spec.update(keys)
     lines = [f"_base_ = ['{NORMS_BASE}']"]
     lines += [f'{key} = {value!r}' for key, value in spec.items()]
@@ -64,8 +83,11 @@ def _study_cmd(spec, out):
     return [
         sys.executable,
         str(REPO / 'tools/analysis/norm_study.py'),
-        str(spec), '--work-dir',
-        str(out), '--progress-interval', '1'
+        str(spec),
+        '--work-dir',
+        str(out),
+        '--progress-interval',
+        '1',
     ]
 
 
@@ -93,14 +115,18 @@ def study(tiny, tool_env, tmp_path_factory):
     spec = write_spec(tmp / 'spec.py', tiny)
     out = tmp / 'study'
     runs = out / 'runs'
-    bn_dir, dn_dir = (runs / 'bn_bs2_lr1x_seed0',
-                      runs / 'dnb-r16-goup_bs2_lr1x_seed0')
-    first = subprocess.Popen(_study_cmd(spec, out),
-                             stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT,
-                             text=True,
-                             cwd=tmp,
-                             env=tool_env)
+    bn_dir, dn_dir = (
+        runs / 'bn_bs2_lr1x_seed0',
+        runs / 'dnb-r16-goup_bs2_lr1x_seed0',
+    )
+    first = subprocess.Popen(
+        _study_cmd(spec, out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp,
+        env=tool_env,
+    )
     deadline = time.time() + 300
     log = dn_dir / 'train.log'
     while not (log.is_file() and 'Epoch(train) [2][1/' in log.read_text()):
@@ -117,20 +143,24 @@ def study(tiny, tool_env, tmp_path_factory):
     orphans = _processes_writing(dn_dir)
     bn_state_before = json.loads((bn_dir / 'norm_study_run.json').read_text())
 
-    second = subprocess.run(_study_cmd(spec, out),
-                            capture_output=True,
-                            text=True,
-                            cwd=tmp,
-                            env=tool_env)
+    second = subprocess.run(
+        _study_cmd(spec, out),
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        env=tool_env,
+    )
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-    return dict(out=out,
-                bn_dir=bn_dir,
-                dn_dir=dn_dir,
-                first_output=first_output,
-                second_output=second.stdout,
-                killed_at=killed_at,
-                orphans=orphans,
-                bn_state_before=bn_state_before)
+    return dict(
+        out=out,
+        bn_dir=bn_dir,
+        dn_dir=dn_dir,
+        first_output=first_output,
+        second_output=second.stdout,
+        killed_at=killed_at,
+        orphans=orphans,
+        bn_state_before=bn_state_before,
+    )
 
 
 def test_killed_study_resumes_without_redoing_runs(study):
@@ -142,21 +172,25 @@ def test_killed_study_resumes_without_redoing_runs(study):
     assert '1 done already' in out
     assert 'run 1/2' not in out
     bn_state = json.loads(
-        (study['bn_dir'] / 'norm_study_run.json').read_text())
+        (study['bn_dir'] / 'norm_study_run.json').read_text()
+    )
     assert bn_state == study['bn_state_before']
     assert len(bn_state['segments']) == 1
-    assert (study['bn_dir'] /
-            'train.log').read_text().count('== norm_study: segment') == 1
+    assert (study['bn_dir'] / 'train.log').read_text().count(
+        '== norm_study: segment'
+    ) == 1
     # The interrupted run continues from its last checkpoint.
     assert 'run 2/2: dnb-r16-goup_bs2_lr1x_seed0' in out
     assert 'resuming from its last checkpoint' in out
     dn_state = json.loads(
-        (study['dn_dir'] / 'norm_study_run.json').read_text())
+        (study['dn_dir'] / 'norm_study_run.json').read_text()
+    )
     assert len(dn_state['segments']) == 2
-    assert all(end is not None and end >= start
-               for start, end in dn_state['segments'])
+    assert all(
+        end is not None and end >= start for start, end in dn_state['segments']
+    )
     assert dn_state['command'][-1] == '--resume'
-    epoch = int(study['killed_at'][len('epoch_'):-len('.pth')])
+    epoch = int(study['killed_at'][len('epoch_') : -len('.pth')])
     log = (study['dn_dir'] / 'train.log').read_text()
     assert f'resumed epoch: {epoch}' in log
     assert '2/2 runs done (0 diverged/collapsed, 0 failed)' in out
@@ -178,13 +212,15 @@ def test_results_record_each_run(study):
     results = json.loads((study['out'] / 'results.json').read_text())
     assert results['study']['norms'] == {
         'bn': 'BN',
-        'dnb-r16-goup': 'DN-B (16, oup)'
+        'dnb-r16-goup': 'DN-B (16, oup)',
     }
     runs = {r['norm']: r for r in results['runs']}
     assert set(runs) == {'bn', 'dnb-r16-goup'}
     base_lr = Config.fromfile(str(CONFIG)).optim_wrapper.optimizer.lr
-    for norm, run_dir in (('bn', study['bn_dir']), ('dnb-r16-goup',
-                                                    study['dn_dir'])):
+    for norm, run_dir in (
+        ('bn', study['bn_dir']),
+        ('dnb-r16-goup', study['dn_dir']),
+    ):
         record = runs[norm]
         curve = _scalars(run_dir, 'coco/bbox_mAP')
         assert sorted(curve) == [1, 2]
@@ -197,9 +233,11 @@ def test_results_record_each_run(study):
         # Only the last checkpoint is kept, without optimizer state.
         kept = sorted(p.name for p in run_dir.glob('*.pth'))
         assert kept == ['epoch_2.pth']
-        import torch
-        assert set(torch.load(run_dir /
-                              'epoch_2.pth')) == {'meta', 'state_dict'}
+
+        assert set(load_from_local(run_dir / 'epoch_2.pth')) == {
+            'meta',
+            'state_dict',
+        }
     csv_lines = (study['out'] / 'results.csv').read_text().splitlines()
     assert len(csv_lines) == 3 and csv_lines[0].startswith('name,norm,')
 
@@ -220,12 +258,16 @@ def test_table_and_plots(study):
     table = (study['out'] / 'table.md').read_text()
     results = json.loads((study['out'] / 'results.json').read_text())
     for run in results['runs']:
-        row = next(line for line in table.splitlines()
-                   if line.startswith(f'| {run["norm_label"]} | 2 | 1 |'))
+        row = next(
+            line
+            for line in table.splitlines()
+            if line.startswith(f'| {run["norm_label"]} | 2 | 1 |')
+        )
         assert f'| {100 * run["final"]:.1f} |' in row
         assert '| 0/1 |' in row
     assert 'batch 2, lr x1' in table
     import matplotlib.image as mpimg
+
     image = mpimg.imread(study['out'] / 'metric_vs_epoch.png')
     assert image.shape[0] > 100 and image.std() > 0
     # One batch size and one lr: no sweep plots.
@@ -236,11 +278,13 @@ def test_table_and_plots(study):
 # Specs, grids and options (no training)
 # ---------------------------------------------------------------------- #
 def test_grid_axes_and_full(tmp_path, tiny, norm_study):
-    spec = write_spec(tmp_path / 'spec.py',
-                      tiny,
-                      batch_sizes=[16, 4, 2],
-                      lr_mults=[1, 2.5],
-                      seeds=[0, 1])
+    spec = write_spec(
+        tmp_path / 'spec.py',
+        tiny,
+        batch_sizes=[16, 4, 2],
+        lr_mults=[1, 2.5],
+        seeds=[0, 1],
+    )
     axes = norm_study.Study(str(spec))
     assert axes.cells() == [(16, 1), (4, 1), (2, 1), (16, 2.5)]
     runs = axes.runs()
@@ -252,34 +296,41 @@ def test_grid_axes_and_full(tmp_path, tiny, norm_study):
     assert len(full.cells()) == 6
 
 
-def test_lr_follows_multiplier_and_optionally_batch(tmp_path, tiny,
-                                                    norm_study):
-    spec = write_spec(tmp_path / 'spec.py',
-                      tiny,
-                      batch_sizes=[16, 4],
-                      lr_mults=[1, 2.5])
+def test_lr_follows_multiplier_and_optionally_batch(
+    tmp_path, tiny, norm_study
+):
+    spec = write_spec(
+        tmp_path / 'spec.py', tiny, batch_sizes=[16, 4], lr_mults=[1, 2.5]
+    )
     study = norm_study.Study(str(spec))
     base = norm_study.BaseConfig(study)
     run = norm_study.Run('bn', 4, 2.5, 0)
     assert norm_study.run_lr(study, base, run) == pytest.approx(base.lr * 2.5)
     linear = norm_study.Study(str(spec), overrides=dict(lr_scaling='linear'))
-    assert norm_study.run_lr(linear, base,
-                             run) == pytest.approx(base.lr * 2.5 * 4 / 16)
+    assert norm_study.run_lr(linear, base, run) == pytest.approx(
+        base.lr * 2.5 * 4 / 16
+    )
 
 
-def test_options_replace_norm_and_conv_cfg(tmp_path, tiny, train_tool,
-                                           norm_study):
+def test_options_replace_norm_and_conv_cfg(
+    tmp_path, tiny, train_tool, norm_study
+):
     spec = write_spec(
         tmp_path / 'spec.py',
         tiny,
         norms=['mine'],
         norm_library=dict(
-            mine=dict(norm_cfg=dict(type='BN', momentum='{batch_size}'),
-                      conv_cfg=dict(type='Conv2d'))))
+            mine=dict(
+                norm_cfg=dict(type='BN', momentum='{batch_size}'),
+                conv_cfg=dict(type='Conv2d'),
+            )
+        ),
+    )
     study = norm_study.Study(str(spec))
     base = norm_study.BaseConfig(study)
-    options = norm_study.run_options(study, base,
-                                     norm_study.Run('mine', 2, 1.0, 3))
+    options = norm_study.run_options(
+        study, base, norm_study.Run('mine', 2, 1.0, 3)
+    )
     keys = list(options)
     delete = keys.index('model.backbone.norm_cfg._delete_')
     assert keys.index('model.backbone.norm_cfg.type') > delete
@@ -290,7 +341,8 @@ def test_options_replace_norm_and_conv_cfg(tmp_path, tiny, train_tool,
     # As tools/train.py reads and merges them: BN's eps is gone.
     items = [norm_study.format_option(k, v) for k, v in options.items()]
     cfg = train_tool.build_config(
-        train_tool.parse_args([str(CONFIG), '--cfg-options', *items]))
+        train_tool.parse_args([str(CONFIG), '--cfg-options', *items])
+    )
     assert cfg.model.backbone.norm_cfg.to_dict() == dict(type='BN', momentum=2)
     assert cfg.model.backbone.conv_cfg.to_dict() == dict(type='Conv2d')
 
@@ -303,15 +355,20 @@ def test_format_option_refuses_values_it_cannot_express(norm_study):
             norm_study.format_option('a.b', bad)
 
 
-@pytest.mark.parametrize('keys, message', [
-    (dict(norms=['nope']), "norm 'nope' is not in norm_library"),
-    (dict(norm_keys=['model.nothing.norm_cfg']),
-     "norm key 'model.nothing.norm_cfg' is not in"),
-    (dict(lr_key='optim_wrapper.lr'), "lr_key 'optim_wrapper.lr'"),
-    (dict(grid='diagonal'), 'grid must be one of'),
-    (dict(batch_sizes=[]), 'batch_sizes must be a non-empty list'),
-    (dict(colour='red'), r"unknown key\(s\) \['colour'\]"),
-])
+@pytest.mark.parametrize(
+    'keys, message',
+    [
+        (dict(norms=['nope']), "norm 'nope' is not in norm_library"),
+        (
+            dict(norm_keys=['model.nothing.norm_cfg']),
+            "norm key 'model.nothing.norm_cfg' is not in",
+        ),
+        (dict(lr_key='optim_wrapper.lr'), "lr_key 'optim_wrapper.lr'"),
+        (dict(grid='diagonal'), 'grid must be one of'),
+        (dict(batch_sizes=[]), 'batch_sizes must be a non-empty list'),
+        (dict(colour='red'), r"unknown key\(s\) \['colour'\]"),
+    ],
+)
 def test_bad_specs_name_the_key(tmp_path, tiny, keys, message, norm_study):
     spec = write_spec(tmp_path / 'spec.py', tiny, **keys)
     with pytest.raises(norm_study.SpecError, match=message):
@@ -323,22 +380,28 @@ def test_unregistered_norm_fails_before_any_run(tmp_path, tiny, norm_study):
         tmp_path / 'spec.py',
         tiny,
         norms=['bn', 'future'],
-        norm_library=dict(future=dict(norm_cfg=dict(type='NoSuchNorm'))))
-    runner = norm_study.StudyRunner(norm_study.Study(str(spec)),
-                                    str(tmp_path / 'out'))
-    with pytest.raises(norm_study.SpecError,
-                       match="norm 'future': norm_cfg type 'NoSuchNorm'"):
+        norm_library=dict(future=dict(norm_cfg=dict(type='NoSuchNorm'))),
+    )
+    runner = norm_study.StudyRunner(
+        norm_study.Study(str(spec)), str(tmp_path / 'out')
+    )
+    with pytest.raises(
+        norm_study.SpecError, match="norm 'future': norm_cfg type 'NoSuchNorm'"
+    ):
         runner.run()
     assert not (tmp_path / 'out' / 'runs').exists()
 
 
-def test_presets_replace_keys_and_update_cfg_options(tmp_path, tiny,
-                                                     norm_study):
+def test_presets_replace_keys_and_update_cfg_options(
+    tmp_path, tiny, norm_study
+):
     spec = write_spec(
         tmp_path / 'spec.py',
         tiny,
         presets=dict(
-            quick=dict(seeds=[7], cfg_options={'train_cfg.max_epochs': 1})))
+            quick=dict(seeds=[7], cfg_options={'train_cfg.max_epochs': 1})
+        ),
+    )
     quick = norm_study.Study(str(spec), 'quick')
     assert quick.seeds == [7]
     assert quick.cfg_options['train_cfg.max_epochs'] == 1
@@ -370,11 +433,13 @@ def test_outcome_of_a_diverged_and_a_collapsed_run(tmp_path, tiny, norm_study):
     (run_dir / '20240101_000000/vis_data').mkdir(parents=True)
     (run_dir / '20240101_000000/vis_data/scalars.json').write_text(
         '{"coco/bbox_mAP": 0.2, "step": 1}\n'
-        '{"coco/bbox_mAP": 0.005, "step": 2}\n')
+        '{"coco/bbox_mAP": 0.005, "step": 2}\n'
+    )
     (run_dir / 'train.log').write_text(
         'Traceback (most recent call last):\n'
         'dn_mmdet.engine.hooks.nonfinite_hook.NonFiniteError: loss is nan '
-        'at iteration 7\n')
+        'at iteration 7\n'
+    )
     diverged = norm_study.run_outcome(study, str(run_dir), 1)
     assert diverged['status'] == 'diverged'
     assert 'loss is nan at iteration 7' in diverged['error']
@@ -382,8 +447,9 @@ def test_outcome_of_a_diverged_and_a_collapsed_run(tmp_path, tiny, norm_study):
     collapsed = norm_study.run_outcome(study, str(run_dir), 0)
     assert collapsed['status'] == 'collapsed'
     assert collapsed['final'] == 0.005
-    (run_dir / '20240101_000000/vis_data/scalars.json'
-     ).write_text('{"loss": 1.0, "step": 1}\n')
+    (run_dir / '20240101_000000/vis_data/scalars.json').write_text(
+        '{"loss": 1.0, "step": 1}\n'
+    )
     silent = norm_study.run_outcome(study, str(run_dir), 0)
     assert silent['status'] == 'collapsed'
     assert silent['final'] is None
@@ -398,67 +464,55 @@ def test_outcome_of_a_diverged_and_a_collapsed_run(tmp_path, tiny, norm_study):
 # The report on known records
 # ---------------------------------------------------------------------- #
 def _record(norm, batch, mult, seed, status, final=None, curve=None):
-    return dict(norm=norm,
-                batch_size=batch,
-                lr_mult=mult,
-                seed=seed,
-                status=status,
-                final=final,
-                best=None if final is None else max(curve.values()),
-                curve={
-                    str(k): v
-                    for k, v in (curve or {}).items()
-                },
-                wall_s=60.0)
+    return dict(
+        norm=norm,
+        batch_size=batch,
+        lr_mult=mult,
+        seed=seed,
+        status=status,
+        final=final,
+        best=None if final is None else max(curve.values()),
+        curve={str(k): v for k, v in (curve or {}).items()},
+        wall_s=60.0,
+    )
 
 
 def _study_summary():
-    return dict(name='demo',
-                base_config='base.py',
-                max_epochs=2,
-                base_lr=0.005,
-                metric='coco/bbox_mAP',
-                metric_scale=100,
-                metric_label='bbox mAP (%)',
-                collapse_below=0.01,
-                lr_scaling='none',
-                grid='axes',
-                reference=dict(batch_size=16, lr_mult=1.0),
-                norms=dict(bn='BN', dnb='DN-B'),
-                batch_sizes=[16, 2],
-                lr_mults=[1.0, 2.5],
-                seeds=[0, 1, 2])
+    return dict(
+        name='demo',
+        base_config='base.py',
+        max_epochs=2,
+        base_lr=0.005,
+        metric='coco/bbox_mAP',
+        metric_scale=100,
+        metric_label='bbox mAP (%)',
+        collapse_below=0.01,
+        lr_scaling='none',
+        grid='axes',
+        reference=dict(batch_size=16, lr_mult=1.0),
+        norms=dict(bn='BN', dnb='DN-B'),
+        batch_sizes=[16, 2],
+        lr_mults=[1.0, 2.5],
+        seeds=[0, 1, 2],
+    )
 
 
 def _records():
     records = []
     for seed, (a, b) in enumerate([(0.30, 0.20), (0.32, 0.22), (0.34, 0.24)]):
         records += [
-            _record('bn', 16, 1.0, seed, 'finished', a, {
-                1: a / 2,
-                2: a
-            }),
-            _record('dnb', 16, 1.0, seed, 'finished', b, {
-                1: b,
-                2: b
-            }),
-            _record('dnb', 2, 1.0, seed, 'finished', b, {
-                1: b,
-                2: b
-            }),
-            _record('bn', 16, 2.5, seed, 'finished', a, {
-                1: a,
-                2: a
-            }),
-            _record('dnb', 16, 2.5, seed, 'finished', b, {
-                1: b,
-                2: b
-            }),
+            _record('bn', 16, 1.0, seed, 'finished', a, {1: a / 2, 2: a}),
+            _record('dnb', 16, 1.0, seed, 'finished', b, {1: b, 2: b}),
+            _record('dnb', 2, 1.0, seed, 'finished', b, {1: b, 2: b}),
+            _record('bn', 16, 2.5, seed, 'finished', a, {1: a, 2: a}),
+            _record('dnb', 16, 2.5, seed, 'finished', b, {1: b, 2: b}),
         ]
         # BN at batch 2: one run collapses, two produce NaN.
         records.append(
-            _record('bn', 2, 1.0, seed, 'collapsed', 0.004, {1: 0.004}) if seed
-            == 0 else _record('bn', 2, 1.0, seed, 'diverged', None, {}))
+            _record('bn', 2, 1.0, seed, 'collapsed', 0.004, {1: 0.004})
+            if seed == 0
+            else _record('bn', 2, 1.0, seed, 'diverged', None, {})
+        )
     return records
 
 
@@ -468,8 +522,11 @@ def test_report_aggregates_over_seeds(report):
     assert bn['final'][0] == pytest.approx(0.32)
     assert bn['final'][1] == pytest.approx(0.02)  # sample std
     small = cells[('bn', 2, 1.0)]
-    assert (small['diverged'], small['collapsed'], small['scored']) == (2, 1,
-                                                                        1)
+    assert (small['diverged'], small['collapsed'], small['scored']) == (
+        2,
+        1,
+        1,
+    )
     assert small['final'] == (pytest.approx(0.004), None)
 
 
@@ -478,16 +535,20 @@ def test_report_table_and_plots(tmp_path, report):
     written = report.write_report(study, records, str(tmp_path))
     names = sorted(Path(p).name for p in written)
     assert names == [
-        'metric_vs_batch.png', 'metric_vs_epoch.png', 'metric_vs_lr.png',
-        'table.md'
+        'metric_vs_batch.png',
+        'metric_vs_epoch.png',
+        'metric_vs_lr.png',
+        'table.md',
     ]
     table = (tmp_path / 'table.md').read_text()
-    matrix_bn = next(line for line in table.splitlines()
-                     if line.startswith('| BN | 32.0'))
+    matrix_bn = next(
+        line for line in table.splitlines() if line.startswith('| BN | 32.0')
+    )
     assert matrix_bn == '| BN | 32.0 ± 2.0 | 0.4 †3/3 | 32.0 ± 2.0 |'
     assert '| BN | 2 | 1 | 0.4 | 0.4 | 3/3 (1 collapsed) | 1.0 |' in table
     assert '| DN-B | 2 | 1 | 22.0 ± 2.0 | 22.0 ± 2.0 | 0/3 | 1.0 |' in table
     import matplotlib.image as mpimg
+
     for name in names[:3]:
         image = mpimg.imread(tmp_path / name)
         assert image.shape[0] > 100 and image.std() > 0
@@ -499,28 +560,30 @@ def test_report_marks_all_diverged_cells(report):
         _record('bn', 2, 1.0, 0, 'diverged', None, {}),
         _record('bn', 2, 1.0, 1, 'pending'),
     ]
-    study = dict(_study_summary(),
-                 norms=dict(bn='BN'),
-                 lr_mults=[1.0],
-                 seeds=[0, 1])
+    study = dict(
+        _study_summary(), norms=dict(bn='BN'), lr_mults=[1.0], seeds=[0, 1]
+    )
     table = report.table_markdown(study, records)
     assert '| BN | 30.0 | NaN †1/1 (1 to run) |' in table
 
 
-def test_dry_run_lists_every_command(tmp_path, tiny, capsys, norm_study):
-    spec = write_spec(tmp_path / 'spec.py',
-                      tiny,
-                      batch_sizes=[4, 2],
-                      lr_mults=[1, 2.5])
-    assert norm_study.main(
-        [str(spec), '--work-dir',
-         str(tmp_path / 'out'), '--dry-run']) == 0
+def test_dry_run_lists_every_command(tmp_path, tiny, capsys, study_cli):
+    spec = write_spec(
+        tmp_path / 'spec.py', tiny, batch_sizes=[4, 2], lr_mults=[1, 2.5]
+    )
+    assert (
+        study_cli.main(
+            [str(spec), '--work-dir', str(tmp_path / 'out'), '--dry-run']
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == '6 runs'
     commands = lines[:-1]
     assert len(commands) == 6
-    dn_high_lr = next(c for c in commands
-                      if 'dnb-r16-goup_bs4_lr2.5x_seed0' in c).split()
+    dn_high_lr = next(
+        c for c in commands if 'dnb-r16-goup_bs4_lr2.5x_seed0' in c
+    ).split()
     assert dn_high_lr[1] == str(REPO / 'tools/train.py')
     assert 'model.backbone.norm_cfg.g=oup' in dn_high_lr
     assert 'train_dataloader.batch_size=4' in dn_high_lr
@@ -530,15 +593,19 @@ def test_dry_run_lists_every_command(tmp_path, tiny, capsys, norm_study):
 
 def test_one_study_directory_one_study(tmp_path, tiny, norm_study):
     spec = write_spec(tmp_path / 'spec.py', tiny)
-    first = norm_study.StudyRunner(norm_study.Study(str(spec)),
-                                   str(tmp_path / 'out'))
-    second = norm_study.StudyRunner(norm_study.Study(str(spec)),
-                                    str(tmp_path / 'out'))
-    lock = first._lock()
-    with pytest.raises(RuntimeError, match='another norm_study .* is running'):
-        second._lock()
+    first = norm_study.StudyRunner(
+        norm_study.Study(str(spec)), str(tmp_path / 'out')
+    )
+    second = norm_study.StudyRunner(
+        norm_study.Study(str(spec)), str(tmp_path / 'out')
+    )
+    lock = first.lock()
+    with pytest.raises(
+        norm_study.StudyError, match='another norm_study .* is running'
+    ):
+        second.lock()
     lock.close()
-    second._lock().close()
+    second.lock().close()
 
 
 def test_report_of_a_full_grid(report):
@@ -547,14 +614,175 @@ def test_report_of_a_full_grid(report):
         _record('bn', 2, 2.5, s, 'diverged', None, {}) for s in range(3)
     ]
     table = report.table_markdown(study, records)
-    header = next(line for line in table.splitlines()
-                  if line.startswith('| normaliser | batch 16'))
+    header = next(
+        line
+        for line in table.splitlines()
+        if line.startswith('| normaliser | batch 16')
+    )
     assert header.count('batch ') == 4
     assert 'batch 2, lr x2.5' in header
-    bn_row = next(line for line in table.splitlines()
-                  if line.startswith('| BN | 32.0'))
+    bn_row = next(
+        line for line in table.splitlines() if line.startswith('| BN | 32.0')
+    )
     assert bn_row.endswith('| NaN †3/3 |')
     # DN-B has no run at batch 2, lr x2.5: an empty cell.
-    dn_row = next(line for line in table.splitlines()
-                  if line.startswith('| DN-B | 22.0'))
+    dn_row = next(
+        line for line in table.splitlines() if line.startswith('| DN-B | 22.0')
+    )
     assert dn_row.endswith('|  |')
+
+
+# ---------------------------------------------------------------------- #
+# Processes: a two-process study killed, a run still alive, lost results
+# ---------------------------------------------------------------------- #
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_sigkill_of_a_two_process_study_leaves_no_training(
+    tmp_path, tiny, tool_env
+):
+    """gpus=2 launches torch.distributed.run, whose workers live in
+    sessions of their own: before the watchdog, SIGKILL of the study left
+    them training under PID 1."""
+    spec = write_spec(tmp_path / 'spec.py', tiny, norms=['bn'], gpus=2)
+    out = tmp_path / 'study'
+    run_dir = out / 'runs' / 'bn_bs2_lr1x_seed0'
+    env = dict(tool_env, PORT=str(_free_port()))
+    study = subprocess.Popen(
+        _study_cmd(spec, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=env,
+    )
+    log = run_dir / 'train.log'
+    deadline = time.time() + 300
+    # Both ranks are up once the training logs its first iteration.
+    while not (log.is_file() and 'Epoch(train)' in log.read_text()):
+        assert study.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, 'the run did not start training'
+        time.sleep(0.2)
+    assert len(_processes_writing(run_dir)) >= 3  # launcher and two ranks
+    study.send_signal(signal.SIGKILL)
+    study.wait()
+    deadline = time.time() + 60
+    while _processes_writing(run_dir) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_writing(run_dir) == []
+
+
+def test_a_run_still_training_is_not_started_beside(
+    tmp_path, tiny, norm_study
+):
+    """A run whose recorded process group still has a process working in
+    its directory is refused, naming the group and its pids."""
+    spec = write_spec(tmp_path / 'spec.py', tiny, norms=['bn'])
+    runner = norm_study.StudyRunner(
+        norm_study.Study(str(spec)), str(tmp_path / 'out')
+    )
+    run = runner.study.runs()[0]
+    run_dir = Path(runner.run_dir(run))
+    run_dir.mkdir(parents=True)
+    alive = subprocess.Popen(
+        [sys.executable, '-c', 'import time; time.sleep(120)', str(run_dir)],
+        start_new_session=True,
+    )
+    try:
+        (run_dir / 'norm_study_run.json').write_text(
+            json.dumps(dict(pgid=alive.pid, segments=[[1.0, None]]))
+        )
+        with pytest.raises(
+            norm_study.StudyError,
+            match=rf'still running \(process group '
+            rf'{alive.pid}, pids {alive.pid}\).*kill -- '
+            rf'-{alive.pid}',
+        ):
+            runner.run()
+        assert alive.poll() is None
+        assert not (run_dir / 'train.log').exists()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_report_only_without_runs_keeps_committed_results(
+    tmp_path, study_cli, norm_study
+):
+    """--report-only on a folder of committed results (no runs/) used to
+    overwrite them with pending rows."""
+    import shutil
+
+    committed = REPO / 'docs/studies/norm_study_mobilenetv2_shapes_cls'
+    folder = tmp_path / 'results'
+    shutil.copytree(committed, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    spec = REPO / 'configs/studies/norm_study_mobilenetv2_shapes_cls.py'
+    with pytest.raises(SystemExit, match='has no runs/ folder'):
+        study_cli.main([str(spec), '--work-dir', str(folder), '--report-only'])
+    # Any writer refuses to drop a run with an outcome, runs/ or not.
+    (folder / 'runs').mkdir()
+    runner = norm_study.StudyRunner(norm_study.Study(str(spec)), str(folder))
+    with pytest.raises(
+        norm_study.StudyError, match=r'holds 20 run\(s\) with an outcome'
+    ):
+        runner.write_results()
+    with pytest.raises(norm_study.StudyError, match='holds 20 run'):
+        runner.run()
+    assert {name: (folder / name).read_bytes() for name in before} == before
+
+
+def test_a_seeded_run_reproduces(tmp_path, load_tool, tool_env):
+    """The same classification run twice (one thread, deterministic, data
+    loaded in the training process): the same curve, bit for bit."""
+    from dn_mmdet.analysis.study import read_curve
+
+    root = tmp_path / 'cls'
+    load_tool('misc/make_shapes_cls_dataset').generate_shapes_cls_dataset(
+        str(root), num_train=16, num_val=8, seed=0, size=32
+    )
+    options = {
+        'train_cfg.max_epochs': 2,
+        'param_scheduler.1.T_max': 1,
+        'param_scheduler.1.end': 2,
+        'default_hooks.logger.interval': 1,
+    }
+    for loader in ('train', 'val', 'test'):
+        options[f'{loader}_dataloader.dataset.data_root'] = f'{root}/'
+        options[f'{loader}_dataloader.dataset.classes'] = (
+            f'{root}/meta/classes.txt'
+        )
+    lines = [
+        f"_base_ = ['{NORMS_BASE}']",
+        "base_config = 'configs/studies/_base_/claims/"
+        "mobilenet-v2-x0.5-bn_1xb32-sgd-12e_shapes-cls32.py'",
+        "metric = 'accuracy/top1'",
+        "norms = ['dnb-r16-g1']",
+        'batch_sizes = [4]',
+        'threads = 1',
+        f'cfg_options = {options!r}',
+    ]
+    spec = tmp_path / 'spec.py'
+    spec.write_text('\n'.join(lines) + '\n')
+    curves, losses = [], []
+    for out in ('a', 'b'):
+        done = subprocess.run(
+            _study_cmd(spec, tmp_path / out),
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=tool_env,
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        run_dir = str(tmp_path / out / 'runs' / 'dnb-r16-g1_bs4_lr1x_seed0')
+        curves.append(read_curve(run_dir, 'accuracy/top1'))
+        losses.append(read_curve(run_dir, 'loss'))
+    assert sorted(curves[0]) == [1, 2]
+    assert curves[0] == curves[1]
+    # Every iteration's loss, not only the coarse 8-image accuracy.
+    assert len(losses[0]) == 8
+    assert losses[0] == losses[1]

@@ -1,26 +1,63 @@
-"""tools/analysis/profile_dn_layer.py: the per-layer profile at toy shapes
-(the figures are measured, not asserted: only that each row is complete and
+"""The DN layer profile: ``tools/analysis/profile_dn_layer.py`` in a real
+process, its argument checks, and the package's profile
+(dn_mmdet.analysis.benchmark.layer_profile, .in_model) at toy shapes (the
+figures are measured, not asserted: only that each row is complete and
 its derived columns follow from the measured ones)."""
+
 import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from dn_mmdet.analysis.benchmark import build_model, in_model, layer_profile
+
+REPO = Path(__file__).resolve().parents[2]
+TOOL = REPO / 'tools/analysis/profile_dn_layer.py'
+
 
 @pytest.fixture(scope='module')
-def profile_tool(load_tool):
-    return load_tool('analysis/profile_dn_layer')
+def cli():
+    """The CLI's functions (its ``parse_args``), without running it."""
+    return SimpleNamespace(**runpy.run_path(str(TOOL)))
 
 
-def test_profile_rows_and_sum(profile_tool, capsys):
-    profile_tool.main(['--shapes', '2x8x3x3', '3x20x5x4', '--rounds', '1',
-                       '--calls', '1'])
-    out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith('| 2x8x3x3')
-            or line.startswith('| 3x20x5x4')]
+def _cells(line):
+    return [float(c) for c in line.strip('| ').split(' | ')[1:]]
+
+
+def test_profile_cli_prints_a_row_per_shape(tool_env):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(TOOL),
+            '--shapes',
+            '2x8x3x3',
+            '3x20x5x4',
+            '--rounds',
+            '1',
+            '--calls',
+            '1',
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    rows = [
+        line
+        for line in out.splitlines()
+        if line.startswith('| 2x8x3x3') or line.startswith('| 3x20x5x4')
+    ]
     assert len(rows) == 2
     for line in rows:
-        cells = [float(c) for c in line.strip('| ').split(' | ')[1:]]
+        cells = _cells(line)
         assert len(cells) == 11
         bn, dn, extra = cells[0], cells[1], cells[2]
         assert bn > 0 and dn > 0
@@ -30,41 +67,71 @@ def test_profile_rows_and_sum(profile_tool, capsys):
     assert 'CPU time of 1 thread(s), median of 1 rounds of 1' in out
 
 
-def test_profile_sums_mobilenetv2_layers(profile_tool, monkeypatch, capsys):
-    """--cases profiles MobileNetV2's norm input shapes (here two of them,
-    at a toy size) and adds a row of their sum."""
-    monkeypatch.setattr(profile_tool, 'norm_input_shapes',
-                        lambda config, size: [(8, size, size),
-                                              (16, size // 2, size // 2)])
-    profile_tool.main(['--cases', '2x8', '--rounds', '1', '--calls', '1'])
-    out = capsys.readouterr().out
-    assert 'MobileNetV2 2x8: inference' in out
-    assert '| 2x8x8x8 |' in out and '| 2x16x4x4 |' in out
-    assert '| sum of 2 |' in out
+def test_profile_table_sums_its_shapes():
+    """Several shapes (e.g. MobileNetV2's norm inputs of --cases) get a
+    row of their sum."""
+    lines = list(
+        layer_profile.profile_table(
+            'MobileNetV2 2x8', [(2, 8, 8, 8), (2, 16, 4, 4)], 1, 1, 1
+        )
+    )
+    assert lines[0].startswith('\nMobileNetV2 2x8: inference')
+    assert lines[1] == layer_profile.HEADER
+    rows = [line for line in lines if line.startswith('| 2x')]
+    assert [r.split(' | ')[0] for r in rows] == ['| 2x8x8x8', '| 2x16x4x4']
+    assert lines[-1].startswith('| sum of 2 |')
+    total = _cells(lines[-1])
+    # the sum of the measured columns (each printed rounded)
+    for column in (0, 1, 5, 6, 7, 10):
+        assert total[column] == pytest.approx(
+            sum(_cells(r)[column] for r in rows), abs=1.0
+        )
 
 
-@pytest.mark.parametrize('argv,message', [
-    ([], 'give --shapes or --cases'),
-    (['--shapes', '2x8x3'], "'2x8x3': expected 4 positive integers"),
-    (['--cases', '2x0'], "'2x0': expected 2 positive integers"),
-])
-def test_profile_rejects_bad_arguments(profile_tool, capsys, argv, message):
-    with pytest.raises(SystemExit):
-        profile_tool.parse_args(argv)
+@pytest.mark.parametrize(
+    'argv,message',
+    [
+        ([], 'give --shapes or --cases'),
+        (['--shapes', '2x8x3'], "'2x8x3': expected 4 positive integers"),
+        (['--cases', '2x0'], "'2x0': expected 2 positive integers"),
+        (['--in-model', '--shapes', '2x8x3x3'], '--in-model takes --cases'),
+        # were tracebacks (torch.set_num_threads, median of no rounds)
+        (
+            ['--cases', '2x8', '--threads', '0'],
+            "argument --threads: expected a whole number >= 1, got '0'",
+        ),
+        (
+            ['--cases', '2x8', '--rounds', '0'],
+            "argument --rounds: expected a whole number >= 1, got '0'",
+        ),
+        (
+            ['--cases', '2x8', '--calls', '-1'],
+            "argument --calls: expected a whole number >= 1, got '-1'",
+        ),
+    ],
+)
+def test_profile_rejects_bad_arguments(cli, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        cli.parse_args(argv)
+    assert exit.value.code == 2
     assert message in capsys.readouterr().err
 
 
-def test_layer_timer_counts_a_layer_with_the_activation_after_it(
-        profile_tool):
+def test_layer_timer_counts_a_layer_with_the_activation_after_it():
     """A clock that ticks once a call: each module's call lasts one tick.
     The ReLU6 right after the first BN is counted to it; the ReLU after a
     convolution to no layer; with ``replace``, a layer's replacement runs
     instead of its forward."""
     ticks = iter(range(1000))
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU6(),
-        torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(4))
-    timer = profile_tool.NormLayerTimer(model, clock=lambda: next(ticks))
+        torch.nn.Conv2d(3, 4, 1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU6(),
+        torch.nn.Conv2d(4, 4, 1),
+        torch.nn.ReLU(),
+        torch.nn.BatchNorm2d(4),
+    )
+    timer = in_model.NormLayerTimer(model, clock=lambda: next(ticks))
     assert timer.layers == [model[1], model[5]]
     x = torch.randn(2, 3, 5, 5)
     model(x)
@@ -78,27 +145,31 @@ def test_layer_timer_counts_a_layer_with_the_activation_after_it(
     assert len(calls) == 1 and timer.seconds == [2, 1]
 
 
-def test_norm_layers_leave_out_dn_parts(profile_tool):
+def test_norm_layers_leave_out_dn_parts():
     from dn_mmdet.norm import DynamicNorm2d
+
     dn = DynamicNorm2d(8)
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(8), dn)
-    assert profile_tool.norm_layers(model) == [model[0], dn]
+    assert in_model.norm_layers(model) == [model[0], dn]
 
 
-def test_in_model_rows_for_every_norm_layer(profile_tool, capsys):
-    """--in-model at a toy size: a row per norm layer of mmdet's
-    MobileNetV2 with its SC-Module's bytes, derived columns that follow
-    from the measured ones, and the whole-forward and weight-read lines."""
-    profile_tool.main(['--in-model', '--models', 'mmdet-mobilenetv2',
-                       '--cases', '1x32', '--rounds', '1'])
-    out = capsys.readouterr().out
-    assert 'mmdet-mobilenetv2), 1x32, inside inference forward' in out
-    rows = [line for line in out.splitlines()
-            if line.startswith('| ') and line[2].isdigit()]
-    from benchmark_norm import build_model  # beside the tool
-    dn_model = build_model('mmdet-mobilenetv2', dict(type='DN', r=16,
-                                                     g='oup'))
-    layers = profile_tool.norm_layers(dn_model)
+def test_in_model_rows_for_every_norm_layer():
+    """In-model at a toy size: a row per norm layer of mmdet's MobileNetV2
+    with its SC-Module's bytes, derived columns that follow from the
+    measured ones, and the whole-forward and weight-read lines."""
+    rows, totals, sc_tensors = in_model.profile_in_model(
+        'mmdet-mobilenetv2', 1, 32, rounds=1
+    )
+    lines = in_model.format_in_model(
+        'title', rows, totals, in_model.read_ms(sc_tensors, 1), 1, 1
+    )
+    out = '\n'.join(lines)
+    assert out.startswith('\ntitle, inside inference forward passes')
+    rows = [
+        line for line in lines if line.startswith('| ') and line[2].isdigit()
+    ]
+    dn_model = build_model('mmdet-mobilenetv2', dict(type='DN', r=16, g='oup'))
+    layers = in_model.norm_layers(dn_model)
     assert len(rows) == len(layers) == 52
     for line, layer in zip(rows, layers):
         cells = line.strip('| ').split(' | ')
@@ -113,9 +184,3 @@ def test_in_model_rows_for_every_norm_layer(profile_tool, capsys):
     assert '| all 52 (median of the sums) |' in out
     assert 'Whole forward (ms): BN ' in out
     assert "The SC-Modules' weights, " in out
-
-
-def test_in_model_takes_cases_not_shapes(profile_tool, capsys):
-    with pytest.raises(SystemExit):
-        profile_tool.parse_args(['--in-model', '--shapes', '2x8x3x3'])
-    assert '--in-model takes --cases' in capsys.readouterr().err

@@ -1,12 +1,15 @@
 """tools/test.py: flags to config, with clear errors on bad input."""
+
 import os.path as osp
 from pathlib import Path
 
 import pytest
 import torch
 
-CONFIG = Path(__file__).resolve().parents[2] / \
-    'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
+CONFIG = (
+    Path(__file__).resolve().parents[2]
+    / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
+)
 
 
 @pytest.fixture
@@ -29,9 +32,16 @@ def test_defaults(test_tool, ckpt):
 
 
 def test_flags(test_tool, ckpt, tmp_path):
-    cfg = _cfg(test_tool, str(ckpt), '--work-dir', str(tmp_path),
-               '--show-dir', 'vis', '--cfg-options',
-               'test_dataloader.batch_size=1')
+    cfg = _cfg(
+        test_tool,
+        str(ckpt),
+        '--work-dir',
+        str(tmp_path),
+        '--show-dir',
+        'vis',
+        '--cfg-options',
+        'test_dataloader.batch_size=1',
+    )
     assert cfg.work_dir == str(tmp_path)
     assert cfg.default_hooks.visualization.draw
     assert cfg.default_hooks.visualization.test_out_dir == 'vis'
@@ -61,5 +71,11 @@ def test_out_must_be_a_pickle(test_tool, ckpt, capsys):
 
 def test_show_dir_needs_a_visualization_hook(test_tool, ckpt):
     with pytest.raises(RuntimeError, match='default_hooks.visualization'):
-        _cfg(test_tool, str(ckpt), '--show-dir', 'vis', '--cfg-options',
-             'default_hooks.visualization=None')
+        _cfg(
+            test_tool,
+            str(ckpt),
+            '--show-dir',
+            'vis',
+            '--cfg-options',
+            'default_hooks.visualization=None',
+        )

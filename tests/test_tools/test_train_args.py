@@ -1,4 +1,5 @@
 """tools/train.py: flags to config, with clear errors on bad input."""
+
 import logging
 import os
 import os.path as osp
@@ -8,8 +9,10 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-CONFIG = Path(__file__).resolve().parents[2] / \
-    'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
+CONFIG = (
+    Path(__file__).resolve().parents[2]
+    / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
+)
 
 
 def _cfg(train_tool, *argv):
@@ -35,9 +38,14 @@ def test_work_dir_flag_wins(train_tool, tmp_path):
 
 
 def test_cfg_options_merge(train_tool):
-    cfg = _cfg(train_tool, '--cfg-options', 'train_dataloader.batch_size=3',
-               'optim_wrapper.optimizer.lr=0.5', 'randomness.seed=7',
-               'model.bbox_head.anchor_generator.ratios=[[2],[3]]')
+    cfg = _cfg(
+        train_tool,
+        '--cfg-options',
+        'train_dataloader.batch_size=3',
+        'optim_wrapper.optimizer.lr=0.5',
+        'randomness.seed=7',
+        'model.bbox_head.anchor_generator.ratios=[[2],[3]]',
+    )
     assert cfg.train_dataloader.batch_size == 3
     assert cfg.optim_wrapper.optimizer.lr == 0.5
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'  # siblings kept
@@ -78,8 +86,9 @@ def test_amp_selects_the_wrapper_for_the_device(train_tool, monkeypatch):
 
 
 @pytest.mark.parametrize('native', [True, False])
-def test_amp_on_a_cpu_without_native_bf16_warns(train_tool, monkeypatch,
-                                                native):
+def test_amp_on_a_cpu_without_native_bf16_warns(
+    train_tool, monkeypatch, native
+):
     # Measured here (AVX2, no AVX512-BF16): a bf16 training step of the
     # shapes SSDLite is 5x slower than float32 (README, "Mixed precision").
     records = []
@@ -99,33 +108,43 @@ def test_amp_on_a_cpu_without_native_bf16_warns(train_tool, monkeypatch,
 
 def test_native_bf16_detection_agrees_with_the_cpu_flags():
     from dn_mmdet.utils.launch import cpu_has_native_bf16
+
     flags = Path('/proc/cpuinfo').read_text().split()
     assert cpu_has_native_bf16() == bool(
-        {'avx512_bf16', 'amx_tile'} & set(flags))
+        {'avx512_bf16', 'amx_tile'} & set(flags)
+    )
 
 
 def test_auto_scale_lr(train_tool, tmp_path):
     assert not _cfg(train_tool).auto_scale_lr.enable
     assert _cfg(train_tool, '--auto-scale-lr').auto_scale_lr.enable
     bare = tmp_path / 'bare.py'
-    bare.write_text(f"_base_ = '{CONFIG}'\nauto_scale_lr = dict(_delete_=True,"
-                    ' enable=False)\n')
+    bare.write_text(
+        f"_base_ = '{CONFIG}'\nauto_scale_lr = dict(_delete_=True,"
+        ' enable=False)\n'
+    )
     with pytest.raises(RuntimeError, match='auto_scale_lr.base_batch_size'):
         train_tool.build_config(
-            train_tool.parse_args([str(bare), '--auto-scale-lr']))
+            train_tool.parse_args([str(bare), '--auto-scale-lr'])
+        )
 
 
 def test_auto_scale_lr_without_the_setting_is_a_usage_error(train_tool):
     # auto_scale_lr=None used to end in "TypeError: argument of type
     # 'NoneType' is not iterable".
     with pytest.raises(SystemExit) as info:
-        train_tool.main([
-            str(CONFIG), '--auto-scale-lr', '--cfg-options',
-            'auto_scale_lr=None'
-        ])
+        train_tool.main(
+            [
+                str(CONFIG),
+                '--auto-scale-lr',
+                '--cfg-options',
+                'auto_scale_lr=None',
+            ]
+        )
     assert str(info.value.code).startswith(
         'tools/train.py: error: --auto-scale-lr needs '
-        'auto_scale_lr.base_batch_size')
+        'auto_scale_lr.base_batch_size'
+    )
 
 
 def test_resume_with_path(train_tool, tmp_path):
@@ -135,8 +154,9 @@ def test_resume_with_path(train_tool, tmp_path):
     assert cfg.resume and cfg.load_from == str(ckpt)
     # No seed configured: the checkpoint's seed is reused (data order).
     assert cfg.randomness.seed == 11
-    cfg = _cfg(train_tool, '--resume', str(ckpt), '--cfg-options',
-               'randomness.seed=5')
+    cfg = _cfg(
+        train_tool, '--resume', str(ckpt), '--cfg-options', 'randomness.seed=5'
+    )
     assert cfg.randomness.seed == 5
 
 
@@ -147,7 +167,8 @@ def test_resume_with_missing_path_is_named(train_tool, tmp_path):
 
 
 def test_resume_from_a_truncated_checkpoint_is_a_usage_error(
-        train_tool, tmp_path):
+    train_tool, tmp_path
+):
     ckpt = tmp_path / 'epoch_3.pth'
     torch.save(dict(meta=dict(seed=11), state_dict={}), ckpt)
     ckpt.write_bytes(ckpt.read_bytes()[:200])
@@ -155,7 +176,8 @@ def test_resume_from_a_truncated_checkpoint_is_a_usage_error(
         train_tool.main([str(CONFIG), '--resume', str(ckpt)])
     assert str(info.value.code).startswith(
         f'tools/train.py: error: Cannot read checkpoint {ckpt}: the file '
-        '(200 bytes) is truncated or corrupt')
+        '(200 bytes) is truncated or corrupt'
+    )
 
 
 def _work_dir_with(tmp_path, names, last=None):
@@ -167,20 +189,24 @@ def _work_dir_with(tmp_path, names, last=None):
 
 
 def test_resume_without_path_uses_last_checkpoint(train_tool, tmp_path):
-    work_dir = _work_dir_with(tmp_path, ['epoch_1.pth', 'epoch_2.pth'],
-                              last=str(tmp_path / 'epoch_1.pth'))
+    work_dir = _work_dir_with(
+        tmp_path,
+        ['epoch_1.pth', 'epoch_2.pth'],
+        last=str(tmp_path / 'epoch_1.pth'),
+    )
     cfg = _cfg(train_tool, '--resume', '--work-dir', str(work_dir))
     assert cfg.resume and cfg.load_from == str(work_dir / 'epoch_1.pth')
 
 
 @pytest.mark.parametrize('last', ['', '/gone/epoch_2.pth', None])
-def test_resume_without_path_survives_a_bad_record(train_tool, tmp_path,
-                                                   last):
+def test_resume_without_path_survives_a_bad_record(train_tool, tmp_path, last):
     """An empty ``last_checkpoint`` (a crash while writing it), one naming a
     moved work_dir, or none at all: the newest checkpoint present is used."""
     work_dir = _work_dir_with(
-        tmp_path, ['epoch_2.pth', 'epoch_10.pth', 'best_x_epoch_3.pth'],
-        last=last)
+        tmp_path,
+        ['epoch_2.pth', 'epoch_10.pth', 'best_x_epoch_3.pth'],
+        last=last,
+    )
     cfg = _cfg(train_tool, '--resume', '--work-dir', str(work_dir))
     expected = 'epoch_2.pth' if last == '/gone/epoch_2.pth' else 'epoch_10.pth'
     assert cfg.load_from == str(work_dir / expected)
@@ -194,7 +220,8 @@ def test_resume_without_checkpoint_starts_from_scratch(train_tool, tmp_path):
 def test_launcher_and_local_rank(train_tool, monkeypatch):
     monkeypatch.delenv('LOCAL_RANK', raising=False)
     args = train_tool.parse_args(
-        [str(CONFIG), '--launcher', 'pytorch', '--local-rank', '1'])
+        [str(CONFIG), '--launcher', 'pytorch', '--local-rank', '1']
+    )
     assert args.launcher == 'pytorch'
     assert os.environ['LOCAL_RANK'] == '1'
     with pytest.raises(SystemExit):
@@ -204,8 +231,12 @@ def test_launcher_and_local_rank(train_tool, monkeypatch):
 def test_default_hooks_can_be_disabled(train_tool):
     """``default_hooks.NAME=None`` disables any default hook (mmengine only
     accepts None for its own six)."""
-    cfg = _cfg(train_tool, '--cfg-options', 'default_hooks.epoch_seed=None',
-               'default_hooks.visualization=None')
+    cfg = _cfg(
+        train_tool,
+        '--cfg-options',
+        'default_hooks.epoch_seed=None',
+        'default_hooks.visualization=None',
+    )
     assert 'epoch_seed' not in cfg.default_hooks
     assert 'visualization' not in cfg.default_hooks
     assert 'checkpoint' in cfg.default_hooks
@@ -215,6 +246,6 @@ def test_default_hooks_can_be_disabled(train_tool):
 def test_cpu_distributed_needs_torchrun(train_tool, tmp_path):
     with pytest.raises(SystemExit) as info:
         train_tool.main(
-            [str(CONFIG), '--launcher', 'slurm', '--work-dir',
-             str(tmp_path)])
+            [str(CONFIG), '--launcher', 'slurm', '--work-dir', str(tmp_path)]
+        )
     assert '--launcher slurm needs CUDA' in str(info.value.code)

@@ -1,28 +1,31 @@
 """tools/train.py then tools/test.py as a user runs them: real processes,
 the real SSDLite config, a tiny embedded data set."""
+
 import glob
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.fileio import load
 
-REPO = Path(__file__).resolve().parents[2]
+from dn_mmdet.utils import load_from_local
 
 
 @pytest.fixture(scope='module')
 def run(tool_env):
 
     def run(argv, cwd):
-        return subprocess.run([sys.executable, *argv],
-                              capture_output=True,
-                              text=True,
-                              cwd=cwd,
-                              env=tool_env)
+        return subprocess.run(
+            [sys.executable, *argv],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=tool_env,
+        )
 
     return run
 
@@ -38,17 +41,29 @@ def trained(run, options, shapes_config, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('e2e')
     # A config that forgets custom_imports: train.py imports dn_mmdet itself.
     config = tmp / 'no_custom_imports.py'
-    config.write_text(f"_base_ = '{shapes_config('bn')}'\n"
-                      'custom_imports = dict(imports=[])\n')
+    config.write_text(
+        f"_base_ = '{shapes_config('bn')}'\n"
+        'custom_imports = dict(imports=[])\n'
+    )
     work_dir = tmp / 'work_dir'
-    proc = run([
-        str(REPO / 'tools/train.py'),
-        str(config), '--work-dir',
-        str(work_dir), '--cfg-options', *options
-    ], tmp)
+    proc = run(
+        [
+            str(REPO / 'tools/train.py'),
+            str(config),
+            '--work-dir',
+            str(work_dir),
+            '--cfg-options',
+            *options,
+        ],
+        tmp,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(tmp=tmp, config=config, work_dir=work_dir, log=proc.stdout +
-                proc.stderr)
+    return dict(
+        tmp=tmp,
+        config=config,
+        work_dir=work_dir,
+        log=proc.stdout + proc.stderr,
+    )
 
 
 def test_training_writes_checkpoint_and_shows_progress(trained):
@@ -57,29 +72,38 @@ def test_training_writes_checkpoint_and_shows_progress(trained):
     assert ckpt.is_file()
     assert (work_dir / 'last_checkpoint').read_text().strip() == str(ckpt)
     assert re.search(r'Epoch\(train\) \[1\]\[1/\d+\].*loss: ', trained['log'])
-    assert re.search(r'Epoch\(val\) \[1\]\[\d+/\d+\].*coco/bbox_mAP: ',
-                     trained['log'])
-    # A runner checkpoint (numpy metric values, log buffers) loads with
-    # torch's weights-only default.
-    checkpoint = torch.load(ckpt)
+    assert re.search(
+        r'Epoch\(val\) \[1\]\[\d+/\d+\].*coco/bbox_mAP: ', trained['log']
+    )
+    # A runner checkpoint (numpy metric values, log buffers) loads
+    # weights-only with dn_mmdet's allow-list.
+    checkpoint = load_from_local(str(ckpt))
     assert checkpoint['meta']['epoch'] == 1
     best = glob.glob(str(work_dir / 'best_coco_bbox_mAP_epoch_1.pth'))
     assert len(best) == 1
-    info = torch.load(best[0])['message_hub']['runtime_info']
+    info = load_from_local(best[0])['message_hub']['runtime_info']
     assert 0.0 <= info['best_score'] <= 1.0
 
 
 def test_test_tool_prints_map_dumps_and_paints(trained, run, options):
     tmp, work_dir = trained['tmp'], trained['work_dir']
     out, show_dir = tmp / 'results.pkl', tmp / 'painted'
-    proc = run([
-        str(REPO / 'tools/test.py'),
-        str(trained['config']),
-        str(work_dir / 'epoch_1.pth'), '--work-dir',
-        str(tmp / 'test_dir'), '--out',
-        str(out), '--show-dir',
-        str(show_dir), '--cfg-options', *options
-    ], tmp)
+    proc = run(
+        [
+            str(REPO / 'tools/test.py'),
+            str(trained['config']),
+            str(work_dir / 'epoch_1.pth'),
+            '--work-dir',
+            str(tmp / 'test_dir'),
+            '--out',
+            str(out),
+            '--show-dir',
+            str(show_dir),
+            '--cfg-options',
+            *options,
+        ],
+        tmp,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     match = re.search(r'^bbox mAP: (\d\.\d+)$', proc.stdout, re.M)
     assert match, proc.stdout[-2000:]
@@ -90,7 +114,8 @@ def test_test_tool_prints_map_dumps_and_paints(trained, run, options):
     assert {'img_id', 'pred_instances'} <= set(results[0])
     assert set(results[0]['pred_instances']) >= {'bboxes', 'scores', 'labels'}
     painted = glob.glob(str(show_dir / '*.jpg')) + glob.glob(
-        str(show_dir / '*.png'))
+        str(show_dir / '*.png')
+    )
     assert len(painted) == 4
 
 
@@ -98,18 +123,26 @@ def test_test_tool_reports_zero_map_without_detections(trained, run, options):
     """No box above the score threshold: mAP 0 with the reason, not a
     silently missing figure."""
     tmp, work_dir = trained['tmp'], trained['work_dir']
-    proc = run([
-        str(REPO / 'tools/test.py'),
-        str(trained['config']),
-        str(work_dir / 'epoch_1.pth'), '--work-dir',
-        str(tmp / 'test_empty'), '--cfg-options', *options,
-        'model.test_cfg.score_thr=1.0'
-    ], tmp)
+    proc = run(
+        [
+            str(REPO / 'tools/test.py'),
+            str(trained['config']),
+            str(work_dir / 'epoch_1.pth'),
+            '--work-dir',
+            str(tmp / 'test_empty'),
+            '--cfg-options',
+            *options,
+            'model.test_cfg.score_thr=1.0',
+        ],
+        tmp,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(
         r'^bbox mAP: 0\.0000 \(no detection scored above '
-        r'model\.test_cfg\.score_thr=1\.0\)$', proc.stdout, re.M), \
-        proc.stdout[-2000:]
+        r'model\.test_cfg\.score_thr=1\.0\)$',
+        proc.stdout,
+        re.M,
+    ), proc.stdout[-2000:]
 
 
 def test_test_tool_refuses_pickled_callable(trained, run, options):
@@ -121,17 +154,54 @@ def test_test_tool_refuses_pickled_callable(trained, run, options):
     class Evil:
         # Pickled as a call of os.system (posix.system), not as this class.
         def __reduce__(self):
-            return os.system, (f'touch {marker}', )
+            return os.system, (f'touch {marker}',)
 
     torch.save(dict(state_dict={}, meta=Evil()), evil)
     assert not marker.exists()  # saving ran nothing
-    proc = run([
-        str(REPO / 'tools/test.py'),
-        str(trained['config']),
-        str(evil), '--work-dir',
-        str(tmp / 'evil_dir'), '--cfg-options', *options
-    ], tmp)
+    proc = run(
+        [
+            str(REPO / 'tools/test.py'),
+            str(trained['config']),
+            str(evil),
+            '--work-dir',
+            str(tmp / 'evil_dir'),
+            '--cfg-options',
+            *options,
+        ],
+        tmp,
+    )
     assert proc.returncode != 0
     assert f'Refusing to load checkpoint {evil}' in proc.stderr
     assert 'posix.system' in proc.stderr
     assert not marker.exists()
+    assert 'Traceback' not in proc.stderr  # one line, as for a broken file
+
+
+def test_test_tool_names_an_empty_checkpoint_in_one_line(
+    trained, run, options
+):
+    """A zero-byte checkpoint: the usage-error line that names the file and
+    what to do, no traceback (as tools/train.py --resume)."""
+    tmp = trained['tmp']
+    empty = tmp / 'empty.pth'
+    empty.write_bytes(b'')
+    proc = run(
+        [
+            str(REPO / 'tools/test.py'),
+            str(trained['config']),
+            str(empty),
+            '--work-dir',
+            str(tmp / 'empty_dir'),
+            '--cfg-options',
+            *options,
+        ],
+        tmp,
+    )
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f'tools/test.py: error: Cannot read checkpoint {empty}: the file is '
+        'empty (0 bytes)'
+    )
+    assert 'copy or download it again' in last

@@ -1,4 +1,5 @@
 """Atomic checkpoint writes: an interrupted write never costs a checkpoint."""
+
 import errno
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 from mmengine.fileio import get_file_backend
 
+from dn_mmdet.utils import load_from_local
 from dn_mmdet.utils.atomic_backend import AtomicLocalBackend, atomic_write
 
 
@@ -19,7 +21,8 @@ def _temps(directory):
 
 def test_registered_for_backend_args(tmp_path):
     backend = get_file_backend(
-        str(tmp_path), backend_args=dict(backend='atomic_local'))
+        str(tmp_path), backend_args=dict(backend='atomic_local')
+    )
     assert isinstance(backend, AtomicLocalBackend)
 
 
@@ -91,26 +94,28 @@ build_runner({work_dir!r}, max_epochs=3).train()
 """
 
 
-def test_crash_during_checkpoint_save_is_resumable(tmp_path, toy,
-                                                   tool_env):
+def test_crash_during_checkpoint_save_is_resumable(tmp_path, toy, tool_env):
     work_dir = tmp_path / 'crashed'
     # The toy runner imported as the ``toy`` fixture imports it: from the
     # folder it was found in, here put on the subprocess's path.
-    env = dict(tool_env, PYTHONPATH=os.pathsep.join(
-        [str(Path(toy.__file__).parent), tool_env['PYTHONPATH']]))
-    proc = subprocess.run([
-        sys.executable, '-c',
-        _CRASHING_TRAIN.format(work_dir=str(work_dir))
-    ],
-                          capture_output=True,
-                          text=True,
-                          env=env)
+    env = dict(
+        tool_env,
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(toy.__file__).parent), tool_env['PYTHONPATH']]
+        ),
+    )
+    proc = subprocess.run(
+        [sys.executable, '-c', _CRASHING_TRAIN.format(work_dir=str(work_dir))],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     # The previous checkpoint and the record of it are intact ...
     assert not (work_dir / 'epoch_2.pth').exists()
     last = (work_dir / 'last_checkpoint').read_text().strip()
     assert last == str(work_dir / 'epoch_1.pth')
-    assert torch.load(last)['meta']['epoch'] == 1
+    assert load_from_local(last)['meta']['epoch'] == 1
     # ... and training resumes from it and ends where an uninterrupted run
     # ends.
     resumed = toy.build_runner(work_dir, max_epochs=3, resume=True)

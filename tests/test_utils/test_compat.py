@@ -1,22 +1,20 @@
 """mmengine checkpoints load under torch's weights-only unpickler; a checkpoint
 carrying code is refused without running it; an empty or truncated one is
 named with what to do, wherever it is read."""
+
 import os
 import os.path as osp
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint
 
 from dn_mmdet.utils import compat
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
@@ -34,50 +32,65 @@ def test_runner_checkpoints_need_exactly_the_allow_list(runner_checkpoints):
     """The allow-list covers every global of a runner checkpoint and the
     checkpoints do reference them (so the list is not larger than needed in
     kind: HistoryBuffer, its methods and numpy values)."""
-    for path in runner_checkpoints:
-        assert torch.serialization.get_unsafe_globals_in_checkpoint(
-            str(path)) == []
-    # Without the allow-list, torch reports exactly the globals we add.
-    code = ('import torch, sys; print(sorted(torch.serialization.'
-            'get_unsafe_globals_in_checkpoint(sys.argv[1])))')
-    out = subprocess.run([sys.executable, '-c', code,
-                          str(runner_checkpoints[0])],
-                         capture_output=True, text=True, check=True).stdout
-    needed = set(eval(out))
+    with torch.serialization.safe_globals(list(compat.SAFE_GLOBALS)):
+        for path in runner_checkpoints:
+            assert (
+                torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+                == []
+            )
+    # Without the allow-list (nothing is allowed process-wide), torch
+    # reports exactly the globals we add.
+    needed = set(
+        torch.serialization.get_unsafe_globals_in_checkpoint(
+            str(runner_checkpoints[0])
+        )
+    )
     assert needed >= {
-        'mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr',
-        'numpy.ndarray', 'numpy.dtype', 'numpy._core.multiarray._reconstruct',
-        'numpy._core.multiarray.scalar'
+        'mmengine.logging.history_buffer.HistoryBuffer',
+        'builtins.getattr',
+        'numpy.ndarray',
+        'numpy.dtype',
+        'numpy._core.multiarray._reconstruct',
+        'numpy._core.multiarray.scalar',
     }
     assert needed <= set(compat.safe_global_names())
 
 
-def test_runner_checkpoint_loads_with_torch_default(runner_checkpoints):
+def test_runner_checkpoint_loads_weights_only(runner_checkpoints):
     path = [p for p in runner_checkpoints if p.name == 'epoch_2.pth'][0]
-    ckpt = torch.load(path)  # torch's default: weights_only=True
+    ckpt = compat.load_from_local(str(path))  # torch.load, weights-only
     assert ckpt['meta']['epoch'] == 2
     loss = ckpt['message_hub']['log_scalars']['train/loss']
     assert isinstance(loss, HistoryBuffer)
     assert loss.mean() == pytest.approx(float(loss.data[0].mean()))
     assert set(ckpt) >= {'state_dict', 'optimizer', 'param_schedulers'}
     # The same through mmengine's loader (what load_from/resume use).
-    via_mmengine = _load_checkpoint(str(path), map_location='cpu')
+    with compat.safe_checkpoint_loading():
+        via_mmengine = _load_checkpoint(str(path), map_location='cpu')
     for key, value in ckpt['state_dict'].items():
         assert torch.equal(via_mmengine['state_dict'][key], value)
 
 
-def test_resume_and_load_from_use_weights_only(runner_checkpoints, tmp_path,
-                                              toy):
-    """Runner.resume and load_from go through the weights-only loader."""
+def test_resume_and_load_from_use_weights_only(
+    runner_checkpoints, tmp_path, toy
+):
+    """Runner.resume and load_from go through the weights-only loader,
+    which the runtime's SafeCheckpointLoaderHook switches on (the toy
+    runner has it as the project's configs do)."""
     work_dir = runner_checkpoints[0].parent
     runner = toy.build_runner(
-        tmp_path / 'resumed', max_epochs=3, resume=True,
-        load_from=str(work_dir / 'epoch_2.pth'))
+        tmp_path / 'resumed',
+        max_epochs=3,
+        resume=True,
+        load_from=str(work_dir / 'epoch_2.pth'),
+    )
     runner.train()
     assert runner.epoch == 3
     runner = toy.build_runner(
-        tmp_path / 'loaded', max_epochs=1,
-        load_from=str(tmp_path / 'resumed' / 'epoch_3.pth'))
+        tmp_path / 'loaded',
+        max_epochs=1,
+        load_from=str(tmp_path / 'resumed' / 'epoch_3.pth'),
+    )
     runner.train()
 
 
@@ -87,10 +100,13 @@ def _broken_checkpoints(good: Path, folder: Path) -> dict:
     data = good.read_bytes()
     cases = dict(
         empty=(b'', 'the file is empty (0 bytes)'),
-        half=(data[:len(data) // 2], 'truncated or corrupt (an incomplete '
-              'zip archive)'),
+        half=(
+            data[: len(data) // 2],
+            'truncated or corrupt (an incomplete zip archive)',
+        ),
         tail=(data[:-100], 'truncated or corrupt'),
-        text=(b'not a checkpoint\n', 'is not a PyTorch checkpoint'))
+        text=(b'not a checkpoint\n', 'is not a PyTorch checkpoint'),
+    )
     paths = {}
     for name, (content, words) in cases.items():
         path = folder / f'{name}.pth'
@@ -100,14 +116,17 @@ def _broken_checkpoints(good: Path, folder: Path) -> dict:
 
 
 def test_broken_checkpoint_is_named(runner_checkpoints, tmp_path):
-    for path, words in _broken_checkpoints(runner_checkpoints[0],
-                                           tmp_path).values():
+    for path, words in _broken_checkpoints(
+        runner_checkpoints[0], tmp_path
+    ).values():
         # Control: torch names no file (EOFError, "PytorchStreamReader
         # failed reading zip archive", ...).
         with pytest.raises(Exception) as raw:
             torch.load(path)
         assert str(path) not in str(raw.value)
-        with pytest.raises(compat.CheckpointReadError) as err:
+        with pytest.raises(
+            compat.CheckpointReadError
+        ) as err, compat.safe_checkpoint_loading():
             _load_checkpoint(str(path), map_location='cpu')  # mmengine's
         msg = str(err.value)
         assert msg.startswith(f'Cannot read checkpoint {path}: ')
@@ -119,34 +138,44 @@ def test_broken_checkpoint_names_its_siblings(runner_checkpoints, tmp_path):
     broken = work_dir / 'epoch_3.pth'
     broken.write_bytes(b'')
     try:
-        with pytest.raises(compat.CheckpointReadError,
-                           match='newest first: epoch_2.pth, .*epoch_1.pth'):
+        with pytest.raises(
+            compat.CheckpointReadError,
+            match='newest first: epoch_2.pth, .*epoch_1.pth',
+        ), compat.safe_checkpoint_loading():
             _load_checkpoint(str(broken))
     finally:
         broken.unlink()
 
 
-def test_broken_load_from_and_resume_are_named(runner_checkpoints, tmp_path,
-                                               toy):
+def test_broken_load_from_and_resume_are_named(
+    runner_checkpoints, tmp_path, toy
+):
     paths = _broken_checkpoints(runner_checkpoints[0], tmp_path)
-    for kwargs in (dict(load_from=str(paths['half'][0])),
-                   dict(load_from=str(paths['empty'][0]), resume=True)):
+    for kwargs in (
+        dict(load_from=str(paths['half'][0])),
+        dict(load_from=str(paths['empty'][0]), resume=True),
+    ):
         runner = toy.build_runner(tmp_path / 'work', **kwargs)
         with pytest.raises(compat.CheckpointReadError) as err:
             runner.train()
-        assert f'Cannot read checkpoint {kwargs["load_from"]}' in \
-            str(err.value)
+        assert f'Cannot read checkpoint {kwargs["load_from"]}' in str(
+            err.value
+        )
 
 
 def test_broken_pretrained_init_is_named(tmp_path):
     from dn_mmdet.models.backbones.mobilenet_v2_dn import MobileNetV2DN
+
     empty = tmp_path / 'empty.pth'
     empty.write_bytes(b'')
     backbone = MobileNetV2DN(
-        init_cfg=dict(type='Pretrained', checkpoint=str(empty)))
-    with pytest.raises(compat.CheckpointReadError,
-                       match=f'Cannot read checkpoint {empty}: the file is '
-                       r'empty \(0 bytes\) \(EOFError\)'):
+        init_cfg=dict(type='Pretrained', checkpoint=str(empty))
+    )
+    with pytest.raises(
+        compat.CheckpointReadError,
+        match=f'Cannot read checkpoint {empty}: the file is '
+        r'empty \(0 bytes\) \(EOFError\)',
+    ):
         backbone.init_weights()
 
 
@@ -171,16 +200,15 @@ class _RunsShell:
         self.command = command
 
     def __reduce__(self):
-        return os.system, (self.command, )
+        return os.system, (self.command,)
 
 
 class _RunsEval:
-
     def __init__(self, source):
         self.source = source
 
     def __reduce__(self):
-        return eval, (self.source, )
+        return eval, (self.source,)
 
 
 class _GetsAttr:
@@ -191,17 +219,24 @@ class _GetsAttr:
         return getattr, (HistoryBuffer, '__init__')
 
 
-@pytest.mark.parametrize('payload,refused', [
-    (lambda marker: _RunsShell(f'touch {marker}'), 'posix.system'),
-    (lambda marker: _RunsEval(f'open({str(marker)!r}, "w")'),
-     'builtins.eval'),
-    (lambda marker: _GetsAttr(), 'getattr'),
-])
+@pytest.mark.parametrize(
+    'payload,refused',
+    [
+        (lambda marker: _RunsShell(f'touch {marker}'), 'posix.system'),
+        (
+            lambda marker: _RunsEval(f'open({str(marker)!r}, "w")'),
+            'builtins.eval',
+        ),
+        (lambda marker: _GetsAttr(), 'getattr'),
+    ],
+)
 def test_pickled_callable_is_refused(tmp_path, payload, refused):
     marker = tmp_path / 'side_effect'
     path = tmp_path / 'evil.pth'
     torch.save(dict(state_dict={}, meta=dict(x=payload(marker))), path)
-    with pytest.raises(pickle.UnpicklingError) as info:
+    with pytest.raises(
+        pickle.UnpicklingError
+    ) as info, compat.safe_checkpoint_loading():
         _load_checkpoint(str(path), map_location='cpu')
     message = str(info.value)
     assert str(path) in message and refused in message
@@ -219,43 +254,40 @@ def test_allow_list_is_small_and_has_no_code_runners():
     # 'builtins.getattr' is bound to the restricted stand-in, not getattr.
     bound = {
         entry[1]: entry[0]
-        for entry in compat.SAFE_GLOBALS if isinstance(entry, tuple)
+        for entry in compat.SAFE_GLOBALS
+        if isinstance(entry, tuple)
     }
     assert bound['builtins.getattr'] is not getattr
-    assert bound['builtins.getattr'](HistoryBuffer, 'mean') is \
-        HistoryBuffer.mean
+    assert (
+        bound['builtins.getattr'](HistoryBuffer, 'mean') is HistoryBuffer.mean
+    )
     with pytest.raises(pickle.UnpicklingError, match='not allowed'):
         bound['builtins.getattr'](HistoryBuffer, '__init__')
     with pytest.raises(pickle.UnpicklingError, match='not allowed'):
         bound['builtins.getattr'](os, 'system')
 
 
-def test_registration_is_idempotent():
-    before = list(torch.serialization.get_safe_globals())
-    compat.register_safe_globals()
-    compat.register_safe_globals()
-    assert sorted(map(repr, torch.serialization.get_safe_globals())) == \
-        sorted(map(repr, before))
-
-
 def test_numpy1_module_names_load(tmp_path):
     """numpy 1.x pickles arrays via ``numpy.core.multiarray``; such files
     load too (the names are aliases of the same two functions)."""
     import numpy as np
+
     path = tmp_path / 'np1.pth'
     torch.save(dict(meta=dict(v=np.arange(3.0), s=np.float64(2.5))), path)
     # Rewrite the pickle's module names as numpy 1.x writes them.
     import zipfile
+
     with zipfile.ZipFile(path) as src:
         records = {name: src.read(name) for name in src.namelist()}
     pkl = [name for name in records if name.endswith('data.pkl')][0]
     assert b'numpy._core.multiarray' in records[pkl]
-    records[pkl] = records[pkl].replace(b'numpy._core.multiarray',
-                                        b'numpy.core.multiarray')
+    records[pkl] = records[pkl].replace(
+        b'numpy._core.multiarray', b'numpy.core.multiarray'
+    )
     with zipfile.ZipFile(path, 'w') as dst:
         for name, data in records.items():
             dst.writestr(name, data)
-    meta = torch.load(path)['meta']
+    meta = compat.load_from_local(str(path))['meta']
     assert np.array_equal(meta['v'], np.arange(3.0)) and meta['s'] == 2.5
 
 
@@ -277,14 +309,16 @@ def test_nothing_disables_weights_only_loading():
     for root, dirs, files in os.walk(REPO):
         dirs[:] = [d for d in dirs if d not in skip and not d.startswith('.')]
         for name in files:
-            if not name.endswith(('.py', '.sh', '.cfg', '.toml', '.ini',
-                                  '.yml', '.yaml')):
+            if not name.endswith(
+                ('.py', '.sh', '.cfg', '.toml', '.ini', '.yml', '.yaml')
+            ):
                 continue
             path = osp.join(root, name)
             with open(path, errors='replace') as f:
                 text = f.read()
             offenders += [
-                f'{path}: {p.pattern}' for p in _DISABLING_PATTERNS
+                f'{path}: {p.pattern}'
+                for p in _DISABLING_PATTERNS
                 if p.search(text)
             ]
     assert offenders == []
@@ -292,14 +326,20 @@ def test_nothing_disables_weights_only_loading():
 
 def test_only_numeric_numpy_values_are_allowed(tmp_path):
     import numpy as np
-    allowed = [np.arange(3, dtype=np.int32), np.float32(1.5), np.bool_(True),
-               np.zeros((2, 2), dtype=np.float16)]
+
+    allowed = [
+        np.arange(3, dtype=np.int32),
+        np.float32(1.5),
+        np.bool_(True),
+        np.zeros((2, 2), dtype=np.float16),
+    ]
     for i, value in enumerate(allowed):
         torch.save(dict(v=value), tmp_path / f'ok{i}.pth')
-        loaded = torch.load(tmp_path / f'ok{i}.pth')['v']
+        loaded = compat.load_from_local(str(tmp_path / f'ok{i}.pth'))['v']
         assert np.array_equal(loaded, value) and loaded.dtype == value.dtype
-    for i, value in enumerate([np.array(['a', 1], dtype=object),
-                               np.array(['text'])]):
+    for i, value in enumerate(
+        [np.array(['a', 1], dtype=object), np.array(['text'])]
+    ):
         torch.save(dict(v=value), tmp_path / f'no{i}.pth')
         with pytest.raises(pickle.UnpicklingError):
-            torch.load(tmp_path / f'no{i}.pth')
+            compat.load_from_local(str(tmp_path / f'no{i}.pth'))

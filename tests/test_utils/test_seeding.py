@@ -1,4 +1,5 @@
 """Per-epoch seeding: resumed runs repeat uninterrupted ones exactly."""
+
 import random
 from functools import partial
 
@@ -8,13 +9,17 @@ import torch
 from mmengine.hooks import Hook
 from torch.utils.data import DataLoader, Dataset
 
-from dn_mmdet.utils.seeding import (epoch_seed, seed_everything,
-                                    seed_worker_from_torch)
+from dn_mmdet.utils.seeding import (
+    epoch_seed,
+    seed_everything,
+    seed_worker_from_torch,
+)
 
 
 def test_epoch_seed_is_a_pure_function_of_its_inputs():
-    seeds = {epoch_seed(s, e, r) for s in (0, 1) for e in (0, 1, 2)
-             for r in (0, 1)}
+    seeds = {
+        epoch_seed(s, e, r) for s in (0, 1) for e in (0, 1, 2) for r in (0, 1)
+    }
     assert len(seeds) == 12
     assert epoch_seed(7, 3, 1) == epoch_seed(7, 3, 1)
     assert all(0 <= s < 2**32 for s in seeds)
@@ -25,8 +30,7 @@ def test_seed_everything_seeds_all_three_generators():
     draws = []
     for _ in range(2):
         seed_everything(123)
-        draws.append((random.random(), np.random.rand(),
-                      torch.rand(1).item()))
+        draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
     assert draws[0] == draws[1]
 
 
@@ -42,7 +46,8 @@ class _Draws(Dataset):
 
 def _epoch_draws(worker_init_fn, epoch_seeds):
     loader = DataLoader(
-        _Draws(), batch_size=2, num_workers=2, worker_init_fn=worker_init_fn)
+        _Draws(), batch_size=2, num_workers=2, worker_init_fn=worker_init_fn
+    )
     out = []
     for seed in epoch_seeds:
         torch.manual_seed(seed)  # what EpochSeedHook does before an epoch
@@ -51,8 +56,9 @@ def _epoch_draws(worker_init_fn, epoch_seeds):
 
 
 def test_worker_seed_follows_the_epoch_seed():
-    first, second, first_again = _epoch_draws(seed_worker_from_torch,
-                                              [10, 11, 10])
+    first, second, first_again = _epoch_draws(
+        seed_worker_from_torch, [10, 11, 10]
+    )
     assert torch.equal(first, first_again)
     assert not torch.equal(first, second)
 
@@ -61,6 +67,7 @@ def test_mmengine_default_worker_seed_repeats_every_epoch():
     """Why seed_worker_from_torch replaces mmengine's worker_init_fn: the
     default draws the same augmentation numbers in every epoch."""
     from mmengine.dataset import worker_init_fn
+
     fn = partial(worker_init_fn, num_workers=2, rank=0, seed=0)
     first, second = _epoch_draws(fn, [10, 11])
     assert torch.equal(first, second)
@@ -72,6 +79,7 @@ class _Interrupt(Exception):
 
 class _InterruptAfterEpoch(Hook):
     """Stops training right after epoch ``n``'s checkpoint is written."""
+
     priority = 'LOWEST'
 
     def __init__(self, n):
@@ -84,7 +92,8 @@ class _InterruptAfterEpoch(Hook):
 
 def _interrupted_then_resumed(toy, work_dir, **kwargs):
     runner = toy.build_runner(
-        work_dir, custom_hooks=[_InterruptAfterEpoch(1)], **kwargs)
+        work_dir, custom_hooks=[_InterruptAfterEpoch(1)], **kwargs
+    )
     with pytest.raises(_Interrupt):
         runner.train()
     runner = toy.build_runner(work_dir, resume=True, **kwargs)
@@ -101,7 +110,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, toy, num_workers):
     reference = toy.build_runner(tmp_path / 'ref', num_workers=num_workers)
     reference.train()
     resumed = _interrupted_then_resumed(
-        toy, tmp_path / 'resumed', num_workers=num_workers)
+        toy, tmp_path / 'resumed', num_workers=num_workers
+    )
     assert _same(resumed, reference.model.state_dict())
 
 
@@ -111,16 +121,20 @@ def test_without_the_hook_resume_is_not_exact(tmp_path, toy):
     reference = toy.build_runner(tmp_path / 'ref', epoch_seed_hook=False)
     reference.train()
     resumed = _interrupted_then_resumed(
-        toy, tmp_path / 'resumed', epoch_seed_hook=False)
+        toy, tmp_path / 'resumed', epoch_seed_hook=False
+    )
     assert not _same(resumed, reference.model.state_dict())
 
 
 def test_hook_installs_worker_seed_and_warns_on_persistent_workers(
-        tmp_path, toy):
+    tmp_path, toy
+):
     runner = toy.build_runner(
-        tmp_path, max_epochs=1, num_workers=1, persistent_workers=True)
+        tmp_path, max_epochs=1, num_workers=1, persistent_workers=True
+    )
     runner.train()
-    assert runner.train_loop.dataloader.worker_init_fn is \
-        seed_worker_from_torch
-    log = (tmp_path / runner.timestamp / f'{runner.timestamp}.log')
+    assert (
+        runner.train_loop.dataloader.worker_init_fn is seed_worker_from_torch
+    )
+    log = tmp_path / runner.timestamp / f'{runner.timestamp}.log'
     assert 'persistent_workers=True' in log.read_text()

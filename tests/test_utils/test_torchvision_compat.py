@@ -3,6 +3,7 @@
 Both checks run in one fresh process (importing torch, mmdet and mmpretrain
 costs seconds a process), in the order of the tests below, each printing
 one JSON line: its output, or the traceback that ended it."""
+
 import json
 import subprocess
 import sys
@@ -51,8 +52,12 @@ else:
 @pytest.fixture(scope='module')
 def checks():
     """{check name: (printed lines, traceback or None)}, and the stderr."""
-    proc = subprocess.run([sys.executable, '-c', textwrap.dedent(_CHECKS)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, '-c', textwrap.dedent(_CHECKS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     records = {}
     for line in proc.stdout.splitlines():
         if line.startswith('{"name": '):
@@ -79,4 +84,5 @@ def test_declared_ops_fail_with_torchvisions_own_error(checks):
     assert error is None, error
     assert len(out) == 1, out
     assert out[0] == 'extension works' or out[0].startswith(
-        "refused: Couldn't load custom C++ ops"), out
+        "refused: Couldn't load custom C++ ops"
+    ), out

@@ -20,7 +20,9 @@ are used rather than mmengine's ``get_model_complexity_info`` because that
 one also counts norm layers and element-wise ops, which the paper's figures
 leave out, and does not know DN's FCs.
 """
+
 import argparse
+import os.path as osp
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -30,6 +32,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 import dn_mmdet  # noqa: F401  (registers DN, MobileNetV2DN, ...)
 from dn_mmdet.norm import GroupedFC
+from dn_mmdet.utils.cli_args import positive_int
 
 #: Input (height, width) by the config's default scope.
 DEFAULT_SHAPES = {'mmdet': (320, 320), 'mmpretrain': (224, 224)}
@@ -40,8 +43,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_madds(model: nn.Module, inputs: torch.Tensor,
-                forward=None) -> int:
+def count_madds(model: nn.Module, inputs: torch.Tensor, forward=None) -> int:
     """Multiply-adds of Conv2d, Linear and GroupedFC layers in one forward.
 
     Args:
@@ -58,8 +60,7 @@ def count_madds(model: nn.Module, inputs: torch.Tensor,
 
     def conv_hook(m: nn.Conv2d, args, out: torch.Tensor) -> None:
         k_h, k_w = m.kernel_size
-        per_location = k_h * k_w * (m.in_channels // m.groups) * \
-            m.out_channels
+        per_location = k_h * k_w * (m.in_channels // m.groups) * m.out_channels
         total[0] += per_location * out.shape[0] * out.shape[2] * out.shape[3]
 
     def linear_hook(m: nn.Module, args, out: torch.Tensor) -> None:
@@ -89,12 +90,13 @@ def count_madds(model: nn.Module, inputs: torch.Tensor,
 def default_shape(cfg: Config) -> Tuple[int, int]:
     """The input (height, width) the paper reports a config's MAdds at."""
     return DEFAULT_SHAPES.get(
-        cfg.get('default_scope', 'mmdet'), DEFAULT_SHAPES['mmdet'])
+        cfg.get('default_scope', 'mmdet'), DEFAULT_SHAPES['mmdet']
+    )
 
 
-def model_complexity(cfg: Config,
-                     shape: Optional[Sequence[int]] = None
-                     ) -> Tuple[int, int]:
+def model_complexity(
+    cfg: Config, shape: Optional[Sequence[int]] = None
+) -> Tuple[int, int]:
     """Build ``cfg.model`` and return (params, MAdds for one image).
 
     Args:
@@ -113,50 +115,61 @@ def model_complexity(cfg: Config,
     h, w = shape or default_shape(cfg)
     inputs = torch.randn(1, 3, h, w)
     madds = count_madds(
-        model, inputs, forward=lambda x: model(x, mode='tensor'))
+        model, inputs, forward=lambda x: model(x, mode='tensor')
+    )
     return count_params(model), madds
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Count params and MAdds of a detector or classifier '
-        'config')
+        description='Count params and MAdds of a detector or classifier config'
+    )
     parser.add_argument('config', help='config file path')
     parser.add_argument(
         '--shape',
-        type=int,
+        type=positive_int,
         nargs='+',
         help='input height and width (one value: square); default 320 for '
-        'detectors, 224 for classifiers')
+        'detectors, 224 for classifiers',
+    )
     parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
-        help='override settings of the config, key=value')
-    return parser.parse_args()
+        help='override settings of the config, key=value',
+    )
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.config):
+        parser.error(f'config {args.config}: no such file')
+    if args.shape is not None and len(args.shape) > 2:
+        parser.error(
+            f'--shape takes 1 or 2 values (height [width]), got '
+            f'{len(args.shape)}'
+        )
+    return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     if args.shape is None:
         shape = None
     elif len(args.shape) == 1:
         shape = (args.shape[0], args.shape[0])
-    elif len(args.shape) == 2:
-        shape = tuple(args.shape)
     else:
-        raise ValueError(f'--shape takes 1 or 2 values, got {args.shape}')
+        shape = tuple(args.shape)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     shape = shape or default_shape(cfg)
     params, madds = model_complexity(cfg, shape)
     split = '=' * 40
-    print(f'{split}\nConfig: {args.config}\n'
-          f'Input shape: (3, {shape[0]}, {shape[1]})\n'
-          f'Params: {params / 1e6:.2f}M ({params:,})\n'
-          f'MAdds: {madds / 1e9:.2f}G = {madds / 1e6:.2f}M ({madds:,})\n'
-          f'{split}')
+    print(
+        f'{split}\nConfig: {args.config}\n'
+        f'Input shape: (3, {shape[0]}, {shape[1]})\n'
+        f'Params: {params / 1e6:.2f}M ({params:,})\n'
+        f'MAdds: {madds / 1e9:.2f}G = {madds / 1e6:.2f}M ({madds:,})\n'
+        f'{split}'
+    )
 
 
 if __name__ == '__main__':

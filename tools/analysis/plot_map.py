@@ -11,10 +11,12 @@ such json-lines file (``scalars.json`` or ``<timestamp>.json``). Validation
 lines are those holding the metric; their ``step`` is the epoch (mmengine's
 default ``log_metric_by_epoch=True``).
 """
+
 import argparse
 import glob
 import json
 import os.path as osp
+import sys
 from typing import Dict, List, Sequence
 
 import matplotlib
@@ -33,15 +35,19 @@ def find_scalar_files(run: str) -> List[str]:
     if osp.isfile(run):
         return [run]
     if not osp.isdir(run):
-        raise FileNotFoundError(f'plot_map: run "{run}" is neither a log '
-                                'file nor a directory')
+        raise FileNotFoundError(
+            f'plot_map: run "{run}" is neither a log file nor a directory'
+        )
     files = sorted(
-        glob.glob(osp.join(run, '**', 'vis_data', 'scalars.json'),
-                  recursive=True))
+        glob.glob(
+            osp.join(run, '**', 'vis_data', 'scalars.json'), recursive=True
+        )
+    )
     if not files:
         raise FileNotFoundError(
             f'plot_map: no */vis_data/scalars.json under "{run}" (is it a '
-            'training work dir, and did a validation run yet?)')
+            'training work dir, and did a validation run yet?)'
+        )
     # Timestamped folders (YYYYmmdd_HHMMSS) sort in time order.
     return files
 
@@ -64,33 +70,39 @@ def read_metric(run: str, metric: str = 'coco/bbox_mAP') -> Dict[int, float]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f'plot_map: {path}:{lineno} is not '
-                                     f'json ({err.msg})') from None
+                    raise ValueError(
+                        f'plot_map: {path}:{lineno} is not json ({err.msg})'
+                    ) from None
                 if metric in record:
                     if 'step' not in record:
-                        raise ValueError(f'plot_map: {path}:{lineno} has '
-                                         f'"{metric}" but no "step"')
+                        raise ValueError(
+                            f'plot_map: {path}:{lineno} has '
+                            f'"{metric}" but no "step"'
+                        )
                     values[int(record['step'])] = float(record[metric])
     if not values:
         raise ValueError(f'plot_map: no "{metric}" in {", ".join(files)}')
     return dict(sorted(values.items()))
 
 
-def plot_runs(curves: Sequence[Dict[int, float]],
-              labels: Sequence[str],
-              out: str,
-              metric: str = 'coco/bbox_mAP',
-              title: str = None) -> None:
-    """Draw one line per run, mAP in percent against epoch, save to ``out``.
-    """
+def plot_runs(
+    curves: Sequence[Dict[int, float]],
+    labels: Sequence[str],
+    out: str,
+    metric: str = 'coco/bbox_mAP',
+    title: str = None,
+) -> None:
+    """Draw one line per run, mAP in percent against epoch, save to ``out``."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for curve, label in zip(curves, labels):
         epochs = list(curve)
         ax.plot(
-            epochs, [100 * v for v in curve.values()],
+            epochs,
+            [100 * v for v in curve.values()],
             marker='o',
             markersize=3,
-            label=label)
+            label=label,
+        )
     ax.set_xlabel('epoch')
     ax.set_ylabel(f'{metric} (%)')
     if title:
@@ -104,19 +116,25 @@ def plot_runs(curves: Sequence[Dict[int, float]],
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Plot mAP per epoch of training runs (paper Figure 3)')
+        description='Plot mAP per epoch of training runs (paper Figure 3)'
+    )
     parser.add_argument(
-        'runs', nargs='+', help='work dirs or scalars.json files')
+        'runs', nargs='+', help='work dirs or scalars.json files'
+    )
     parser.add_argument(
-        '--labels', nargs='+', help='legend labels (default: run names)')
+        '--labels', nargs='+', help='legend labels (default: run names)'
+    )
     parser.add_argument(
-        '--metric', default='coco/bbox_mAP', help='metric key to plot')
+        '--metric', default='coco/bbox_mAP', help='metric key to plot'
+    )
     parser.add_argument('--title', default=None, help='figure title')
     parser.add_argument('--out', required=True, help='output image (.png)')
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.runs):
-        parser.error(f'--labels has {len(args.labels)} entries but there are '
-                     f'{len(args.runs)} runs')
+        parser.error(
+            f'--labels has {len(args.labels)} entries but there are '
+            f'{len(args.runs)} runs'
+        )
     return args
 
 
@@ -125,7 +143,10 @@ def main(argv=None):
     labels = args.labels or [
         osp.basename(osp.normpath(run)) for run in args.runs
     ]
-    curves = [read_metric(run, args.metric) for run in args.runs]
+    try:
+        curves = [read_metric(run, args.metric) for run in args.runs]
+    except (OSError, ValueError) as err:  # the messages name run and line
+        sys.exit(str(err))
     for label, curve in zip(labels, curves):
         points = ', '.join(f'{e}: {100 * v:.1f}' for e, v in curve.items())
         print(f'{label}: {points}')

@@ -7,391 +7,66 @@
     python tools/dataset_converters/imagenet100.py data/imagenet \
         --val-labels LOC_val_solution.csv                     # flat val/
 
-The paper (Sec. 4, footnote 1): "We randomly select 100 classes in the
-ImageNet dataset called ImageNet-100, where twenty percent of the selected
-data is used as the validation set. And the original validation set is used
-as the test set." It does not publish its classes, so this tool either draws
-100 of the training folders with ``--seed`` or reads a list (``--classes``;
-``imagenet100_cmc.txt`` beside this script is CMC's widely used list).
-Within each class, the training images (sorted by name) are shuffled with a
-generator seeded by ``(seed, wnid)`` and the first ``int(0.8 * n)`` kept for
-training, as DenseNAS (the paper's code base) keeps ``int(0.8 * n)``; the
-rest are the validation split. The official validation images of the chosen
-classes are the test split.
-
-The ImageNet root must hold ``train/<wnid>/*.JPEG`` and ``val/``, either in
-class folders (``val/<wnid>/*.JPEG``) or flat (``val/*.JPEG``) with the
-labels given by ``--val-labels``: Kaggle's ``LOC_val_solution.csv``, or the
-devkit's ``ILSVRC2012_validation_ground_truth.txt`` (its ``meta.mat``, read
-with mat4py, must sit beside it or be given with ``--devkit-meta``).
-
-Writes, without copying an image (paths are relative to the ImageNet root,
-reached through the link ``<out>/images``)::
-
-    <out>/classes.txt        the wnids, label i on line i (sorted)
-    <out>/train.txt          "train/n01440764/n01440764_10026.JPEG 0" lines
-    <out>/val.txt            the held-out 20% of the training images
-    <out>/test.txt           "val/[n01440764/]ILSVRC2012_val_00000293.JPEG 0"
-    <out>/images -> <ImageNet root>
-
-These are mmpretrain ``CustomDataset`` annotation files; the ImageNet-100
-configs read them with ``data_root='data/imagenet100/'``. A malformed tree
-(a missing folder, a class folder without images, a label file that does
-not match the images) is refused with an error naming the folder or file.
+Writes ``<out>/{classes,train,val,test}.txt`` (mmpretrain ``CustomDataset``
+annotation files, no image copies) and the link ``<out>/images`` to the
+ImageNet root; see :mod:`dn_mmdet.datasets.imagenet100` for the split and
+what a tree must hold. ``imagenet100_cmc.txt`` beside this script is CMC's
+widely used class list. Annotation files in ``--out`` that this tool did
+not write are not overwritten without ``--force``.
 """
+
 import argparse
-import csv
-import os
 import os.path as osp
-import re
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')
-WNID_PATTERN = re.compile(r'^n\d{8}$')
-VAL_NAME_PATTERN = re.compile(r'^ILSVRC2012_val_(\d{8})\.JPEG$')
-
-
-class ImageNetTreeError(ValueError):
-    """The ImageNet tree, or a file describing it, is not as expected."""
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _images_in(folder: str) -> List[str]:
-    """Sorted image file names in ``folder``."""
-    return sorted(n for n in os.listdir(folder)
-                  if _is_image(n) and osp.isfile(osp.join(folder, n)))
-
-
-def find_train_classes(root: str) -> List[str]:
-    """The sorted wnids of ``<root>/train``'s class folders.
-
-    Raises:
-        ImageNetTreeError: No ``train`` folder, or an entry of it that is not
-            a wnid-named folder.
-    """
-    train_dir = osp.join(root, 'train')
-    if not osp.isdir(train_dir):
-        raise ImageNetTreeError(
-            f'{train_dir}: not a folder; an ImageNet root holds train/<wnid>/ '
-            'class folders and val/')
-    wnids = []
-    for name in sorted(os.listdir(train_dir)):
-        path = osp.join(train_dir, name)
-        if not (osp.isdir(path) and WNID_PATTERN.match(name)):
-            raise ImageNetTreeError(
-                f'{path}: expected only class folders named by wnid (e.g. '
-                'n01440764) in train/')
-        wnids.append(name)
-    if not wnids:
-        raise ImageNetTreeError(f'{train_dir}: no class folders')
-    return wnids
-
-
-def read_class_list(path: str, available: Sequence[str]) -> List[str]:
-    """The wnids of a class list file (one a line, '#' starts a comment).
-
-    Raises:
-        ImageNetTreeError: A line that is not a wnid, a repeated wnid, or a
-            wnid without a training folder (named with file and line).
-    """
-    if not osp.isfile(path):
-        raise ImageNetTreeError(f'{path}: class list file does not exist')
-    known = set(available)
-    wnids: List[str] = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            wnid = line.split('#', 1)[0].strip()
-            if not wnid:
-                continue
-            where = f'{path}:{lineno}'
-            if not WNID_PATTERN.match(wnid):
-                raise ImageNetTreeError(f'{where}: {wnid!r} is not a wnid')
-            if wnid in wnids:
-                raise ImageNetTreeError(f'{where}: {wnid} is listed twice')
-            if wnid not in known:
-                raise ImageNetTreeError(
-                    f'{where}: {wnid} has no folder in the training set')
-            wnids.append(wnid)
-    if not wnids:
-        raise ImageNetTreeError(f'{path}: lists no class')
-    return wnids
-
-
-def draw_classes(available: Sequence[str], num_classes: int,
-                 seed: int) -> List[str]:
-    """``num_classes`` wnids drawn without replacement from ``available``
-    (sorted first, so the draw depends only on the seed and the set)."""
-    if not 1 <= num_classes <= len(available):
-        raise ImageNetTreeError(
-            f'cannot draw {num_classes} classes from the {len(available)} '
-            'training folders')
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(available), size=num_classes, replace=False)
-    return [sorted(available)[i] for i in picked]
-
-
-def split_class(files: Sequence[str], wnid: str, seed: int,
-                val_fraction: float) -> Tuple[List[str], List[str]]:
-    """Shuffle one class's training files (seeded by ``(seed, wnid)``) and
-    split them: the first ``int((1 - val_fraction) * n)`` are for training,
-    the rest for validation. Both lists are returned sorted."""
-    order = np.random.default_rng([seed, int(wnid[1:])]).permutation(
-        len(files))
-    num_train = int((1 - val_fraction) * len(files))
-    train = sorted(files[i] for i in order[:num_train])
-    val = sorted(files[i] for i in order[num_train:])
-    return train, val
-
-
-def _read_loc_solution(path: str) -> Dict[str, str]:
-    """``{file name: wnid}`` from Kaggle's ``LOC_val_solution.csv``."""
-    labels = {}
-    with open(path, newline='') as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != ['ImageId', 'PredictionString']:
-            raise ImageNetTreeError(
-                f'{path}:1: expected the header "ImageId,PredictionString" '
-                f'of LOC_val_solution.csv, got {header}')
-        for lineno, row in enumerate(reader, start=2):
-            wnid = row[1].split()[0] if len(row) == 2 and row[1] else ''
-            if not WNID_PATTERN.match(wnid):
-                raise ImageNetTreeError(
-                    f'{path}:{lineno}: expected "<ImageId>,<wnid> <box> ...", '
-                    f'got {",".join(row)!r}')
-            labels[f'{row[0]}.JPEG'] = wnid
-    return labels
-
-
-def _read_devkit_ids(meta_path: str) -> Dict[int, str]:
-    """``{ILSVRC2012_ID: wnid}`` from the devkit's ``meta.mat``."""
-    if not osp.isfile(meta_path):
-        raise ImageNetTreeError(
-            f'{meta_path}: the devkit\'s meta.mat does not exist (it maps '
-            'the ground truth IDs to wnids; give it with --devkit-meta)')
-    try:
-        import mat4py  # installed with mmpretrain
-        synsets = mat4py.loadmat(meta_path)['synsets']
-        ids, wnids = synsets['ILSVRC2012_ID'], synsets['WNID']
-    except Exception as err:  # mat4py raises its own types
-        raise ImageNetTreeError(
-            f'{meta_path}: cannot read the synsets of the devkit\'s meta.mat '
-            f'({type(err).__name__}: {err})') from err
-    return {int(i): str(w) for i, w in zip(ids, wnids)}
-
-
-def _read_devkit_ground_truth(path: str,
-                              meta_path: Optional[str]) -> Dict[str, str]:
-    """``{file name: wnid}`` from ``ILSVRC2012_validation_ground_truth.txt``
-    (line i is the ILSVRC2012_ID of ``ILSVRC2012_val_<i>.JPEG``)."""
-    id_to_wnid = _read_devkit_ids(meta_path
-                                  or osp.join(osp.dirname(path), 'meta.mat'))
-    labels = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text.isdigit() or int(text) not in id_to_wnid:
-                raise ImageNetTreeError(
-                    f'{path}:{lineno}: expected an ILSVRC2012_ID of '
-                    f'meta.mat, got {text!r}')
-            labels[f'ILSVRC2012_val_{lineno:08d}.JPEG'] = id_to_wnid[int(
-                text)]
-    return labels
-
-
-def read_val_labels(path: str,
-                    meta_path: Optional[str] = None) -> Dict[str, str]:
-    """``{val file name: wnid}`` from a ``LOC_val_solution.csv`` or the
-    devkit's ``ILSVRC2012_validation_ground_truth.txt``."""
-    if not osp.isfile(path):
-        raise ImageNetTreeError(f'{path}: validation label file does not '
-                                'exist')
-    if path.endswith('.csv'):
-        return _read_loc_solution(path)
-    if path.endswith('.txt'):
-        return _read_devkit_ground_truth(path, meta_path)
-    raise ImageNetTreeError(
-        f'{path}: unknown label file; expected LOC_val_solution.csv or '
-        'ILSVRC2012_validation_ground_truth.txt')
-
-
-def collect_test(root: str, wnids: Sequence[str],
-                 val_labels: Optional[str] = None,
-                 devkit_meta: Optional[str] = None
-                 ) -> Dict[str, List[str]]:
-    """The official validation images of ``wnids``: ``{wnid: [paths
-    relative to root]}``.
-
-    Raises:
-        ImageNetTreeError: No ``val`` folder; class folders in it but one of
-            ``wnids`` missing; a flat folder without ``val_labels``, or one
-            whose images and labels do not match.
-    """
-    val_dir = osp.join(root, 'val')
-    if not osp.isdir(val_dir):
-        raise ImageNetTreeError(f'{val_dir}: not a folder')
-    entries = os.listdir(val_dir)
-    folders = {e for e in entries if osp.isdir(osp.join(val_dir, e))}
-    images = sorted(e for e in entries if _is_image(e))
-    if folders and images:
-        raise ImageNetTreeError(
-            f'{val_dir}: holds both class folders and images (e.g. '
-            f'{images[0]}); expected one or the other')
-    test: Dict[str, List[str]] = {}
-    if folders:
-        for wnid in wnids:
-            folder = osp.join(val_dir, wnid)
-            if wnid not in folders:
-                raise ImageNetTreeError(f'{folder}: missing (val/ has class '
-                                        'folders, but not this class)')
-            test[wnid] = [f'val/{wnid}/{n}' for n in _images_in(folder)]
-    else:
-        if not images:
-            raise ImageNetTreeError(f'{val_dir}: no images and no class '
-                                    'folders')
-        if val_labels is None:
-            raise ImageNetTreeError(
-                f'{val_dir}: flat ({len(images)} images, no class folders); '
-                'give their labels with --val-labels LOC_val_solution.csv or '
-                '--val-labels ILSVRC2012_validation_ground_truth.txt')
-        labels = read_val_labels(val_labels, devkit_meta)
-        unlabelled = [n for n in images if n not in labels]
-        if unlabelled:
-            raise ImageNetTreeError(
-                f'{val_labels}: has no label for {len(unlabelled)} image(s) '
-                f'of {val_dir}, e.g. {unlabelled[0]}')
-        present = set(images)
-        chosen = set(wnids)
-        for name, wnid in sorted(labels.items()):
-            if wnid in chosen and name not in present:
-                raise ImageNetTreeError(
-                    f'{osp.join(val_dir, name)}: labelled {wnid} in '
-                    f'{val_labels}, but the file does not exist')
-        test = {wnid: [] for wnid in wnids}
-        for name in images:
-            if labels[name] in chosen:
-                test[labels[name]].append(f'val/{name}')
-    for wnid, files in test.items():
-        if not files:
-            raise ImageNetTreeError(f'{val_dir}: no image of class {wnid}')
-    return test
-
-
-def build_imagenet100(root: str,
-                      out_dir: str,
-                      classes_file: Optional[str] = None,
-                      num_classes: int = 100,
-                      seed: int = 0,
-                      val_fraction: float = 0.2,
-                      val_labels: Optional[str] = None,
-                      devkit_meta: Optional[str] = None) -> Dict[str, object]:
-    """Write the ImageNet-100 annotation files (see the module docstring).
-
-    Args:
-        root (str): ImageNet-1k root (``train/``, ``val/``).
-        out_dir (str): Output folder.
-        classes_file (str, optional): Class list; None draws
-            ``num_classes`` classes with ``seed``.
-        num_classes (int): Classes to draw without a list. Defaults to 100.
-        seed (int): Seed of the class draw and of the train/val split.
-            Defaults to 0.
-        val_fraction (float): Share of each class's training images held out
-            for validation. Defaults to 0.2 (the paper's).
-        val_labels (str, optional): Labels of a flat ``val/``.
-        devkit_meta (str, optional): The devkit's ``meta.mat`` (defaults to
-            the one beside a ground truth ``val_labels`` file).
-
-    Returns:
-        dict: ``classes`` (the wnids in label order) and, per split
-        (``train``, ``val``, ``test``), ``{wnid: number of images}``.
-
-    Raises:
-        ImageNetTreeError: A malformed tree or label file, named.
-    """
-    if not 0 < val_fraction < 1:
-        raise ImageNetTreeError(
-            f'val_fraction must be in (0, 1), got {val_fraction}')
-    if not osp.isdir(root):
-        raise ImageNetTreeError(f'{root}: ImageNet root is not a folder')
-    available = find_train_classes(root)
-    if classes_file is not None:
-        wnids = read_class_list(classes_file, available)
-    else:
-        wnids = draw_classes(available, num_classes, seed)
-    wnids = sorted(wnids)
-
-    splits: Dict[str, Dict[str, List[str]]] = dict(train={}, val={})
-    for wnid in wnids:
-        folder = osp.join(root, 'train', wnid)
-        files = _images_in(folder)
-        if len(files) < 2:
-            raise ImageNetTreeError(
-                f'{folder}: {len(files)} image(s); a class needs at least 2 '
-                'to be split into train and val')
-        train, val = split_class(files, wnid, seed, val_fraction)
-        splits['train'][wnid] = [f'train/{wnid}/{n}' for n in train]
-        splits['val'][wnid] = [f'train/{wnid}/{n}' for n in val]
-    splits['test'] = collect_test(root, wnids, val_labels, devkit_meta)
-
-    os.makedirs(out_dir, exist_ok=True)
-    _link_images(root, osp.join(out_dir, 'images'))
-    with open(osp.join(out_dir, 'classes.txt'), 'w') as f:
-        f.write(''.join(f'{wnid}\n' for wnid in wnids))
-    for split, per_class in splits.items():
-        with open(osp.join(out_dir, f'{split}.txt'), 'w') as f:
-            for label, wnid in enumerate(wnids):
-                f.write(''.join(f'{path} {label}\n'
-                                for path in per_class[wnid]))
-    counts: Dict[str, object] = dict(classes=wnids)
-    for split, per_class in splits.items():
-        counts[split] = {wnid: len(per_class[wnid]) for wnid in wnids}
-    return counts
-
-
-def _link_images(root: str, link: str) -> None:
-    """Point ``link`` at the ImageNet root (replacing an older link)."""
-    target = osp.abspath(root)
-    if osp.islink(link):
-        os.remove(link)
-    elif osp.exists(link):
-        raise ImageNetTreeError(
-            f'{link}: exists and is not a link; refusing to replace it')
-    os.symlink(target, link, target_is_directory=True)
+from dn_mmdet.datasets.imagenet100 import ImageNetTreeError, build_imagenet100
+from dn_mmdet.utils.cli_args import nonnegative_int, positive_int
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Write ImageNet-100 annotation files (no image copies) '
-        'from an ImageNet-1k tree.')
+        'from an ImageNet-1k tree.'
+    )
     parser.add_argument('root', help='ImageNet-1k root (train/, val/)')
     parser.add_argument(
-        '--out', default='data/imagenet100', help='output folder')
+        '--out', default='data/imagenet100', help='output folder'
+    )
     parser.add_argument(
         '--classes',
         help='class list, one wnid a line (e.g. tools/dataset_converters/'
-        'imagenet100_cmc.txt); without it, --num-classes are drawn')
+        'imagenet100_cmc.txt); without it, --num-classes are drawn',
+    )
     parser.add_argument(
-        '--num-classes', type=int, default=100, help='classes to draw')
+        '--num-classes', type=positive_int, default=100, help='classes to draw'
+    )
     parser.add_argument(
-        '--seed', type=int, default=0, help='seed of the draw and the split')
+        '--seed',
+        type=nonnegative_int,
+        default=0,
+        help='seed of the draw and the split',
+    )
     parser.add_argument(
         '--val-fraction',
         type=float,
         default=0.2,
-        help='share of the training images held out for validation')
+        help='share of the training images held out for validation',
+    )
     parser.add_argument(
         '--val-labels',
         help='labels of a flat val/: LOC_val_solution.csv or '
-        'ILSVRC2012_validation_ground_truth.txt')
+        'ILSVRC2012_validation_ground_truth.txt',
+    )
     parser.add_argument(
         '--devkit-meta',
-        help="the devkit's meta.mat (default: beside --val-labels)")
+        help="the devkit's meta.mat (default: beside --val-labels)",
+    )
+    parser.add_argument(
+        '--force',
+        action='store_true',
+        help='overwrite annotation files in --out that this tool did not '
+        'write',
+    )
     return parser.parse_args(argv)
 
 
@@ -406,18 +81,25 @@ def main(argv=None):
             seed=args.seed,
             val_fraction=args.val_fraction,
             val_labels=args.val_labels,
-            devkit_meta=args.devkit_meta)
+            devkit_meta=args.devkit_meta,
+            force=args.force,
+        )
     except (ImageNetTreeError, OSError) as err:
         sys.exit(f'imagenet100: error: {err}')
-    source = args.classes or f'{len(counts["classes"])} drawn with seed ' \
-        f'{args.seed}'
+    source = (
+        args.classes or f'{len(counts["classes"])} drawn with seed {args.seed}'
+    )
     print(f'imagenet100: {len(counts["classes"])} classes ({source})')
     for split in ('train', 'val', 'test'):
         per_class = list(counts[split].values())
-        print(f'  {split:<5} {sum(per_class):>7} images '
-              f'({min(per_class)}-{max(per_class)} a class)')
-    print(f'  written to {args.out}/ (classes.txt, train.txt, val.txt, '
-          f'test.txt; images -> {osp.abspath(args.root)})')
+        print(
+            f'  {split:<5} {sum(per_class):>7} images '
+            f'({min(per_class)}-{max(per_class)} a class)'
+        )
+    print(
+        f'  written to {args.out}/ (classes.txt, train.txt, val.txt, '
+        f'test.txt; images -> {osp.abspath(args.root)})'
+    )
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ The last config is the baseline of the ratios. Without ``--checkpoints``
 the models have their seeded initial weights (latency does not depend on
 the values: the network has no data-dependent control flow).
 """
+
 import argparse
 import os.path as osp
 import sys
@@ -21,36 +22,61 @@ import tempfile
 import torch
 
 import dn_mmdet  # noqa: F401  (registers everything)
-from dn_mmdet.deployment import (all_threads, benchmark_latency,
-                                 format_latency_table, load_detector)
+from dn_mmdet.deployment import (
+    all_threads,
+    benchmark_latency,
+    format_latency_table,
+    load_detector,
+)
 from dn_mmdet.utils.launch import load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse the command line (``sys.argv[1:]`` when ``argv`` is None)."""
     parser = argparse.ArgumentParser(
-        description='onnxruntime and PyTorch latency of detectors')
-    parser.add_argument('configs', nargs='+',
-                        help='detector configs; the last is the baseline')
-    parser.add_argument('--checkpoints', nargs='+',
-                        help='a checkpoint for each config')
-    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 320],
-                        help='square input sizes (default 128 320)')
-    parser.add_argument('--threads', type=int, nargs='+', default=[1, 0],
-                        help='thread counts; 0 for every CPU (default 1 0)')
-    parser.add_argument('--repeats', type=int, default=30,
-                        help='timed rounds (default 30)')
-    parser.add_argument('--warmup', type=int, default=3,
-                        help='untimed rounds first (default 3)')
+        description='onnxruntime and PyTorch latency of detectors'
+    )
+    parser.add_argument(
+        'configs', nargs='+', help='detector configs; the last is the baseline'
+    )
+    parser.add_argument(
+        '--checkpoints', nargs='+', help='a checkpoint for each config'
+    )
+    parser.add_argument(
+        '--sizes',
+        type=int,
+        nargs='+',
+        default=[128, 320],
+        help='square input sizes (default 128 320)',
+    )
+    parser.add_argument(
+        '--threads',
+        type=int,
+        nargs='+',
+        default=[1, 0],
+        help='thread counts; 0 for every CPU (default 1 0)',
+    )
+    parser.add_argument(
+        '--repeats', type=int, default=30, help='timed rounds (default 30)'
+    )
+    parser.add_argument(
+        '--warmup',
+        type=int,
+        default=3,
+        help='untimed rounds first (default 3)',
+    )
     args = parser.parse_args(argv)
     if args.checkpoints and len(args.checkpoints) != len(args.configs):
-        parser.error(f'{len(args.checkpoints)} --checkpoints for '
-                     f'{len(args.configs)} configs')
+        parser.error(
+            f'{len(args.checkpoints)} --checkpoints for '
+            f'{len(args.configs)} configs'
+        )
     return args
 
 
 def _build(config: str, checkpoint):
     from mmdet.apis import init_detector
+
     cfg = load_config(config)
     if checkpoint:
         return load_detector(cfg, checkpoint)
@@ -69,12 +95,15 @@ def main(argv=None) -> list:
         }
         threads = [t or all_threads() for t in args.threads]
         with tempfile.TemporaryDirectory() as tmp:
-            rows = benchmark_latency(detectors, args.sizes, threads, tmp,
-                                     args.repeats, args.warmup)
+            rows = benchmark_latency(
+                detectors, args.sizes, threads, tmp, args.repeats, args.warmup
+            )
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'benchmark_onnx.py: error: {err}')
-    print(f'median latency (ms) of {args.repeats} rounds, batch 1, torch '
-          f'{torch.__version__}; ratio: over {list(detectors)[-1]}')
+    print(
+        f'median latency (ms) of {args.repeats} rounds, batch 1, torch '
+        f'{torch.__version__}; ratio: over {list(detectors)[-1]}'
+    )
     print(format_latency_table(rows))
     return rows
 

@@ -15,52 +15,67 @@ own head (``tools/deployment/test_onnx.py``). ``--verify`` runs both models
 on the first image of the config's test set and fails unless the top
 detections agree within 1e-3 (docs/en/deployment.md).
 """
+
 import argparse
 import sys
 
 import dn_mmdet  # noqa: F401  (registers everything)
-from dn_mmdet.deployment import (DEFAULT_OPSET, MAX_OPSET, MIN_OPSET,
-                                 OnnxRuntimeDetector, export_detector,
-                                 first_test_batch, load_detector,
-                                 pipeline_input_shape, verify_detector)
+from dn_mmdet.deployment import (
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    OnnxRuntimeDetector,
+    export_detector,
+    first_test_batch,
+    load_detector,
+    pipeline_input_shape,
+    verify_detector,
+)
 from dn_mmdet.utils.launch import CfgOptionsAction, load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse the command line (``sys.argv[1:]`` when ``argv`` is None)."""
     parser = argparse.ArgumentParser(
-        description='Export a detector checkpoint to ONNX')
+        description='Export a detector checkpoint to ONNX'
+    )
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument(
-        '--output-file', required=True, help='the .onnx file to write')
+        '--output-file', required=True, help='the .onnx file to write'
+    )
     parser.add_argument(
         '--shape',
         type=int,
         nargs=2,
         metavar=('H', 'W'),
         help='input height and width (default: the Resize scale of the '
-        "config's test pipeline)")
+        "config's test pipeline)",
+    )
     parser.add_argument(
         '--opset',
         type=int,
         default=DEFAULT_OPSET,
         help=f'ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: '
-        f'{DEFAULT_OPSET})')
+        f'{DEFAULT_OPSET})',
+    )
     parser.add_argument(
         '--dynamic-batch',
         action='store_true',
-        help='a free batch dimension (default: batch 1)')
+        help='a free batch dimension (default: batch 1)',
+    )
     parser.add_argument(
         '--verify',
         action='store_true',
         help="compare onnxruntime's detections with PyTorch's on the first "
-        'image of the test set')
+        'image of the test set',
+    )
     parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=CfgOptionsAction,
-        help='override config settings, KEY=VALUE pairs')
+        help='override config settings, KEY=VALUE pairs',
+    )
     return parser.parse_args(argv)
 
 
@@ -71,28 +86,39 @@ def main(argv=None) -> dict:
         cfg = load_config(args.config, args.cfg_options)
         shape = args.shape or pipeline_input_shape(cfg)
         detector = load_detector(cfg, args.checkpoint)
-        export_detector(detector, args.output_file, shape, args.opset,
-                        args.dynamic_batch)
+        export_detector(
+            detector, args.output_file, shape, args.opset, args.dynamic_batch
+        )
     except (FileNotFoundError, ValueError, TypeError) as err:
         sys.exit(f'pytorch2onnx.py: error: {err}')
-    print(f'wrote {args.output_file}: input image (N, 3, {shape[0]}, '
-          f'{shape[1]}), opset {args.opset}'
-          f"{', dynamic batch' if args.dynamic_batch else ''}")
+    print(
+        f'wrote {args.output_file}: input image (N, 3, {shape[0]}, '
+        f'{shape[1]}), opset {args.opset}'
+        f'{", dynamic batch" if args.dynamic_batch else ""}'
+    )
     if not args.verify:
         return {}
     report = verify_detector(
-        detector, OnnxRuntimeDetector(args.output_file, cfg.model),
-        first_test_batch(cfg))
-    print(f"verify: largest difference of the raw outputs "
-          f"{report['max_output_diff']:.2e}")
+        detector,
+        OnnxRuntimeDetector(args.output_file, cfg.model),
+        first_test_batch(cfg),
+    )
+    print(
+        f'verify: largest difference of the raw outputs '
+        f'{report["max_output_diff"]:.2e}'
+    )
     for diff in report['detections']:
-        print(f'verify: top {diff.count} detections: largest score '
-              f'difference {diff.score:.2e}, box {diff.box:.2e} px, '
-              f'{diff.unmatched} unmatched')
+        print(
+            f'verify: top {diff.count} detections: largest score '
+            f'difference {diff.score:.2e}, box {diff.box:.2e} px, '
+            f'{diff.unmatched} unmatched'
+        )
     if not report['ok']:
-        sys.exit('pytorch2onnx.py: error: onnxruntime and PyTorch detect '
-                 'differently (above)')
-    print('verify: onnxruntime gives PyTorch\'s detections')
+        sys.exit(
+            'pytorch2onnx.py: error: onnxruntime and PyTorch detect '
+            'differently (above)'
+        )
+    print("verify: onnxruntime gives PyTorch's detections")
     return report
 
 

@@ -12,7 +12,8 @@ data_preprocessor = dict(
     num_classes=100,
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
-    to_rgb=True)
+    to_rgb=True,
+)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -20,7 +21,8 @@ train_pipeline = [
         type='RandomResizedCrop',
         scale=224,
         crop_ratio_range=(0.08, 1.0),
-        backend='pillow'),
+        backend='pillow',
+    ),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
@@ -47,7 +49,9 @@ train_dataloader = dict(
         ann_file='train.txt',
         data_prefix='images',
         classes=data_root + 'classes.txt',
-        pipeline=train_pipeline))
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=64,
     num_workers=8,
@@ -59,7 +63,9 @@ val_dataloader = dict(
         ann_file='val.txt',
         data_prefix='images',
         classes=data_root + 'classes.txt',
-        pipeline=test_pipeline))
+        pipeline=test_pipeline,
+    ),
+)
 val_evaluator = dict(type='Accuracy', topk=(1, 5))
 test_dataloader = dict(
     batch_size=64,
@@ -72,5 +78,7 @@ test_dataloader = dict(
         ann_file='test.txt',
         data_prefix='images',
         classes=data_root + 'classes.txt',
-        pipeline=test_pipeline))
+        pipeline=test_pipeline,
+    ),
+)
 test_evaluator = val_evaluator

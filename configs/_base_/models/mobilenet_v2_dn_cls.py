@@ -6,10 +6,11 @@ model = dict(
     type='ImageClassifier',
     backbone=dict(
         type='MobileNetV2DN',
-        out_taps=('conv_last', ),
+        out_taps=('conv_last',),
         # As the detector (FNA) and DenseNAS: eps 1e-3 in every norm layer.
         norm_cfg=dict(type='BN', eps=1e-3),
-        act_cfg=dict(type='ReLU6')),
+        act_cfg=dict(type='ReLU6'),
+    ),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
         type='LinearClsHead',
@@ -17,5 +18,8 @@ model = dict(
         in_channels=1280,
         # DenseNAS: label smoothing 0.1, (1 - 0.1) * one_hot + 0.1 / classes.
         loss=dict(
-            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
-        topk=(1, 5)))
+            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'
+        ),
+        topk=(1, 5),
+    ),
+)

@@ -4,7 +4,8 @@
 # parameters, cosine decay per iteration to min_lr 1e-5, no warm-up, label
 # smoothing 0.1 (in the model's head).
 optim_wrapper = dict(
-    optimizer=dict(type='SGD', lr=0.2, momentum=0.9, weight_decay=4e-5))
+    optimizer=dict(type='SGD', lr=0.2, momentum=0.9, weight_decay=4e-5)
+)
 
 # A dict, not a list, so that rows with other epoch counts change T_max/end.
 param_scheduler = dict(
@@ -14,7 +15,8 @@ param_scheduler = dict(
     by_epoch=True,
     begin=0,
     end=240,
-    convert_to_iter_based=True)
+    convert_to_iter_based=True,
+)
 
 # Top-1/top-5 on the val split every 5 epochs (the runtime keeps the best).
 train_cfg = dict(by_epoch=True, max_epochs=240, val_interval=5)

@@ -12,6 +12,10 @@ norm_library = {
     'bn': dict(label='BN', norm_cfg=dict(type='BN', eps=1e-3)),
     # GN's group count must divide every channel count; MobileNetV2's are all
     # multiples of 8 (16, 24, 32, ...) but not of 32, GN's default.
+    # DN Table 1's "SE (r=16) directly in front of each BN": the paper's
+    # own baseline for DN-B's extra parameters.
+    'sebn-r16': dict(label='SE-BN (16)',
+                     norm_cfg=dict(type='SEBN', r=16, eps=1e-3)),
     'gn': dict(label='GN (8 groups)',
                norm_cfg=dict(type='GN', num_groups=8, eps=1e-3)),
     'dnb-r16-g1': dict(label='DN-B (16, 1)',

@@ -1,17 +1,21 @@
 """Refuse a checkpoint that does not fit the model, before it is loaded."""
+
+from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.optim import OptimWrapper
 from mmengine.runner import find_latest_checkpoint
 
-from mmdet.registry import HOOKS
-from dn_mmdet.utils.checkpoint import format_mismatch, state_dict_mismatch
+from dn_mmdet.utils.checkpoint import (
+    CheckpointMismatchError,
+    format_mismatch,
+    state_dict_mismatch,
+)
+
 from .utils import unwrap_model
 
 PARTIAL_SWITCH = 'default_hooks.checkpoint_match.allow_partial=True'
 
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not fit the model or the optimizer of the run."""
+__all__ = ['CheckpointMatchHook', 'CheckpointMismatchError']
 
 
 @HOOKS.register_module()
@@ -49,15 +53,20 @@ class CheckpointMatchHook(Hook):
         if not self.allow_partial:
             state = checkpoint.get('state_dict', checkpoint)
             mismatch = state_dict_mismatch(
-                unwrap_model(runner.model).state_dict(), state)
+                unwrap_model(runner.model).state_dict(), state
+            )
             if mismatch:
                 raise CheckpointMismatchError(
                     f'Checkpoint {source} does not fit the model of this '
                     f'config; nothing was loaded.\n{format_mismatch(mismatch)}'
                     '\n  To load only the matching weights on purpose, set '
-                    f'{PARTIAL_SWITCH}.')
-        if runner._resume and 'optimizer' in checkpoint and isinstance(
-                runner.optim_wrapper, OptimWrapper):
+                    f'{PARTIAL_SWITCH}.'
+                )
+        if (
+            runner._resume
+            and 'optimizer' in checkpoint
+            and isinstance(runner.optim_wrapper, OptimWrapper)
+        ):
             self._check_optimizer(runner.optim_wrapper, checkpoint, source)
 
     @staticmethod
@@ -77,4 +86,5 @@ class CheckpointMatchHook(Hook):
                 f'this config has {current}. It was written by another '
                 'config (another model or optim_wrapper.paramwise_cfg): '
                 'resume with that config, or start from its weights with '
-                'load_from instead of --resume.')
+                'load_from instead of --resume.'
+            )

@@ -1,14 +1,18 @@
 """Reseed before every training epoch so that resumed runs are exact."""
+
 import logging
 from functools import partial
 
+from mmdet.registry import HOOKS
 from mmengine.dataset import worker_init_fn as mmengine_worker_init_fn
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from mmdet.registry import HOOKS
-from dn_mmdet.utils.seeding import (epoch_seed, seed_everything,
-                                    seed_worker_from_torch)
+from dn_mmdet.utils.seeding import (
+    epoch_seed,
+    seed_everything,
+    seed_worker_from_torch,
+)
 
 
 def _func_of(fn):
@@ -71,7 +75,8 @@ class EpochSeedHook(Hook):
                 'train_dataloader.persistent_workers=False for bit-exact '
                 'resumption.',
                 logger='current',
-                level=logging.WARNING)
+                level=logging.WARNING,
+            )
 
     def before_train_epoch(self, runner) -> None:
         """Seed ``random``/``numpy``/``torch`` for the coming epoch.

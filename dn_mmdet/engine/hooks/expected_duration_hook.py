@@ -1,10 +1,10 @@
 """Log once, early, how long the training will take."""
+
 import time
 
+from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
-
-from mmdet.registry import HOOKS
 
 
 def _human(seconds: float) -> str:
@@ -42,15 +42,18 @@ class ExpectedDurationHook(Hook):
 
     priority = 'VERY_LOW'
 
-    def __init__(self,
-                 skip_iters: int = 2,
-                 measure_iters: int = 10,
-                 max_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        skip_iters: int = 2,
+        measure_iters: int = 10,
+        max_seconds: float = 60.0,
+    ) -> None:
         if skip_iters < 0 or measure_iters < 1 or max_seconds <= 0:
             raise ValueError(
                 'ExpectedDurationHook needs skip_iters >= 0, measure_iters '
                 f'>= 1 and max_seconds > 0, got {skip_iters}, '
-                f'{measure_iters} and {max_seconds}')
+                f'{measure_iters} and {max_seconds}'
+            )
         self.skip_iters = skip_iters
         self.measure_iters = measure_iters
         self.max_seconds = max_seconds
@@ -60,11 +63,9 @@ class ExpectedDurationHook(Hook):
         self._iters = 0
         self._logged = False
 
-    def after_train_iter(self,
-                         runner,
-                         batch_idx: int,
-                         data_batch=None,
-                         outputs=None) -> None:
+    def after_train_iter(
+        self, runner, batch_idx: int, data_batch=None, outputs=None
+    ) -> None:
         if self._logged:
             return
         now = time.perf_counter()
@@ -74,19 +75,26 @@ class ExpectedDurationHook(Hook):
             self._start = now
             return
         left_iters = runner.max_iters - runner.iter - 1
-        if (measured < self.measure_iters and left_iters > 0
-                and now - self._start < self.max_seconds):
+        if (
+            measured < self.measure_iters
+            and left_iters > 0
+            and now - self._start < self.max_seconds
+        ):
             return
         per_iter = (now - self._start) / measured
         left = left_iters * per_iter
         loop = runner.train_loop
         validation = ''
         if getattr(runner, '_val_loop', None) is not None:
-            unit = ('epochs'
-                    if isinstance(loop, EpochBasedTrainLoop) else 'iterations')
+            unit = (
+                'epochs'
+                if isinstance(loop, EpochBasedTrainLoop)
+                else 'iterations'
+            )
             validation = f' (+ validation every {loop.val_interval} {unit})'
         runner.logger.info(
             f'expected duration: ~{_human(now - self._train_start + left)} '
             f'for {runner.max_iters} iterations at {per_iter:.3g} s/iter'
-            f'{validation}, about {_human(left)} left')
+            f'{validation}, about {_human(left)} left'
+        )
         self._logged = True

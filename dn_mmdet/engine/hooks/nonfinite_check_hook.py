@@ -1,13 +1,14 @@
 """Stop training at the first NaN / Inf, name where it appeared, and never
 checkpoint it."""
+
 import os.path as osp
 from typing import Optional
 
 import torch
+from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 
-from mmdet.registry import HOOKS
 from .nonfinite_replay import replay_forward
 from .utils import describe_tensors, non_finite_tensors, unwrap_model
 
@@ -15,8 +16,9 @@ ADVICE = (
     'What to do: lower the learning rate (`optim_wrapper.optimizer.lr`) or '
     'lengthen the warm-up (`param_scheduler`), or clip gradients '
     '(`optim_wrapper.clip_grad=dict(max_norm=10)`); check the data. DN-C '
-    '(`mode=\'C1\'/\'C2\'`) diverges in MobileNetV2, as the DN paper '
-    'reports: use DN-B. Then resume from the last good checkpoint.')
+    "(`mode='C1'/'C2'`) diverges in MobileNetV2, as the DN paper "
+    'reports: use DN-B. Then resume from the last good checkpoint.'
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -58,29 +60,36 @@ class NonFiniteCheckHook(Hook):
         self._data_batch = None
 
     def before_train(self, runner) -> None:
-        wrappers = runner.optim_wrapper.values() if isinstance(
-            runner.optim_wrapper, OptimWrapperDict) else [runner.optim_wrapper]
+        wrappers = (
+            runner.optim_wrapper.values()
+            if isinstance(runner.optim_wrapper, OptimWrapperDict)
+            else [runner.optim_wrapper]
+        )
         for wrapper in wrappers:
             if isinstance(wrapper, OptimWrapper):
                 self._handles.append(
                     wrapper.optimizer.register_step_pre_hook(
                         lambda optimizer, args, kwargs: self._check_grads(
-                            runner, optimizer, kwargs)))
+                            runner, optimizer, kwargs
+                        )
+                    )
+                )
         model = unwrap_model(runner.model)
         bad = non_finite_tensors(model.state_dict(keep_vars=True).items())
         if bad:
-            self._fail(runner, 'before training started: non-finite '
-                       f'{describe_tensors(model, bad)} (the loaded '
-                       'checkpoint or the initialisation)')
+            self._fail(
+                runner,
+                'before training started: non-finite '
+                f'{describe_tensors(model, bad)} (the loaded '
+                'checkpoint or the initialisation)',
+            )
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
         self._data_batch = data_batch
 
-    def after_train_iter(self,
-                         runner,
-                         batch_idx,
-                         data_batch=None,
-                         outputs=None) -> None:
+    def after_train_iter(
+        self, runner, batch_idx, data_batch=None, outputs=None
+    ) -> None:
         losses = {
             k: torch.as_tensor(v, dtype=torch.float32)
             for k, v in (outputs or {}).items()
@@ -90,16 +99,21 @@ class NonFiniteCheckHook(Hook):
         if bad:
             values = ', '.join(f'{k}={losses[k].item():.4g}' for k in bad)
             self._fail(
-                runner, f'at iteration {runner.iter + 1}: the loss is '
-                f'non-finite ({values})', replay=True)
+                runner,
+                f'at iteration {runner.iter + 1}: the loss is '
+                f'non-finite ({values})',
+                replay=True,
+            )
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('state_dict', {})
         bad = non_finite_tensors(state.items())
         if bad:
             self._fail(
-                runner, 'refusing to save a checkpoint: non-finite '
-                f'{describe_tensors(unwrap_model(runner.model), bad)}')
+                runner,
+                'refusing to save a checkpoint: non-finite '
+                f'{describe_tensors(unwrap_model(runner.model), bad)}',
+            )
 
     def after_train(self, runner) -> None:
         self._remove_handles()
@@ -115,19 +129,25 @@ class NonFiniteCheckHook(Hook):
             # skips Inf steps itself (e.g. fused Adam).
             return
         grads = [
-            p.grad for group in optimizer.param_groups
-            for p in group['params'] if p.grad is not None
+            p.grad
+            for group in optimizer.param_groups
+            for p in group['params']
+            if p.grad is not None
         ]
         if not grads or torch.isfinite(_total_norm(grads)):
             return
         model = unwrap_model(runner.model)
         # Nearest the loss first: where the backward pass went wrong.
         bad = non_finite_tensors(
-            (n, p.grad) for n, p in reversed(list(model.named_parameters())))
+            (n, p.grad) for n, p in reversed(list(model.named_parameters()))
+        )
         self._fail(
-            runner, f'at iteration {runner.iter + 1}: non-finite gradients '
+            runner,
+            f'at iteration {runner.iter + 1}: non-finite gradients '
             'before the optimizer step (not applied); nearest the loss: '
-            f'{describe_tensors(model, bad, limit=3)}', replay=True)
+            f'{describe_tensors(model, bad, limit=3)}',
+            replay=True,
+        )
 
     def _fail(self, runner, what: str, replay: bool = False) -> None:
         self._remove_handles()  # the replay must not call _check_grads
@@ -135,8 +155,10 @@ class NonFiniteCheckHook(Hook):
         if replay and self._data_batch is not None:
             try:
                 lines += replay_forward(
-                    unwrap_model(runner.model), self._data_batch,
-                    runner.optim_wrapper)
+                    unwrap_model(runner.model),
+                    self._data_batch,
+                    runner.optim_wrapper,
+                )
             except Exception as err:  # locating is best effort
                 lines.append(f'(Replaying the batch failed: {err!r})')
         lines += [last_good_checkpoint(runner.work_dir), ADVICE]
@@ -151,8 +173,10 @@ def _total_norm(tensors) -> torch.Tensor:
     if hasattr(torch.nn.utils, 'get_total_norm'):  # torch >= 2.6: fused
         return torch.nn.utils.get_total_norm(tensors)
     return torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(t).float().cpu()
-                     for t in tensors]))
+        torch.stack(
+            [torch.linalg.vector_norm(t).float().cpu() for t in tensors]
+        )
+    )
 
 
 def last_good_checkpoint(work_dir: str) -> str:
@@ -168,5 +192,7 @@ def last_good_checkpoint(work_dir: str) -> str:
             record = f.read().strip() or None
     if record is None:
         return 'No checkpoint had been saved; none was saved after this.'
-    return (f'Nothing was saved after the failure: the newest checkpoint, '
-            f'`{record}`, is the last good one.')
+    return (
+        f'Nothing was saved after the failure: the newest checkpoint, '
+        f'`{record}`, is the last good one.'
+    )

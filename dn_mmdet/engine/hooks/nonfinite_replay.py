@@ -3,6 +3,7 @@
 Used by :class:`~dn_mmdet.engine.hooks.NonFiniteCheckHook` once training has
 failed; nothing here runs while training goes well.
 """
+
 from typing import Iterator, List
 
 import torch
@@ -24,8 +25,10 @@ def _tensors(obj) -> Iterator[torch.Tensor]:
 
 def _finite(obj) -> bool:
     return all(
-        bool(torch.isfinite(t).all()) for t in _tensors(obj)
-        if t.is_floating_point())
+        bool(torch.isfinite(t).all())
+        for t in _tensors(obj)
+        if t.is_floating_point()
+    )
 
 
 def _enclosing_norm_layer(model: nn.Module, name: str) -> str:
@@ -67,25 +70,32 @@ def replay_forward(model: nn.Module, data_batch, optim_wrapper) -> List[str]:
 
     handles = [
         module.register_forward_hook(hook(name))
-        for name, module in model.named_modules() if name
+        for name, module in model.named_modules()
+        if name
     ]
     try:
         with optim_wrapper.optim_context(model):
             data = model.data_preprocessor(data_batch, True)
             if not _finite(data.get('inputs')):
-                return ['The input batch is non-finite after the data '
-                        'preprocessor: check the data set and the pipeline.']
+                return [
+                    'The input batch is non-finite after the data '
+                    'preprocessor: check the data set and the pipeline.'
+                ]
             losses = model._run_forward(data, mode='loss')
     finally:
         for handle in handles:
             handle.remove()
     if not first:
         if _finite(losses):
-            return ['Replaying the batch gives a finite forward pass and '
-                    'loss: the fault is in the backward pass.']
-        return ['Every module output of the replayed forward pass is '
-                'finite; the loss computation is not (check the annotations '
-                'and the loss settings).']
+            return [
+                'Replaying the batch gives a finite forward pass and '
+                'loss: the fault is in the backward pass.'
+            ]
+        return [
+            'Every module output of the replayed forward pass is '
+            'finite; the loss computation is not (check the annotations '
+            'and the loss settings).'
+        ]
     name = first[0]
     module = model.get_submodule(name)
     layer = _enclosing_norm_layer(model, name)
@@ -96,8 +106,10 @@ def replay_forward(model: nn.Module, data_batch, optim_wrapper) -> List[str]:
         'is non-finite.'
     ]
     if not _finite(list(module.parameters(recurse=False))):
-        findings.append('That module\'s own parameters are non-finite: a '
-                        'non-finite update was already applied, so this is '
-                        'where the damage shows, not necessarily where it '
-                        'started.')
+        findings.append(
+            "That module's own parameters are non-finite: a "
+            'non-finite update was already applied, so this is '
+            'where the damage shows, not necessarily where it '
+            'started.'
+        )
     return findings

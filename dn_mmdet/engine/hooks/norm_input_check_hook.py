@@ -1,14 +1,16 @@
 """Name the norm layer that would normalise one value per channel."""
+
 from typing import Optional, Tuple
 
 import torch.distributed as dist
 import torch.nn as nn
+from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmdet.registry import HOOKS
 from dn_mmdet.norm.base import NormLayer, name_norm_layers
+
 from .utils import unwrap_model
 
 
@@ -27,8 +29,11 @@ def batch_statistics_rule(module: nn.Module) -> Optional[Tuple[int, int]]:
     if not module.training and module.running_mean is not None:
         return None
     processes = 1
-    if isinstance(module, nn.SyncBatchNorm) and dist.is_available() \
-            and dist.is_initialized():
+    if (
+        isinstance(module, nn.SyncBatchNorm)
+        and dist.is_available()
+        and dist.is_initialized()
+    ):
         processes = dist.get_world_size(module.process_group)
     return processes, 2
 
@@ -66,29 +71,35 @@ class NormInputCheckHook(Hook):
         inside_norm_layer = ()
         for name, module in unwrap_model(runner.model).named_modules():
             if isinstance(module, NormLayer):
-                inside_norm_layer += (name + '.', )
+                inside_norm_layer += (name + '.',)
             elif not isinstance(module, _BatchNorm) or name.startswith(
-                    inside_norm_layer):
+                inside_norm_layer
+            ):
                 continue
             self._handles.append(
-                module.register_forward_pre_hook(self._check(name)))
+                module.register_forward_pre_hook(self._check(name))
+            )
         self._probing = True
 
-    def after_train_iter(self,
-                         runner,
-                         batch_idx,
-                         data_batch=None,
-                         outputs=None) -> None:
+    def after_train_iter(
+        self, runner, batch_idx, data_batch=None, outputs=None
+    ) -> None:
         if not self._probing:
             return
         self._probing = False
         if not isinstance(runner.train_loop, EpochBasedTrainLoop):
             return  # an infinite sampler has no last batch
         loader = runner.train_dataloader
-        sampler, batch_size = loader.batch_sampler.sampler, \
-            loader.batch_sampler.batch_size
-        if (self._fails_on_one_sample and not loader.batch_sampler.drop_last
-                and batch_size > 1 and len(sampler) % batch_size == 1):
+        sampler, batch_size = (
+            loader.batch_sampler.sampler,
+            loader.batch_sampler.batch_size,
+        )
+        if (
+            self._fails_on_one_sample
+            and not loader.batch_sampler.drop_last
+            and batch_size > 1
+            and len(sampler) % batch_size == 1
+        ):
             raise ValueError(
                 f'The last batch of every epoch will hold 1 sample '
                 f'({len(sampler)} samples a process in batches of '
@@ -97,7 +108,8 @@ class NormInputCheckHook(Hook):
                 'training would fail at the end of the epoch. Set '
                 '`train_dataloader.drop_last=True` (or '
                 '`train_dataloader.batch_sampler.drop_last=True`), or '
-                'change `train_dataloader.batch_size`.')
+                'change `train_dataloader.batch_size`.'
+            )
 
     def after_train(self, runner) -> None:
         for handle in self._handles:
@@ -115,8 +127,11 @@ class NormInputCheckHook(Hook):
                 return
             processes, needed = rule
             per_sample = x[0, 0].numel() * processes
-            if self._probing and not self._fails_on_one_sample and \
-                    per_sample < needed:
+            if (
+                self._probing
+                and not self._fails_on_one_sample
+                and per_sample < needed
+            ):
                 self._fails_on_one_sample = name
             values = x.shape[0] * per_sample
             if isinstance(module, _BatchNorm) and values < needed:
@@ -127,6 +142,7 @@ class NormInputCheckHook(Hook):
                     f'{needed}. Raise `train_dataloader.batch_size` to 2 or '
                     'more, or set `train_dataloader.drop_last=True` if this '
                     'is the last, incomplete batch of an epoch; or freeze '
-                    'the statistics (`norm_eval=True` in the backbone).')
+                    'the statistics (`norm_eval=True` in the backbone).'
+                )
 
         return check

@@ -1,4 +1,5 @@
 """Helpers shared by the hooks."""
+
 from typing import Dict, Iterable, List, Tuple
 
 import torch
@@ -14,15 +15,19 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def non_finite_tensors(
-        named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> List[str]:
+    named_tensors: Iterable[Tuple[str, torch.Tensor]],
+) -> List[str]:
     """Names of the floating tensors that hold a NaN or Inf, in order.
 
     Args:
         named_tensors (Iterable[tuple[str, Tensor]]): e.g.
             ``model.named_parameters()``; None values are skipped.
     """
-    named = [(name, t) for name, t in named_tensors
-             if t is not None and t.is_floating_point()]
+    named = [
+        (name, t)
+        for name, t in named_tensors
+        if t is not None and t.is_floating_point()
+    ]
     if not named:
         return []
     # One flag a tensor, read with a single synchronisation.
@@ -31,8 +36,9 @@ def non_finite_tensors(
     return [name for (name, _), ok in zip(named, finite) if not ok]
 
 
-def describe_tensors(model: nn.Module, names: List[str],
-                     limit: int = 5) -> str:
+def describe_tensors(
+    model: nn.Module, names: List[str], limit: int = 5
+) -> str:
     """Tensor names grouped by the layer holding them, e.g.
     ```backbone.1.dn` (DynamicNorm2d: `bn.running_var`)``.
 
@@ -40,17 +46,21 @@ def describe_tensors(model: nn.Module, names: List[str],
     under that layer, the one the config created.
     """
     norm_layers = [
-        name for name, m in model.named_modules()
-        if isinstance(m, NormLayer)
+        name for name, m in model.named_modules() if isinstance(m, NormLayer)
     ]
     layers: Dict[str, List[str]] = {}
     for name in names:
         owner = name.rpartition('.')[0]
-        layer = max((n for n in norm_layers if owner == n
-                     or owner.startswith(n + '.')),
-                    key=len,
-                    default=owner)
-        local = name[len(layer) + 1:] if layer else name
+        layer = max(
+            (
+                n
+                for n in norm_layers
+                if owner == n or owner.startswith(n + '.')
+            ),
+            key=len,
+            default=owner,
+        )
+        local = name[len(layer) + 1 :] if layer else name
         layers.setdefault(layer, []).append(local)
     described = [
         f'`{layer or "<model>"}` ({type(model.get_submodule(layer)).__name__}'
@@ -58,5 +68,6 @@ def describe_tensors(model: nn.Module, names: List[str],
         for layer, tensors in list(layers.items())[:limit]
     ]
     more = len(layers) - limit
-    return ', '.join(described) + (f' and {more} more layer(s)'
-                                   if more > 0 else '')
+    return ', '.join(described) + (
+        f' and {more} more layer(s)' if more > 0 else ''
+    )

@@ -1,9 +1,11 @@
 """Mixed precision where mmengine's AmpOptimWrapper cannot go: the CPU."""
+
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 from mmengine.optim import OptimWrapper
+
 # The root registry: found under any default scope (mmdet's falls back here).
 from mmengine.registry import OPTIM_WRAPPERS
 
@@ -30,5 +32,6 @@ class BF16OptimWrapper(OptimWrapper):
     @contextmanager
     def optim_context(self, model: nn.Module):
         with super().optim_context(model), torch.autocast(
-                device_type=self.device_type, dtype=torch.bfloat16):
+            device_type=self.device_type, dtype=torch.bfloat16
+        ):
             yield

@@ -8,13 +8,15 @@ return whole stages, hence this backbone. Every conv is an mmcv
 ``ConvModule``, so ``norm_cfg`` selects any registered norm layer, in
 particular ``dict(type='DN', r=16, g='oup')`` (Dynamic Normalization).
 """
+
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
+from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import BaseModule
+
 # The root registry, not mmdet's: the backbone is shared by the detector
 # (scope 'mmdet') and the stage-1 classifiers (scope 'mmpretrain'), and both
 # scopes fall back to the root, as they do for the DN layer.
@@ -23,11 +25,9 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
-
-from ...norm import DynamicNorm2d
+from ...norm import fuse_norm_act
 from ...utils.checkpoint import format_mismatch, state_dict_mismatch
-
+from ...utils.compat import safe_checkpoint_loading
 
 # The norm layer used when ``norm_cfg`` is not given: the paper's DN-B
 # (r=16, g=oup). The configs always pass ``norm_cfg`` explicitly.
@@ -52,14 +52,16 @@ class InvertedResidual(nn.Module):
             the projection is linear.
     """
 
-    def __init__(self,
-                 in_channels: int,
-                 out_channels: int,
-                 stride: int,
-                 expand_ratio: int,
-                 conv_cfg: OptConfigType = None,
-                 norm_cfg: ConfigType = dict(type='BN'),
-                 act_cfg: ConfigType = dict(type='ReLU6')) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        expand_ratio: int,
+        conv_cfg: OptConfigType = None,
+        norm_cfg: ConfigType = dict(type='BN'),
+        act_cfg: ConfigType = dict(type='ReLU6'),
+    ) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f'stride must be 1 or 2, got {stride}')
@@ -67,9 +69,11 @@ class InvertedResidual(nn.Module):
         self.mid_channels = mid_channels
         self.use_residual = stride == 1 and in_channels == out_channels
         common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg)
-        self.expand_conv = ConvModule(
-            in_channels, mid_channels, 1, act_cfg=act_cfg, **
-            common) if expand_ratio != 1 else None
+        self.expand_conv = (
+            ConvModule(in_channels, mid_channels, 1, act_cfg=act_cfg, **common)
+            if expand_ratio != 1
+            else None
+        )
         self.depthwise_conv = ConvModule(
             mid_channels,
             mid_channels,
@@ -78,9 +82,11 @@ class InvertedResidual(nn.Module):
             padding=1,
             groups=mid_channels,
             act_cfg=act_cfg,
-            **common)
+            **common,
+        )
         self.linear_conv = ConvModule(
-            mid_channels, out_channels, 1, act_cfg=None, **common)
+            mid_channels, out_channels, 1, act_cfg=None, **common
+        )
 
     def forward_with_expand(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Run the block and also return the expansion output.
@@ -149,35 +155,48 @@ class MobileNetV2DN(BaseModule):
     """
 
     # (expand_ratio, channels, num_blocks, stride) of stage1..stage7.
-    arch_settings = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2),
-                     (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                     (6, 320, 1, 1))
+    arch_settings = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
     stem_channels = 32
     last_channels = 1280
 
-    def __init__(self,
-                 out_taps: Sequence[str] = ('stage6_expand', 'conv_last'),
-                 frozen_stages: int = -1,
-                 conv_cfg: OptConfigType = None,
-                 norm_cfg: ConfigType = None,
-                 act_cfg: ConfigType = dict(type='ReLU6'),
-                 norm_eval: bool = False,
-                 init_cfg: OptMultiConfig = None) -> None:
+    def __init__(
+        self,
+        out_taps: Sequence[str] = ('stage6_expand', 'conv_last'),
+        frozen_stages: int = -1,
+        conv_cfg: OptConfigType = None,
+        norm_cfg: ConfigType = None,
+        act_cfg: ConfigType = dict(type='ReLU6'),
+        norm_eval: bool = False,
+        init_cfg: OptMultiConfig = None,
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         if norm_cfg is None:
             norm_cfg = dict(DEFAULT_NORM_CFG)
         num_stages = len(self.arch_settings)
-        if not (isinstance(frozen_stages, int)
-                and -1 <= frozen_stages <= num_stages + 1):
-            raise ValueError('MobileNetV2DN: frozen_stages must be an int in '
-                             f'[-1, {num_stages + 1}], got {frozen_stages!r}')
+        if not (
+            isinstance(frozen_stages, int)
+            and -1 <= frozen_stages <= num_stages + 1
+        ):
+            raise ValueError(
+                'MobileNetV2DN: frozen_stages must be an int in '
+                f'[-1, {num_stages + 1}], got {frozen_stages!r}'
+            )
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.norm_cfg = norm_cfg
 
         common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
         self.stem = ConvModule(
-            3, self.stem_channels, 3, stride=2, padding=1, **common)
+            3, self.stem_channels, 3, stride=2, padding=1, **common
+        )
 
         # Record every tap's (channels, stride) while building.
         self._tap_specs: Dict[str, Tuple[int, int]] = {
@@ -188,8 +207,10 @@ class MobileNetV2DN(BaseModule):
         for i, (t, c, n, s) in enumerate(self.arch_settings, start=1):
             name = f'stage{i}'
             if t != 1:
-                self._tap_specs[f'{name}_expand'] = (in_channels * t,
-                                                     stride_so_far)
+                self._tap_specs[f'{name}_expand'] = (
+                    in_channels * t,
+                    stride_so_far,
+                )
             blocks = []
             for j in range(n):
                 blocks.append(
@@ -200,28 +221,35 @@ class MobileNetV2DN(BaseModule):
                         expand_ratio=t,
                         conv_cfg=conv_cfg,
                         norm_cfg=norm_cfg,
-                        act_cfg=act_cfg))
+                        act_cfg=act_cfg,
+                    )
+                )
                 in_channels = c
             stride_so_far *= s
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)
             self._tap_specs[name] = (c, stride_so_far)
-        self.conv_last = ConvModule(in_channels, self.last_channels, 1,
-                                    **common)
+        self.conv_last = ConvModule(
+            in_channels, self.last_channels, 1, **common
+        )
         self._tap_specs['conv_last'] = (self.last_channels, stride_so_far)
 
         out_taps = tuple(out_taps)
         if not out_taps:
-            raise ValueError('MobileNetV2DN: out_taps must name at least one '
-                             f'tap; valid taps: {self.valid_taps}')
+            raise ValueError(
+                'MobileNetV2DN: out_taps must name at least one '
+                f'tap; valid taps: {self.valid_taps}'
+            )
         bad = [tap for tap in out_taps if tap not in self._tap_specs]
         if bad:
-            raise ValueError(f'MobileNetV2DN: unknown tap(s) {bad} in '
-                             f'out_taps; valid taps: {self.valid_taps}')
+            raise ValueError(
+                f'MobileNetV2DN: unknown tap(s) {bad} in '
+                f'out_taps; valid taps: {self.valid_taps}'
+            )
         self.out_taps = out_taps
-        # DN applies the ReLU6 in its affine pass at inference (one pass
-        # instead of two, which pays back DN's pooling pass).
-        DynamicNorm2d.fuse_activations(self)
+        # Fused by construction: DN applies the ReLU6 in its output pass (one
+        # pass instead of two, which pays back DN's pooling pass).
+        fuse_norm_act(self)
         self._freeze_stages()
 
     @property
@@ -276,7 +304,7 @@ class MobileNetV2DN(BaseModule):
     def _frozen_modules(self) -> List[nn.Module]:
         layers = [self.stem] + [getattr(self, n) for n in self.stage_names]
         layers.append(self.conv_last)
-        return layers[:self.frozen_stages + 1]
+        return layers[: self.frozen_stages + 1]
 
     def _freeze_stages(self) -> None:
         for module in self._frozen_modules():
@@ -309,8 +337,10 @@ class MobileNetV2DN(BaseModule):
         pretrained = [c for c in cfgs if c.get('type') == 'Pretrained']
         others = [c for c in cfgs if c.get('type') != 'Pretrained']
         if len(pretrained) > 1:
-            raise ValueError('MobileNetV2DN: init_cfg has more than one '
-                             f'Pretrained entry: {pretrained}')
+            raise ValueError(
+                'MobileNetV2DN: init_cfg has more than one '
+                f'Pretrained entry: {pretrained}'
+            )
         self.init_cfg = others or None
         try:
             super().init_weights()
@@ -319,20 +349,24 @@ class MobileNetV2DN(BaseModule):
         if pretrained:
             cfg = pretrained[0]
             if 'checkpoint' not in cfg:
-                raise KeyError('MobileNetV2DN: the Pretrained init_cfg needs '
-                               f'a "checkpoint" key, got {cfg}')
+                raise KeyError(
+                    'MobileNetV2DN: the Pretrained init_cfg needs '
+                    f'a "checkpoint" key, got {cfg}'
+                )
             load_checkpoint_strict(
                 self,
                 cfg['checkpoint'],
                 prefix=cfg.get('prefix'),
-                map_location=cfg.get('map_location', 'cpu'))
+                map_location=cfg.get('map_location', 'cpu'),
+            )
 
 
-
-def load_checkpoint_strict(module: nn.Module,
-                           filename: str,
-                           prefix: Optional[str] = None,
-                           map_location: str = 'cpu') -> None:
+def load_checkpoint_strict(
+    module: nn.Module,
+    filename: str,
+    prefix: Optional[str] = None,
+    map_location: str = 'cpu',
+) -> None:
     """Load a checkpoint into ``module``, raising on any mismatch.
 
     Args:
@@ -353,30 +387,38 @@ def load_checkpoint_strict(module: nn.Module,
     owner = type(module).__name__
     is_url = '://' in str(filename)
     if not is_url and not osp.isfile(filename):
-        raise FileNotFoundError(f'{owner}: pretrained checkpoint '
-                                f'"{filename}" does not exist')
-    ckpt = CheckpointLoader.load_checkpoint(
-        filename, map_location=map_location)
+        raise FileNotFoundError(
+            f'{owner}: pretrained checkpoint "{filename}" does not exist'
+        )
+    with safe_checkpoint_loading():  # mmengine's files, weights-only
+        ckpt = CheckpointLoader.load_checkpoint(
+            filename, map_location=map_location
+        )
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise TypeError(f'{owner}: "{filename}" holds no state dict '
-                        f'(got {type(ckpt).__name__})')
+        raise TypeError(
+            f'{owner}: "{filename}" holds no state dict '
+            f'(got {type(ckpt).__name__})'
+        )
     if prefix:
         state = {
-            k[len(prefix):]: v
-            for k, v in state.items() if k.startswith(prefix)
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix)
         }
         if not state:
-            raise RuntimeError(f'{owner}: no key of "{filename}" starts with '
-                           f'prefix "{prefix}"')
+            raise RuntimeError(
+                f'{owner}: no key of "{filename}" starts with '
+                f'prefix "{prefix}"'
+            )
     elif all(k.startswith('module.') for k in state):
-        state = {k[len('module.'):]: v for k, v in state.items()}
+        state = {k[len('module.') :]: v for k, v in state.items()}
 
     mismatch = state_dict_mismatch(module.state_dict(), state)
     if mismatch:
         keys = mismatch.missing or mismatch.unexpected
         raise (RuntimeError if keys else ValueError)(
             f'{owner}: checkpoint "{filename}" does not match the model:\n'
-            f'{format_mismatch(mismatch)}')
+            f'{format_mismatch(mismatch)}'
+        )
     module.load_state_dict(state, strict=True)
-

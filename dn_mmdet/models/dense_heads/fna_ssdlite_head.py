@@ -20,13 +20,13 @@ al., "Focal Loss for Dense Object Detection", Sec. 4.1), written for the
 softmax: every anchor begins as background with probability 1 - p. Short
 schedules set it; the COCO configs keep FNA's zero init.
 """
+
 import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
-
 from mmdet.models.dense_heads import SSDHead
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
@@ -69,39 +69,46 @@ class FNASSDLiteHead(SSDHead):
     ``bbox_preds[l]`` of shape (N, A_l * 4, H_l, W_l), A_l anchors a location.
     """
 
-    def __init__(self,
-                 num_classes: int = 80,
-                 in_channels: Sequence[int] = (576, 1280, 512, 256, 256,
-                                               128),
-                 conv_cfg: OptConfigType = None,
-                 norm_cfg: ConfigType = dict(type='BN', eps=1e-3),
-                 act_cfg: ConfigType = dict(type='ReLU6'),
-                 pred_norm_cfg: OptConfigType = None,
-                 cls_prior_prob: Optional[float] = None,
-                 normalize_predictions: bool = True,
-                 anchor_generator: ConfigType = dict(
-                     type='SSDAnchorGenerator',
-                     scale_major=False,
-                     input_size=300,
-                     basesize_ratio_range=(0.2, 0.95),
-                     strides=[16, 32, 64, 107, 160, 320],
-                     ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]]),
-                 bbox_coder: ConfigType = dict(
-                     type='DeltaXYWHBBoxCoder',
-                     target_means=[.0, .0, .0, .0],
-                     target_stds=[0.1, 0.1, 0.2, 0.2]),
-                 init_cfg: OptMultiConfig = [
-                     dict(type='Normal', layer='Conv2d', std=0.03),
-                     dict(type='Constant', layer='_BatchNorm', val=1, bias=0)
-                 ],
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        num_classes: int = 80,
+        in_channels: Sequence[int] = (576, 1280, 512, 256, 256, 128),
+        conv_cfg: OptConfigType = None,
+        norm_cfg: ConfigType = dict(type='BN', eps=1e-3),
+        act_cfg: ConfigType = dict(type='ReLU6'),
+        pred_norm_cfg: OptConfigType = None,
+        cls_prior_prob: Optional[float] = None,
+        normalize_predictions: bool = True,
+        anchor_generator: ConfigType = dict(
+            type='SSDAnchorGenerator',
+            scale_major=False,
+            input_size=300,
+            basesize_ratio_range=(0.2, 0.95),
+            strides=[16, 32, 64, 107, 160, 320],
+            ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+        ),
+        bbox_coder: ConfigType = dict(
+            type='DeltaXYWHBBoxCoder',
+            target_means=[0.0, 0.0, 0.0, 0.0],
+            target_stds=[0.1, 0.1, 0.2, 0.2],
+        ),
+        init_cfg: OptMultiConfig = [
+            dict(type='Normal', layer='Conv2d', std=0.03),
+            dict(type='Constant', layer='_BatchNorm', val=1, bias=0),
+        ],
+        **kwargs,
+    ) -> None:
         if norm_cfg is None:
-            raise ValueError('FNASSDLiteHead: norm_cfg is required (FNA '
-                             'normalises both the depthwise convs and the '
-                             'predictions)')
+            raise ValueError(
+                'FNASSDLiteHead: norm_cfg is required (FNA '
+                'normalises both the depthwise convs and the '
+                'predictions)'
+            )
         if cls_prior_prob is not None and not 0 < cls_prior_prob < 1:
-            raise ValueError('FNASSDLiteHead: cls_prior_prob must be in (0, '
-                             f'1) or None, got {cls_prior_prob!r}')
+            raise ValueError(
+                'FNASSDLiteHead: cls_prior_prob must be in (0, '
+                f'1) or None, got {cls_prior_prob!r}'
+            )
         self.cls_prior_prob = cls_prior_prob
         # Read by _init_layers(), which SSDHead.__init__ calls.
         self.pred_norm_cfg = pred_norm_cfg or norm_cfg
@@ -117,7 +124,8 @@ class FNASSDLiteHead(SSDHead):
             anchor_generator=anchor_generator,
             bbox_coder=bbox_coder,
             init_cfg=init_cfg,
-            **kwargs)
+            **kwargs,
+        )
         # SSDHead computes its softmax cross-entropy inline and skips
         # AnchorHead.__init__, so it never sets ``loss_cls``; mmdet 3.3's
         # BaseDenseHead._predict_by_feat_single reads it all the same
@@ -135,16 +143,20 @@ class FNASSDLiteHead(SSDHead):
                 groups=channels,
                 conv_cfg=self.conv_cfg,
                 norm_cfg=self.norm_cfg,
-                act_cfg=self.act_cfg),
+                act_cfg=self.act_cfg,
+            ),
             ConvModule(
                 channels,
                 out_channels,
                 1,
                 bias=not self.normalize_predictions,
                 conv_cfg=self.conv_cfg,
-                norm_cfg=(self.pred_norm_cfg
-                          if self.normalize_predictions else None),
-                act_cfg=None))
+                norm_cfg=(
+                    self.pred_norm_cfg if self.normalize_predictions else None
+                ),
+                act_cfg=None,
+            ),
+        )
 
     def _init_layers(self) -> None:
         """Build ``cls_convs`` and ``reg_convs``, one branch per level."""
@@ -153,13 +165,16 @@ class FNASSDLiteHead(SSDHead):
             raise ValueError(
                 f'FNASSDLiteHead: {len(self.in_channels)} in_channels '
                 f'{tuple(self.in_channels)} but the anchor generator has '
-                f'{len(self.num_base_priors)} levels')
+                f'{len(self.num_base_priors)} levels'
+            )
         self.cls_convs = nn.ModuleList()
         self.reg_convs = nn.ModuleList()
-        for channels, num_priors in zip(self.in_channels,
-                                        self.num_base_priors):
+        for channels, num_priors in zip(
+            self.in_channels, self.num_base_priors
+        ):
             self.cls_convs.append(
-                self._branch(channels, num_priors * self.cls_out_channels))
+                self._branch(channels, num_priors * self.cls_out_channels)
+            )
             self.reg_convs.append(self._branch(channels, num_priors * 4))
 
     def _cls_shift(self, level: int) -> torch.Tensor:
@@ -168,13 +183,15 @@ class FNASSDLiteHead(SSDHead):
         pred = self.cls_convs[level][1]
         if not self.normalize_predictions:
             return pred.conv.bias
-        shift = getattr(pred.norm, 'base_shift',
-                        getattr(pred.norm, 'bias', None))
+        shift = getattr(
+            pred.norm, 'base_shift', getattr(pred.norm, 'bias', None)
+        )
         if not isinstance(shift, torch.Tensor):
             raise TypeError(
                 f'FNASSDLiteHead: cls_prior_prob needs a shift in the '
                 f'prediction norm of cls_convs.{level}, but '
-                f'{type(pred.norm).__name__} has none (pred_norm_cfg)')
+                f'{type(pred.norm).__name__} has none (pred_norm_cfg)'
+            )
         return shift
 
     def init_weights(self) -> None:
@@ -182,13 +199,15 @@ class FNASSDLiteHead(SSDHead):
         super().init_weights()
         if self.cls_prior_prob is None:
             return
-        prior = math.log(self.num_classes * (1 - self.cls_prior_prob) /
-                         self.cls_prior_prob)
+        prior = math.log(
+            self.num_classes * (1 - self.cls_prior_prob) / self.cls_prior_prob
+        )
         with torch.no_grad():
             for level in range(len(self.cls_convs)):
                 # Channels are anchor-major: (A, num_classes + 1), background
                 # last (mmdet's SSDHead label convention).
                 per_anchor = self._cls_shift(level).view(
-                    -1, self.cls_out_channels)
+                    -1, self.cls_out_channels
+                )
                 per_anchor.zero_()
                 per_anchor[:, self.num_classes] = prior

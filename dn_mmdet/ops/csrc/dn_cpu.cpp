@@ -1,10 +1,10 @@
 // DN on the CPU.
 //
-// normalize_act: normalisation, per-(sample, channel) affine and the
-// following clamp activation, one read and one write of x.
-// dn_b_inference: all of DN-B in one call: the pooling pass, the SC-Module
-// (FC1, sigmoid, grouped FC2) and normalize_act.
-// dn_b_train_forward / dn_b_train_backward: DN-B with batch statistics and
+// dn_mmdet::dn_b_inference: all of DN-B with running statistics in one
+// call: the pooling pass, the SC-Module (FC1, sigmoid, grouped FC2), then
+// normalisation, per-(sample, channel) affine and the following clamp in one
+// read and one write of x.
+// dn_mmdet::dn_b_train / dn_b_train_backward: DN-B with batch statistics and
 // the clamp that follows it, the two halves of one autograd node: two passes
 // over x forward (moments, output), two backward (sums of the gradient,
 // input gradient), the SC-Module and its gradients in between.
@@ -14,16 +14,21 @@
 // Compiled by setup.py at install time, else on first use
 // (dn_mmdet/ops/ext_loader.py); DynamicNorm2d computes the same with ATen
 // ops where the kernel does not apply.
-// ATen and the Python bindings only: torch/extension.h adds the whole C++
+// Registered with torch's dispatcher as the ops dn_mmdet::* (no Python
+// bindings: the library is loaded with torch.ops.load_library), so that the
+// profiler, torch.compile and torch.export see each call as one op; their
+// fake kernels and autograd are registered in dn_mmdet/ops/dn_ops.py.
+// ATen and torch/library.h only: torch/extension.h adds the whole C++
 // frontend (nn, optim, data), a third of the compile time, unused here.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/python.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -36,7 +41,7 @@ constexpr int64_t kGrainElements = 32768;
 // tasks of about kGrainElements values (whole planes: each plane's sums are
 // the same on any number of threads).
 template <typename F>
-void for_each_plane(const torch::Tensor& x, const F& f) {
+void for_each_plane(const at::Tensor& x, const F& f) {
   const int64_t planes = x.size(0) * x.size(1);
   const int64_t hw = x.size(2) * x.size(3);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1));
@@ -98,9 +103,9 @@ DN_PLANE_LOOP void plane_sum_sq(const scalar_t* x, int64_t hw, double* sum,
 // out = clamp(x * scale[n, c] + shift[n, c], lo, hi); scale and shift are
 // contiguous (N, C).
 template <typename scalar_t>
-void affine_clamp_kernel(const torch::Tensor& x, const scalar_t* scale,
+void affine_clamp_kernel(const at::Tensor& x, const scalar_t* scale,
                          const scalar_t* shift, scalar_t lo, scalar_t hi,
-                         torch::Tensor& out) {
+                         at::Tensor& out) {
   const int64_t hw = x.size(2) * x.size(3);
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
@@ -111,10 +116,10 @@ void affine_clamp_kernel(const torch::Tensor& x, const scalar_t* scale,
 }
 
 template <typename scalar_t>
-void normalize_act_kernel(const torch::Tensor& x, const torch::Tensor& alpha,
-                          const torch::Tensor& lam, const torch::Tensor& mean,
-                          const torch::Tensor& var, double eps, double lo,
-                          double hi, torch::Tensor& out) {
+void normalize_act_kernel(const at::Tensor& x, const at::Tensor& alpha,
+                          const at::Tensor& lam, const at::Tensor& mean,
+                          const at::Tensor& var, double eps, double lo,
+                          double hi, at::Tensor& out) {
   const int64_t n = x.size(0), channels = x.size(1);
   // alpha and lam are (N, C) or (1, C) with any strides: stride 0 over N
   // broadcasts DN-C's batch-shared affine.
@@ -141,7 +146,7 @@ void normalize_act_kernel(const torch::Tensor& x, const torch::Tensor& alpha,
 }
 
 template <typename scalar_t>
-void plane_means_kernel(const torch::Tensor& x, torch::Tensor& out) {
+void plane_means_kernel(const at::Tensor& x, at::Tensor& out) {
   const int64_t hw = x.size(2) * x.size(3);
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
@@ -158,8 +163,8 @@ void plane_means_kernel(const torch::Tensor& x, torch::Tensor& out) {
 // product waits on its own chain of additions (2-4x faster at the shapes of
 // MobileNetV2's layers on an AVX2 core).
 template <typename scalar_t>
-void grouped_fc_kernel(const torch::Tensor& h, const torch::Tensor& w,
-                       int64_t groups, torch::Tensor& out) {
+void grouped_fc_kernel(const at::Tensor& h, const at::Tensor& w,
+                       int64_t groups, at::Tensor& out) {
   const int64_t n = h.size(0), in_features = h.size(1);
   const int64_t out_features = w.size(0), in_g = w.size(1);
   const int64_t out_g = out_features / groups;
@@ -208,7 +213,7 @@ void grouped_fc_kernel(const torch::Tensor& h, const torch::Tensor& w,
 
 // Per-(sample, channel) mean and E[x^2] of x, accumulated in double.
 template <typename scalar_t>
-void plane_moments_kernel(const torch::Tensor& x, double* mean_out,
+void plane_moments_kernel(const at::Tensor& x, double* mean_out,
                           double* sq_out) {
   const int64_t hw = x.size(2) * x.size(3);
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
@@ -277,7 +282,7 @@ DN_PLANE_LOOP void input_grad_plane(const scalar_t* g, const scalar_t* x,
 // Per-(sample, channel) sums of the gradient that reaches the affine
 // (g where the clamp passes it) and of that gradient times x, in double.
 template <typename scalar_t, bool kClamp>
-void grad_sums_kernel(const torch::Tensor& g, const torch::Tensor& x,
+void grad_sums_kernel(const at::Tensor& g, const at::Tensor& x,
                       const scalar_t* scale, const scalar_t* shift,
                       scalar_t lo, scalar_t hi, double* sum_g,
                       double* sum_gx) {
@@ -294,10 +299,10 @@ void grad_sums_kernel(const torch::Tensor& g, const torch::Tensor& x,
 // dx = g' * scale[n, c] + x * coef_x[c] + shift_dx[n, c], g' the gradient
 // the clamp passes.
 template <typename scalar_t, bool kClamp>
-void input_grad_kernel(const torch::Tensor& g, const torch::Tensor& x,
+void input_grad_kernel(const at::Tensor& g, const at::Tensor& x,
                        const scalar_t* scale, const scalar_t* shift,
                        scalar_t lo, scalar_t hi, const scalar_t* coef_x,
-                       const scalar_t* shift_dx, torch::Tensor& dx) {
+                       const scalar_t* shift_dx, at::Tensor& dx) {
   const int64_t channels = x.size(1);
   const int64_t hw = x.size(2) * x.size(3);
   const scalar_t* g_ptr = g.data_ptr<scalar_t>();
@@ -314,10 +319,10 @@ void input_grad_kernel(const torch::Tensor& g, const torch::Tensor& x,
 // Gradients of the grouped FC out = grouped_fc(h, w): d_h (N, in) and
 // d_w (out, in_g) from d_out (N, out).
 template <typename scalar_t>
-void grouped_fc_backward_kernel(const torch::Tensor& d_out,
-                                const torch::Tensor& h, const torch::Tensor& w,
-                                int64_t groups, torch::Tensor& d_h,
-                                torch::Tensor& d_w) {
+void grouped_fc_backward_kernel(const at::Tensor& d_out,
+                                const at::Tensor& h, const at::Tensor& w,
+                                int64_t groups, at::Tensor& d_h,
+                                at::Tensor& d_w) {
   const int64_t n = h.size(0), in_features = h.size(1);
   const int64_t out_features = w.size(0), in_g = w.size(1);
   const int64_t out_g = out_features / groups;
@@ -343,43 +348,14 @@ void grouped_fc_backward_kernel(const torch::Tensor& d_out,
 
 }  // namespace
 
-// y = clamp((x - mean) / sqrt(var + eps) * alpha + lam, lo, hi)
-torch::Tensor normalize_act(const torch::Tensor& x, const torch::Tensor& alpha,
-                            const torch::Tensor& lam, const torch::Tensor& mean,
-                            const torch::Tensor& var, double eps, double lo,
-                            double hi) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(),
-              "normalize_act: x must be a contiguous 4-D CPU tensor");
-  const auto dtype = x.scalar_type();
-  for (const auto* t : {&alpha, &lam, &mean, &var}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == dtype,
-                "normalize_act: parameters must be CPU tensors of x's dtype");
-  }
-  TORCH_CHECK(alpha.dim() == 2 && lam.dim() == 2 &&
-                  alpha.size(1) == x.size(1) && lam.size(1) == x.size(1) &&
-                  (alpha.size(0) == 1 || alpha.size(0) == x.size(0)) &&
-                  (lam.size(0) == 1 || lam.size(0) == x.size(0)),
-              "normalize_act: alpha and lam must be (N, C) or (1, C)");
-  const auto mean_c = mean.contiguous();
-  const auto var_c = var.contiguous();
-  TORCH_CHECK(mean_c.numel() == x.size(1) && var_c.numel() == x.size(1),
-              "normalize_act: mean and var must have C elements");
-  auto out = torch::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "normalize_act", [&] {
-    normalize_act_kernel<scalar_t>(x, alpha, lam, mean_c, var_c, eps, lo, hi,
-                                   out);
-  });
-  return out;
-}
-
 namespace {
 
-void check_sc_module(const char* op, const torch::Tensor& x,
-                     const torch::Tensor& fc1_weight,
-                     const torch::Tensor& fc1_bias,
-                     const torch::Tensor& fc2_weight, int64_t fc2_groups,
-                     const torch::Tensor& base_scale,
-                     const torch::Tensor& base_shift) {
+void check_sc_module(const char* op, const at::Tensor& x,
+                     const at::Tensor& fc1_weight,
+                     const at::Tensor& fc1_bias,
+                     const at::Tensor& fc2_weight, int64_t fc2_groups,
+                     const at::Tensor& base_scale,
+                     const at::Tensor& base_shift) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(), op,
               ": x must be a contiguous 4-D CPU tensor");
   const int64_t channels = x.size(1);
@@ -405,21 +381,21 @@ constexpr int64_t kSmallFC = 1 << 18;
 // Whether an FC over n samples with weight w (grouped in groups) runs as
 // BLAS products, forward and backward: plain FCs above kSmallFC; grouped
 // ones always run as the loops.
-inline bool fc_uses_blas(int64_t n, const torch::Tensor& w, int64_t groups) {
+inline bool fc_uses_blas(int64_t n, const at::Tensor& w, int64_t groups) {
   return groups == 1 && n * w.numel() > kSmallFC;
 }
 
 // FC1 and its sigmoid: (N, C) -> (N, h).
-torch::Tensor sc_fc1_sigmoid(const torch::Tensor& pooled,
-                             const torch::Tensor& fc1_weight,
-                             const torch::Tensor& fc1_bias) {
+at::Tensor sc_fc1_sigmoid(const at::Tensor& pooled,
+                             const at::Tensor& fc1_weight,
+                             const at::Tensor& fc1_bias) {
   const int64_t n = pooled.size(0);
   const int64_t out_features = fc1_weight.size(0);
   if (fc_uses_blas(n, fc1_weight, 1)) {
-    auto hidden = torch::addmm(fc1_bias, pooled, fc1_weight.t());
+    auto hidden = at::addmm(fc1_bias, pooled, fc1_weight.t());
     return hidden.sigmoid_();
   }
-  auto hidden = torch::empty({n, out_features}, pooled.options());
+  auto hidden = at::empty({n, out_features}, pooled.options());
   const auto w = fc1_weight.contiguous(), b = fc1_bias.contiguous();
   const auto z = pooled.contiguous();
   AT_DISPATCH_FLOATING_TYPES(pooled.scalar_type(), "dn_sc_fc1", [&] {
@@ -437,12 +413,12 @@ torch::Tensor sc_fc1_sigmoid(const torch::Tensor& pooled,
 }
 
 // FC2 of the SC-Module: (N, h) -> (N, 2C).
-torch::Tensor sc_fc2(const torch::Tensor& hidden, const torch::Tensor& fc2_weight,
+at::Tensor sc_fc2(const at::Tensor& hidden, const at::Tensor& fc2_weight,
                      int64_t fc2_groups) {
   if (fc_uses_blas(hidden.size(0), fc2_weight, fc2_groups)) {
-    return torch::mm(hidden, fc2_weight.t());
+    return at::mm(hidden, fc2_weight.t());
   }
-  auto delta = torch::empty({hidden.size(0), fc2_weight.size(0)}, hidden.options());
+  auto delta = at::empty({hidden.size(0), fc2_weight.size(0)}, hidden.options());
   const auto w = fc2_weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "dn_b_fc2", [&] {
     grouped_fc_kernel<scalar_t>(hidden, w, fc2_groups, delta);
@@ -457,12 +433,12 @@ torch::Tensor sc_fc2(const torch::Tensor& hidden, const torch::Tensor& fc2_weigh
 // lam = base_shift + delta[:, C:], then y = clamp((x - mean) / sqrt(var + eps)
 // * alpha + lam, lo, hi) in one pass. Two matrix products are the only ATen
 // calls: the (N, C)-sized rest runs as loops.
-torch::Tensor dn_b_inference(const torch::Tensor& x, const torch::Tensor& fc1_weight,
-                             const torch::Tensor& fc1_bias,
-                             const torch::Tensor& fc2_weight, int64_t fc2_groups,
-                             const torch::Tensor& base_scale,
-                             const torch::Tensor& base_shift,
-                             const torch::Tensor& mean, const torch::Tensor& var,
+at::Tensor dn_b_inference(const at::Tensor& x, const at::Tensor& fc1_weight,
+                             const at::Tensor& fc1_bias,
+                             const at::Tensor& fc2_weight, int64_t fc2_groups,
+                             const at::Tensor& base_scale,
+                             const at::Tensor& base_shift,
+                             const at::Tensor& mean, const at::Tensor& var,
                              double eps, double lo, double hi) {
   check_sc_module("dn_b_inference", x, fc1_weight, fc1_bias, fc2_weight,
                   fc2_groups, base_scale, base_shift);
@@ -471,7 +447,7 @@ torch::Tensor dn_b_inference(const torch::Tensor& x, const torch::Tensor& fc1_we
                   mean.scalar_type() == x.scalar_type() &&
                   var.scalar_type() == x.scalar_type(),
               "dn_b_inference: mean and var must be (C,) tensors of x's dtype");
-  auto pooled = torch::empty({n, channels}, x.options());
+  auto pooled = at::empty({n, channels}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_pool", [&] {
     plane_means_kernel<scalar_t>(x, pooled);
   });
@@ -490,7 +466,7 @@ torch::Tensor dn_b_inference(const torch::Tensor& x, const torch::Tensor& fc1_we
       }
     }
   });
-  auto y = torch::empty_like(x);
+  auto y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_inference", [&] {
     normalize_act_kernel<scalar_t>(x, delta.narrow(1, 0, channels),
                                    delta.narrow(1, channels, channels),
@@ -504,48 +480,36 @@ torch::Tensor dn_b_inference(const torch::Tensor& x, const torch::Tensor& fc1_we
 // moments per (sample, channel) -> batch mean and variance (law of total
 // variance) -> SC-Module on the per-sample means -> y = clamp(x * scale +
 // shift), scale = alpha * invstd, shift = lam - mean * scale.
-// The running statistics, if factor != 0, move towards the batch's mean and
-// unbiased variance by factor (BatchNorm's momentum).
-// Returns y and what the backward needs: the batch mean and invstd (C,),
-// pooled (N, C), hidden (N, h), alpha, scale and shift (N, C).
+// Returns y, the batch mean and biased variance (C,) (the caller updates the
+// running statistics: the op mutates nothing) and what the backward needs:
+// invstd (C,), pooled (N, C), hidden (N, h), alpha, scale and shift (N, C).
 // The (N, C)-sized arithmetic runs as plain loops: as ATen ops it cost more
 // than the passes over x at small maps.
-std::vector<torch::Tensor> dn_b_train_forward(
-    const torch::Tensor& x, const torch::Tensor& fc1_weight,
-    const torch::Tensor& fc1_bias, const torch::Tensor& fc2_weight,
-    int64_t fc2_groups, const torch::Tensor& base_scale,
-    const torch::Tensor& base_shift, double eps, double lo, double hi,
-    torch::Tensor running_mean, torch::Tensor running_var, double factor) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+dn_b_train_forward(const at::Tensor& x, const at::Tensor& fc1_weight,
+                   const at::Tensor& fc1_bias, const at::Tensor& fc2_weight,
+                   int64_t fc2_groups, const at::Tensor& base_scale,
+                   const at::Tensor& base_shift, double eps, double lo,
+                   double hi) {
   check_sc_module("dn_b_train_forward", x, fc1_weight, fc1_bias, fc2_weight,
                   fc2_groups, base_scale, base_shift);
   const int64_t n = x.size(0), channels = x.size(1);
   const auto opts = x.options();
   std::vector<double> mean_nc(n * channels), sq_nc(n * channels);
-  const bool update = factor != 0;
-  TORCH_CHECK(!update || (running_mean.is_contiguous() &&
-                          running_var.is_contiguous() &&
-                          running_mean.numel() == channels &&
-                          running_var.numel() == channels &&
-                          running_mean.scalar_type() == x.scalar_type() &&
-                          running_var.scalar_type() == x.scalar_type()),
-              "dn_b_train_forward: running statistics must be contiguous (C,) "
-              "tensors of x's dtype");
-  auto mean = torch::empty({channels}, opts);
-  auto invstd = torch::empty({channels}, opts);
-  auto pooled = torch::empty({n, channels}, opts);
-  auto alpha = torch::empty({n, channels}, opts);
-  auto scale = torch::empty({n, channels}, opts);
-  auto shift = torch::empty({n, channels}, opts);
-  auto y = torch::empty_like(x);
-  torch::Tensor hidden;
+  auto mean = at::empty({channels}, opts);
+  auto var = at::empty({channels}, opts);
+  auto invstd = at::empty({channels}, opts);
+  auto pooled = at::empty({n, channels}, opts);
+  auto alpha = at::empty({n, channels}, opts);
+  auto scale = at::empty({n, channels}, opts);
+  auto shift = at::empty({n, channels}, opts);
+  auto y = at::empty_like(x);
+  at::Tensor hidden;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_train_forward", [&] {
     plane_moments_kernel<scalar_t>(x, mean_nc.data(), sq_nc.data());
     scalar_t* mean_p = mean.data_ptr<scalar_t>();
-    scalar_t* run_mean_p = update ? running_mean.data_ptr<scalar_t>() : nullptr;
-    scalar_t* run_var_p = update ? running_var.data_ptr<scalar_t>() : nullptr;
-    // The running variance is unbiased, over N * H * W values per channel.
-    const double count = static_cast<double>(x.numel() / channels);
-    const double unbias = count / std::max(count - 1.0, 1.0);
+    scalar_t* var_p = var.data_ptr<scalar_t>();
     scalar_t* invstd_p = invstd.data_ptr<scalar_t>();
     std::vector<double> mean64(channels), invstd64(channels);
     for (int64_t c = 0; c < channels; ++c) {
@@ -560,10 +524,7 @@ std::vector<torch::Tensor> dn_b_train_forward(
       mean64[c] = m;
       invstd64[c] = 1.0 / std::sqrt(v + eps);
       mean_p[c] = static_cast<scalar_t>(m);
-      if (update) {
-        run_mean_p[c] += static_cast<scalar_t>(factor * (m - run_mean_p[c]));
-        run_var_p[c] += static_cast<scalar_t>(factor * (v * unbias - run_var_p[c]));
-      }
+      var_p[c] = static_cast<scalar_t>(v);
       invstd_p[c] = static_cast<scalar_t>(invstd64[c]);
     }
     scalar_t* pooled_p = pooled.data_ptr<scalar_t>();
@@ -594,18 +555,18 @@ std::vector<torch::Tensor> dn_b_train_forward(
     affine_clamp_kernel<scalar_t>(x, scale_p, shift_p, static_cast<scalar_t>(lo),
                                   static_cast<scalar_t>(hi), y);
   });
-  return {y, mean, invstd, pooled, hidden, alpha, scale, shift};
+  return {y, mean, var, invstd, pooled, hidden, alpha, scale, shift};
 }
 
 // The backward of dn_b_train_forward. grad_y: the gradient of y. Returns
 // the gradients of x, FC1's weight and bias and FC2's weight.
-std::vector<torch::Tensor> dn_b_train_backward(
-    const torch::Tensor& grad_y, const torch::Tensor& x,
-    const torch::Tensor& mean, const torch::Tensor& invstd,
-    const torch::Tensor& pooled, const torch::Tensor& hidden,
-    const torch::Tensor& alpha, const torch::Tensor& scale,
-    const torch::Tensor& shift, const torch::Tensor& fc1_weight,
-    const torch::Tensor& fc2_weight, int64_t fc2_groups, double lo,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dn_b_train_backward(
+    const at::Tensor& grad_y, const at::Tensor& x,
+    const at::Tensor& mean, const at::Tensor& invstd,
+    const at::Tensor& pooled, const at::Tensor& hidden,
+    const at::Tensor& alpha, const at::Tensor& scale,
+    const at::Tensor& shift, const at::Tensor& fc1_weight,
+    const at::Tensor& fc2_weight, int64_t fc2_groups, double lo,
     double hi) {
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.is_contiguous() &&
                   grad_y.scalar_type() == x.scalar_type(),
@@ -615,9 +576,9 @@ std::vector<torch::Tensor> dn_b_train_backward(
   const int64_t hw = x.size(2) * x.size(3);
   const bool clamp = std::isfinite(lo) || std::isfinite(hi);
   const auto opts = x.options();
-  auto d_delta = torch::empty({n, 2 * channels}, opts);
-  auto grad_x = torch::empty_like(x);
-  torch::Tensor d_fc1, d_fc1_bias, d_fc2;
+  auto d_delta = at::empty({n, 2 * channels}, opts);
+  auto grad_x = at::empty_like(x);
+  at::Tensor d_fc1, d_fc1_bias, d_fc2;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dn_b_train_backward", [&] {
     const scalar_t low = static_cast<scalar_t>(lo);
     const scalar_t high = static_cast<scalar_t>(hi);
@@ -648,13 +609,13 @@ std::vector<torch::Tensor> dn_b_train_backward(
         mean_dxhat_xhat[c] += alpha_p[i] * gxhat;
       }
     }
-    torch::Tensor d_hidden;
+    at::Tensor d_hidden;
     if (fc_uses_blas(n, fc2_weight, fc2_groups)) {
-      d_hidden = torch::mm(d_delta, fc2_weight);
-      d_fc2 = torch::mm(d_delta.t(), hidden);
+      d_hidden = at::mm(d_delta, fc2_weight);
+      d_fc2 = at::mm(d_delta.t(), hidden);
     } else {
-      d_hidden = torch::empty_like(hidden);
-      d_fc2 = torch::empty({fc2_weight.size(0), fc2_weight.size(1)}, opts);
+      d_hidden = at::empty_like(hidden);
+      d_fc2 = at::empty({fc2_weight.size(0), fc2_weight.size(1)}, opts);
       grouped_fc_backward_kernel<scalar_t>(d_delta, hidden,
                                            fc2_weight.contiguous(), fc2_groups,
                                            d_hidden, d_fc2);
@@ -665,7 +626,7 @@ std::vector<torch::Tensor> dn_b_train_backward(
     const auto hidden_c = hidden.contiguous();
     const scalar_t* h_p = hidden_c.data_ptr<scalar_t>();
     const int64_t h_features = hidden.size(1);
-    d_fc1_bias = torch::zeros({h_features}, opts);
+    d_fc1_bias = at::zeros({h_features}, opts);
     scalar_t* db_p = d_fc1_bias.data_ptr<scalar_t>();
     for (int64_t s = 0; s < n; ++s) {
       for (int64_t j = 0; j < h_features; ++j) {
@@ -674,13 +635,13 @@ std::vector<torch::Tensor> dn_b_train_backward(
         db_p[j] += d_pre_p[i];
       }
     }
-    torch::Tensor d_pooled;
+    at::Tensor d_pooled;
     if (fc_uses_blas(n, fc1_weight, 1)) {
-      d_fc1 = torch::mm(d_hidden.t(), pooled);
-      d_pooled = torch::mm(d_hidden, fc1_weight).contiguous();
+      d_fc1 = at::mm(d_hidden.t(), pooled);
+      d_pooled = at::mm(d_hidden, fc1_weight).contiguous();
     } else {
-      d_pooled = torch::empty_like(pooled);
-      d_fc1 = torch::empty({fc1_weight.size(0), fc1_weight.size(1)}, opts);
+      d_pooled = at::empty_like(pooled);
+      d_fc1 = at::empty({fc1_weight.size(0), fc1_weight.size(1)}, opts);
       grouped_fc_backward_kernel<scalar_t>(d_hidden, pooled.contiguous(),
                                            fc1_weight.contiguous(), 1,
                                            d_pooled, d_fc1);
@@ -717,13 +678,26 @@ std::vector<torch::Tensor> dn_b_train_backward(
   return {grad_x, d_fc1, d_fc1_bias, d_fc2};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("normalize_act", &normalize_act,
-        "DN inference: normalisation, affine and clamp in one pass");
-  m.def("dn_b_inference", &dn_b_inference,
-        "DN-B inference: pooling, SC-Module and normalize_act in one call");
-  m.def("dn_b_train_forward", &dn_b_train_forward,
-        "DN-B training forward with batch statistics and clamp");
-  m.def("dn_b_train_backward", &dn_b_train_backward,
-        "the backward of dn_b_train_forward");
+TORCH_LIBRARY_FRAGMENT(dn_mmdet, m) {
+  m.def("dn_b_inference(Tensor x, Tensor fc1_weight, Tensor fc1_bias, "
+        "Tensor fc2_weight, int fc2_groups, Tensor base_scale, "
+        "Tensor base_shift, Tensor mean, Tensor var, float eps, float lo, "
+        "float hi) -> Tensor");
+  m.def("dn_b_train(Tensor x, Tensor fc1_weight, Tensor fc1_bias, "
+        "Tensor fc2_weight, int fc2_groups, Tensor base_scale, "
+        "Tensor base_shift, float eps, float lo, float hi) -> (Tensor y, "
+        "Tensor mean, Tensor var, Tensor invstd, Tensor pooled, "
+        "Tensor hidden, Tensor alpha, Tensor scale, Tensor shift)");
+  m.def("dn_b_train_backward(Tensor grad_y, Tensor x, Tensor mean, "
+        "Tensor invstd, Tensor pooled, Tensor hidden, Tensor alpha, "
+        "Tensor scale, Tensor shift, Tensor fc1_weight, Tensor fc2_weight, "
+        "int fc2_groups, float lo, float hi) -> (Tensor grad_x, "
+        "Tensor grad_fc1_weight, Tensor grad_fc1_bias, "
+        "Tensor grad_fc2_weight)");
+}
+
+TORCH_LIBRARY_IMPL(dn_mmdet, CPU, m) {
+  m.impl("dn_b_inference", &dn_b_inference);
+  m.impl("dn_b_train", &dn_b_train_forward);
+  m.impl("dn_b_train_backward", &dn_b_train_backward);
 }
