@@ -219,9 +219,9 @@ def first_test_batch(cfg: Config, batch_size: int = 1) -> dict:
     """The first ``batch_size`` samples of ``cfg``'s test set through its
     pipeline, collated as the dataloader collates them (a real image for
     :func:`verify_detector`)."""
+    from mmdet.registry import DATASETS
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import DefaultScope
-    from mmdet.registry import DATASETS
 
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
     with DefaultScope.overwrite_default_scope(

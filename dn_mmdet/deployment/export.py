@@ -12,17 +12,21 @@ rounding of the network.
 The graph comes from torch's TorchScript exporter (``dynamo=False``): it
 traces the model's eval forward, which needs nothing but torch (the dynamo
 exporter needs ``onnxscript`` and ``torch.export``, which fails on DN's
-module under ``no_grad``). Under tracing DN runs its plain torch ops, so
-each DN-B layer becomes standard ONNX ops: a mean over H and W (ReduceMean
+module under ``no_grad``). The C++ op ``dn_mmdet::dn_b_inference`` that
+DN runs on the CPU is no ONNX op, so for the trace every DN layer is set to
+``impl='composite'`` (:func:`composite_dn_layers`; a layer built with
+``impl='op'`` exports too), whose traced form is plain torch ops: each DN-B
+layer becomes standard ONNX ops: a mean over H and W (ReduceMean
 or GlobalAveragePool), the SC-Module's two fully connected layers (Gemm or
 MatMul) with the Sigmoid between them, and the normalisation's Mul and Add
 (and the Clip of a fused ReLU6).
 """
 
+import contextlib
 import io
 import os.path as osp
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -39,6 +43,7 @@ __all__ = [
     'INPUT_NAME',
     'DetectorForExport',
     'check_exportable',
+    'composite_dn_layers',
     'export_detector',
     'load_detector',
     'output_names',
@@ -192,6 +197,34 @@ def check_exportable(detector: nn.Module, opset: int) -> None:
             )
 
 
+@contextlib.contextmanager
+def composite_dn_layers(model: nn.Module) -> Iterator[List[DynamicNorm2d]]:
+    """Every DN layer of ``model`` computes with its composite
+    implementation (``impl='composite'``) inside the block, and with its
+    own ``impl`` again after it.
+
+    The composite is the one a trace can write as ONNX: the C++ op
+    (``impl='op'``, and ``'auto'`` on the CPU outside a trace) would be an
+    op of the ``dn_mmdet`` domain that onnxruntime does not know. Both
+    compute the same function, so the graph is the model's.
+
+    Args:
+        model (nn.Module): The model.
+
+    Yields:
+        list[DynamicNorm2d]: Its DN layers.
+    """
+    layers = [m for m in model.modules() if isinstance(m, DynamicNorm2d)]
+    impls = [layer.impl for layer in layers]
+    try:
+        for layer in layers:
+            layer.impl = 'composite'
+        yield layers
+    finally:
+        for layer, impl in zip(layers, impls):
+            layer.impl = impl
+
+
 def export_detector(
     detector: nn.Module,
     output_file: str,
@@ -242,12 +275,21 @@ def export_detector(
         if dynamic_batch:
             dynamic_axes = {n: {0: 'batch'} for n in (INPUT_NAME, *names)}
         buffer = io.BytesIO()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), composite_dn_layers(wrapper):
             # The exporter's notice that it is the legacy one: chosen here.
             warnings.filterwarnings(
                 'ignore',
                 message='You are using the legacy TorchScript',
                 category=DeprecationWarning,
+            )
+            # The norm layers' input checks (channels, values per channel,
+            # an empty batch) read the input's shape as Python values: the
+            # tracer warns that their outcome is frozen, which is what the
+            # export wants (the size is fixed, the batch is >= 1).
+            warnings.filterwarnings(
+                'ignore',
+                category=torch.jit.TracerWarning,
+                module=r'dn_mmdet\.norm\.',
             )
             torch.onnx.export(
                 wrapper,
@@ -275,6 +317,7 @@ def load_detector(cfg, checkpoint: str):
         FileNotFoundError: ``checkpoint`` does not exist.
     """
     from mmdet.apis import init_detector
+
     from ..utils.launch import check_file
 
     check_file(checkpoint, 'Checkpoint file')

@@ -45,6 +45,36 @@ def test_dn_b_exports_as_standard_onnx_ops(dn_onnx, dn_detector):
     assert [i.name for i in graph.input] == [INPUT_NAME]
 
 
+def test_dn_layers_built_for_the_cpp_op_export_as_composite(
+    seeded_detector, shapes_config, tmp_path, monkeypatch
+):
+    # impl='op' alone refuses a trace (the C++ op is no ONNX op): the
+    # export sets every DN layer to its composite for the trace.
+    detector = seeded_detector(shapes_config('dn'), impl='op')
+    layers = [m for m in detector.modules() if isinstance(m, DynamicNorm2d)]
+    picked = []
+    for layer in layers:
+
+        def spy(x, real=layer.implementation):
+            picked.append((torch.jit.is_tracing(), real(x)))
+            return picked[-1][1]
+
+        monkeypatch.setattr(layer, 'implementation', spy)
+    path = str(tmp_path / 'op.onnx')
+    expected = export_detector(detector, path, (128, 128))
+    # PyTorch's outputs come from the C++ op, the graph from the composite.
+    n = len(layers)
+    assert picked == [(False, 'op')] * n + [(True, 'composite')] * n
+    assert [layer.impl for layer in layers] == ['op'] * n
+    graph = onnx.load(path).graph
+    assert {node.domain for node in graph.node} <= {'', 'ai.onnx'}
+    traced = (
+        torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+        * 255
+    )
+    _assert_close(_run(path, traced), expected)
+
+
 def test_onnxruntime_computes_pytorchs_outputs(dn_onnx, dn_detector):
     traced = (
         torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
