@@ -309,19 +309,47 @@ def load_detector(cfg, checkpoint: str):
     """``cfg``'s detector with ``checkpoint``'s weights, in eval, on the
     CPU (mmdet's ``init_detector``).
 
+    The checkpoint is read as ``tools/test.py`` reads it
+    (:func:`~dn_mmdet.utils.compat.safe_checkpoint_loading`: torch's
+    weights-only unpickler, with the globals of the runner's checkpoints
+    allowed) and must fit the model whole, as the runner's
+    ``CheckpointMatchHook`` demands: mmengine loads what matches and skips
+    the rest, which would export a partly random network.
+
     Args:
         cfg (Config): The (merged) config.
         checkpoint (str): The checkpoint file.
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
+        CheckpointReadError: It cannot be read (naming the file and why).
+        CheckpointMismatchError: It does not fit the model (naming the
+            keys).
     """
     from mmdet.apis import init_detector
+    from mmengine.runner import CheckpointLoader
 
+    from ..utils.checkpoint import (
+        CheckpointMismatchError,
+        format_mismatch,
+        state_dict_mismatch,
+    )
+    from ..utils.compat import safe_checkpoint_loading
     from ..utils.launch import check_file
 
     check_file(checkpoint, 'Checkpoint file')
-    return init_detector(cfg, checkpoint, device='cpu')
+    with safe_checkpoint_loading():
+        saved = CheckpointLoader.load_checkpoint(checkpoint, 'cpu')
+        detector = init_detector(cfg, checkpoint, device='cpu')
+    mismatch = state_dict_mismatch(
+        detector.state_dict(), saved.get('state_dict', saved)
+    )
+    if mismatch:
+        raise CheckpointMismatchError(
+            f'Checkpoint {checkpoint} does not fit the model of this '
+            f'config.\n{format_mismatch(mismatch)}'
+        )
+    return detector
 
 
 def pipeline_input_shape(cfg) -> Tuple[int, int]:

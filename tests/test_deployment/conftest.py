@@ -54,12 +54,20 @@ def dn_detector(seeded_detector, shapes_config):
 
 @pytest.fixture(scope='session')
 def dn_checkpoint(dn_detector, tmp_path_factory):
-    """The seeded DN-B detector saved as a runner checkpoint."""
+    """The seeded DN-B detector saved as the runner saves a checkpoint:
+    with its message hub's log buffers (``HistoryBuffer``, numpy values),
+    which torch's weights-only unpickler refuses unless allowed."""
+    from mmengine.logging import HistoryBuffer
+
     path = tmp_path_factory.mktemp('ckpt') / 'dnb_seeded.pth'
     torch.save(
         dict(
             state_dict=dn_detector.state_dict(),
-            meta=dict(dataset_meta=dn_detector.dataset_meta),
+            meta=dict(dataset_meta=dn_detector.dataset_meta, epoch=1),
+            message_hub=dict(
+                log_scalars={'train/loss': HistoryBuffer([1.5, 1.25], [1, 1])},
+                runtime_info=dict(epoch=1),
+            ),
         ),
         path,
     )

@@ -116,6 +116,33 @@ def test_missing_checkpoint_writes_nothing(tools, shapes_config, tmp_path):
     assert not out.exists()
 
 
+def test_a_checkpoint_of_another_model_writes_nothing(
+    tools, shapes_config, dn_detector, tmp_path
+):
+    # mmengine would load the rest and skip the key: a partly random
+    # network, exported without a word.
+    state = dict(dn_detector.state_dict())
+    del state['backbone.stem.dn.sc.fc1.weight']
+    checkpoint = tmp_path / 'partial.pth'
+    torch.save(dict(state_dict=state), checkpoint)
+    out = tmp_path / 'out.onnx'
+    with pytest.raises(
+        SystemExit,
+        match=r'Checkpoint .*partial\.pth does not fit the model of this '
+        r'config\.\n  1 missing from the checkpoint: '
+        r'backbone\.stem\.dn\.sc\.fc1\.weight',
+    ):
+        tools['pytorch2onnx'].main(
+            [
+                shapes_config('dn'),
+                str(checkpoint),
+                '--output-file',
+                str(out),
+            ]
+        )
+    assert not out.exists()
+
+
 def test_test_onnx_names_a_missing_model(tools, shapes_config, tmp_path):
     with pytest.raises(SystemExit, match=r'ONNX model .*none\.onnx does '):
         tools['test_onnx'].main(

@@ -28,7 +28,7 @@ from dn_mmdet.deployment import (
     format_latency_table,
     load_detector,
 )
-from dn_mmdet.utils.launch import load_config
+from dn_mmdet.utils.launch import CHECKPOINT_ERRORS, load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,7 +98,7 @@ def main(argv=None) -> list:
             rows = benchmark_latency(
                 detectors, args.sizes, threads, tmp, args.repeats, args.warmup
             )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, *CHECKPOINT_ERRORS) as err:
         sys.exit(f'benchmark_onnx.py: error: {err}')
     print(
         f'median latency (ms) of {args.repeats} rounds, batch 1, torch '

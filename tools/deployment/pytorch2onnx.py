@@ -31,7 +31,11 @@ from dn_mmdet.deployment import (
     pipeline_input_shape,
     verify_detector,
 )
-from dn_mmdet.utils.launch import CfgOptionsAction, load_config
+from dn_mmdet.utils.launch import (
+    CHECKPOINT_ERRORS,
+    CfgOptionsAction,
+    load_config,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,7 +93,12 @@ def main(argv=None) -> dict:
         export_detector(
             detector, args.output_file, shape, args.opset, args.dynamic_batch
         )
-    except (FileNotFoundError, ValueError, TypeError) as err:
+    except (
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+        *CHECKPOINT_ERRORS,
+    ) as err:
         sys.exit(f'pytorch2onnx.py: error: {err}')
     print(
         f'wrote {args.output_file}: input image (N, 3, {shape[0]}, '
