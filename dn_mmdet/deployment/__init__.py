@@ -6,7 +6,13 @@ Not imported by ``dn_mmdet`` itself: it needs ``onnx`` and ``onnxruntime``
 (``requirements/deploy.txt``), which training does not.
 """
 
-from .benchmark import all_threads, benchmark_latency, format_latency_table
+from .benchmark import (
+    all_threads,
+    benchmark_latency,
+    format_latency_table,
+    machine_state,
+    write_latency_json,
+)
 from .evaluate import (
     DetectionDiff,
     build_onnx_runner,
@@ -53,4 +59,6 @@ __all__ = [
     'all_threads',
     'benchmark_latency',
     'format_latency_table',
+    'machine_state',
+    'write_latency_json',
 ]

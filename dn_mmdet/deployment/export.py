@@ -276,11 +276,17 @@ def export_detector(
             dynamic_axes = {n: {0: 'batch'} for n in (INPUT_NAME, *names)}
         buffer = io.BytesIO()
         with warnings.catch_warnings(), composite_dn_layers(wrapper):
-            # The exporter's notice that it is the legacy one: chosen here.
+            # The legacy exporter's notices that it is deprecated (chosen
+            # here: the dynamo exporter needs onnxscript and torch.export).
             warnings.filterwarnings(
                 'ignore',
                 message='You are using the legacy TorchScript',
                 category=DeprecationWarning,
+            )
+            warnings.filterwarnings(
+                'ignore',
+                category=DeprecationWarning,
+                module=r'torch\.onnx\.',
             )
             # The norm layers' input checks (channels, values per channel,
             # an empty batch) read the input's shape as Python values: the

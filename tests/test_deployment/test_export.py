@@ -1,6 +1,8 @@
 """Exporting the DN SSDLite to ONNX: standard ops, onnxruntime computes
 what PyTorch does, and bad input is refused before anything is written."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -10,8 +12,12 @@ from dn_mmdet.deployment import (
     INPUT_NAME,
     MIN_OPSET,
     DetectorForExport,
+    all_threads,
+    benchmark_latency,
     export_detector,
     load_session,
+    machine_state,
+    write_latency_json,
 )
 from dn_mmdet.norm import DynamicNorm2d
 
@@ -174,3 +180,33 @@ def test_batch_statistics_in_eval_write_nothing(
     ):
         export_detector(detector, str(path), (128, 128))
     assert not path.exists()
+
+
+def test_latency_rows_and_json(dn_detector, tmp_path):
+    # The timings themselves are not asserted (machine load); the ratios
+    # are over the last model, here the only one, so exactly 1.
+    rows = benchmark_latency(
+        {'dn b': dn_detector},
+        sizes=[64],
+        threads=[1],
+        work_dir=str(tmp_path),
+        repeats=2,
+        warmup=0,
+        clock='cpu',
+    )
+    assert [(r['size'], r['threads'], r['name']) for r in rows] == [
+        (64, 1, 'dn b')
+    ]
+    assert rows[0]['onnxruntime_ratio'] == rows[0]['pytorch_ratio'] == 1
+    assert rows[0]['onnxruntime_ms'] > 0 and rows[0]['pytorch_ms'] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ['dn_b_64.onnx']
+    with pytest.raises(ValueError, match='clock must be one of'):
+        benchmark_latency({'dn': dn_detector}, [64], [1], '', clock='gpu')
+    path = tmp_path / 'out' / 'latency.json'
+    before = machine_state()
+    written = write_latency_json(str(path), rows, before, repeats=2)
+    assert json.loads(path.read_text()) == written
+    assert written['settings'] == {'repeats': 2}
+    assert written['rows'] == rows
+    assert len(written['machine_after']['load_average']) == 3
+    assert written['machine_before']['cpus'] == all_threads() >= 1

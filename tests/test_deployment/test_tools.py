@@ -14,7 +14,12 @@ from dn_mmdet.deployment import compare_detections
 def tools(load_tool):
     return {
         name: load_tool(f'deployment/{name}')
-        for name in ('pytorch2onnx', 'test_onnx', 'compare_results')
+        for name in (
+            'pytorch2onnx',
+            'test_onnx',
+            'compare_results',
+            'benchmark_onnx',
+        )
     }
 
 
@@ -141,6 +146,25 @@ def test_a_checkpoint_of_another_model_writes_nothing(
             ]
         )
     assert not out.exists()
+
+
+def test_benchmark_onnx_refuses_bad_arguments(
+    tools, shapes_config, tmp_path, capsys
+):
+    configs = [shapes_config('dn'), shapes_config('bn')]
+    bad = (
+        (['--out', 'latency.txt'], '--out must be a .json file'),
+        (['--checkpoints', 'none'], '1 --checkpoints for 2 configs'),
+    )
+    for extra, message in bad:
+        with pytest.raises(SystemExit):
+            tools['benchmark_onnx'].main([*configs, *extra])
+        assert message in capsys.readouterr().err
+    missing = str(tmp_path / 'missing.pth')
+    with pytest.raises(SystemExit, match=r'Checkpoint file .*missing\.pth'):
+        tools['benchmark_onnx'].main(
+            [*configs, '--checkpoints', missing, 'none']
+        )
 
 
 def test_test_onnx_names_a_missing_model(tools, shapes_config, tmp_path):

@@ -7,7 +7,8 @@ Example (DN-B against BN, the shapes size and 320 px, one thread and all)::
     python tools/deployment/benchmark_onnx.py \\
         configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py \\
         configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py \\
-        --sizes 128 320 --threads 1 0
+        --sizes 128 320 --threads 1 0 \\
+        --out docs/benchmarks/onnx_latency.json
 
 The last config is the baseline of the ratios. Without ``--checkpoints``
 the models have their seeded initial weights (latency does not depend on
@@ -27,6 +28,8 @@ from dn_mmdet.deployment import (
     benchmark_latency,
     format_latency_table,
     load_detector,
+    machine_state,
+    write_latency_json,
 )
 from dn_mmdet.utils.launch import CHECKPOINT_ERRORS, load_config
 
@@ -40,7 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         'configs', nargs='+', help='detector configs; the last is the baseline'
     )
     parser.add_argument(
-        '--checkpoints', nargs='+', help='a checkpoint for each config'
+        '--checkpoints',
+        nargs='+',
+        help="a checkpoint for each config, 'none' for its initial weights",
     )
     parser.add_argument(
         '--sizes',
@@ -65,7 +70,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=3,
         help='untimed rounds first (default 3)',
     )
+    parser.add_argument(
+        '--clock',
+        choices=['wall', 'cpu'],
+        default='wall',
+        help="'wall': elapsed time, the latency (default); 'cpu': the "
+        "process's CPU time, steadier on a busy machine (with one thread)",
+    )
+    parser.add_argument(
+        '--out',
+        help='also write the rows, the settings and the load average '
+        'before and after to this .json file',
+    )
     args = parser.parse_args(argv)
+    if args.out is not None and not args.out.endswith('.json'):
+        parser.error(f'--out must be a .json file, got {args.out}')
     if args.checkpoints and len(args.checkpoints) != len(args.configs):
         parser.error(
             f'{len(args.checkpoints)} --checkpoints for '
@@ -78,7 +97,7 @@ def _build(config: str, checkpoint):
     from mmdet.apis import init_detector
 
     cfg = load_config(config)
-    if checkpoint:
+    if checkpoint and checkpoint.lower() != 'none':
         return load_detector(cfg, checkpoint)
     torch.manual_seed(0)
     return init_detector(cfg, None, device='cpu')
@@ -94,17 +113,42 @@ def main(argv=None) -> list:
             for c, ckpt in zip(args.configs, checkpoints)
         }
         threads = [t or all_threads() for t in args.threads]
+        before = machine_state()
         with tempfile.TemporaryDirectory() as tmp:
             rows = benchmark_latency(
-                detectors, args.sizes, threads, tmp, args.repeats, args.warmup
+                detectors,
+                args.sizes,
+                threads,
+                tmp,
+                args.repeats,
+                args.warmup,
+                clock=args.clock,
             )
     except (FileNotFoundError, ValueError, *CHECKPOINT_ERRORS) as err:
         sys.exit(f'benchmark_onnx.py: error: {err}')
     print(
-        f'median latency (ms) of {args.repeats} rounds, batch 1, torch '
-        f'{torch.__version__}; ratio: over {list(detectors)[-1]}'
+        f'median {args.clock} time (ms) of {args.repeats} rounds, batch 1, '
+        f'torch {torch.__version__}; ratio: over {list(detectors)[-1]}'
     )
     print(format_latency_table(rows))
+    if args.out:
+        report = write_latency_json(
+            args.out,
+            rows,
+            before,
+            configs=args.configs,
+            checkpoints=args.checkpoints,
+            sizes=args.sizes,
+            threads=threads,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            clock=args.clock,
+        )
+        print(
+            f'load average (1, 5, 15 min) before '
+            f'{report["machine_before"]["load_average"]}, after '
+            f'{report["machine_after"]["load_average"]}; wrote {args.out}'
+        )
     return rows
 
 
