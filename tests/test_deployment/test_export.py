@@ -67,7 +67,7 @@ def test_dn_layers_built_for_the_cpp_op_export_as_composite(
 
         monkeypatch.setattr(layer, 'implementation', spy)
     path = str(tmp_path / 'op.onnx')
-    expected = export_detector(detector, path, (128, 128))
+    expected = export_detector(detector, path, (64, 64))
     # PyTorch's outputs come from the C++ op, the graph from the composite.
     n = len(layers)
     assert picked == [(False, 'op')] * n + [(True, 'composite')] * n
@@ -75,7 +75,7 @@ def test_dn_layers_built_for_the_cpp_op_export_as_composite(
     graph = onnx.load(path).graph
     assert {node.domain for node in graph.node} <= {'', 'ai.onnx'}
     traced = (
-        torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+        torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
         * 255
     )
     _assert_close(_run(path, traced), expected)
