@@ -75,7 +75,10 @@ setup(
     python_requires='>=3.8',
     install_requires=parse_requirements('runtime.txt')
     + parse_requirements('mminstall.txt'),
-    extras_require={'tests': parse_requirements('tests.txt')},
+    extras_require={
+        'tests': parse_requirements('tests.txt'),
+        'deploy': parse_requirements('deploy.txt'),
+    },
     license='Apache License 2.0',
     zip_safe=False,
     **compiled_ops(),
