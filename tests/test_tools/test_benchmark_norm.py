@@ -502,6 +502,53 @@ def test_interleave_times_all_variants_in_one_worker():
     assert row.split(' | ')[5] == '-'  # no peak memory, no ratio
 
 
+def test_before_runs_each_worker_again_with_the_other_checkout(
+    tmp_path, tool_env
+):
+    """``--before CHECKOUT``: every worker again with that checkout's
+    dn_mmdet (here this one), the ratios side by side, and the JSON's runs
+    say which tree each comes from (they lost it before)."""
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(TOOL),
+            '--models',
+            'layer',
+            '--cases',
+            '2x32',
+            '--interleave',
+            '--threads',
+            '1',
+            '--repeat',
+            '1',
+            '--warmup',
+            '0',
+            '--variants',
+            *VARIANTS,
+            '--device',
+            'cpu',
+            '--before',
+            str(REPO),
+            '--out',
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Ratios to BN, before and after:' in proc.stdout
+    runs = json.loads(out.read_text())['runs']
+    assert [(r['tree'], r['variant']) for r in runs] == [
+        ('after', 'bn'),
+        ('after', 'dnb-r16-goup'),
+        ('before', 'bn'),
+        ('before', 'dnb-r16-goup'),
+    ]
+
+
 def test_a_failed_worker_names_its_case(monkeypatch):
     """A worker that fails stops the sweep with its case and stderr."""
     plan = _sweep(
