@@ -188,7 +188,11 @@ def test_compile_true_in_a_config_trains_through_train_py(
         f"_base_ = '{shapes_config('dn')}'\n"
         "compile = dict(backend='aot_eager')\n"
     )
-    options = shapes_options(shapes_data, max_epochs=1, validate=False)
+    # One iteration of two images: one graph to capture (each new count of
+    # boxes would capture the loss's graph again).
+    options = shapes_options(
+        shapes_data, max_epochs=1, validate=False, input_size=64
+    ) + ['train_dataloader.dataset.indices=2']
     proc = subprocess.run(
         [
             sys.executable,
@@ -208,4 +212,6 @@ def test_compile_true_in_a_config_trains_through_train_py(
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert 'FuseNormActHook: ' in log
+    assert 'Model has been "compiled"' in log
+    assert 'Epoch(train) [1][1/1]' in log
     assert (tmp_path / 'work' / 'epoch_1.pth').is_file()

@@ -216,3 +216,33 @@ def test_float32_model_in_eval_takes_half_input_as_batchnorm_does(dtype):
         expected = dn(x)
     assert y.dtype == dtype
     torch.testing.assert_close(y.float(), expected, **TOL[dtype])
+
+
+@pytest.mark.parametrize(
+    'swap', ['assignment', 'load_state_dict', '_apply', 'in_place']
+)
+def test_every_way_of_swapping_weights_is_seen_by_the_next_call(swap):
+    """After a first eval call (which main cached), each way of giving the
+    layer other weights or statistics changes the next call: it computes
+    what the reference computes from the layer's tensors as they now are."""
+    torch.manual_seed(0)
+    dn = randomize(DynamicNorm2d(16, r=4)).eval()
+    other = randomize(copy.deepcopy(dn), seed=5)
+    x = torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        before = dn(x)
+        if swap == 'assignment':
+            dn.sc.fc1.weight = other.sc.fc1.weight
+            dn.bn.running_mean = other.bn.running_mean
+        elif swap == 'load_state_dict':
+            dn.load_state_dict(other.state_dict())
+        elif swap == '_apply':  # new tensors (float64), new values
+            dn.double()
+            dn.sc.fc2.weight.mul_(2.0)
+            x = x.double()
+        else:
+            dn.bn.running_var.mul_(3.0)
+        y = dn(x)
+        assert not torch.allclose(y.float(), before)
+        expected = dynamic_norm_reference(copy.deepcopy(dn), x)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)

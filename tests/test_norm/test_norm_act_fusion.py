@@ -219,3 +219,52 @@ def test_mobilenet_v2_dn_is_fused_by_construction_and_exact():
         unfused = model(x)
     for a, b in zip(fast, unfused):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_of_a_fused_run_loads_strictly_into_unfused_models(
+    tmp_path, toy
+):
+    """A run fused by ``FuseNormActHook`` writes a checkpoint with the keys
+    and the DN options record of the unfused model: it loads strictly into
+    an unfused model, whose own checkpoint loads strictly back into the
+    fused one, with the same outputs every way; the record is still checked
+    after fusion (a fused model refuses another ``eps``)."""
+    from mmengine.runner import load_checkpoint, save_checkpoint
+
+    from dn_mmdet.utils import safe_checkpoint_loading
+    from dn_mmdet.utils.checkpoint import OPTIONS_KEY
+
+    norm_cfg = dict(type='DN', r=4)
+    runner = toy.build_runner(
+        tmp_path / 'work',
+        model=toy.ToyNet(norm_cfg),
+        max_epochs=1,
+        custom_hooks=[dict(type='FuseNormActHook')],
+    )
+    runner.train()
+    fused = runner.model.backbone
+    assert [type(m) for m in fused] == [FusedNormActConvModule] * 2
+    ckpt = str(tmp_path / 'work' / 'epoch_1.pth')
+    x = torch.randn(2, 3, 8, 8)
+
+    unfused = toy.ToyNet(norm_cfg)
+    with safe_checkpoint_loading():
+        load_checkpoint(unfused, ckpt, strict=True)
+    assert [type(m) for m in unfused.backbone] == [ConvModule] * 2
+    runner.model.eval(), unfused.eval()
+    with torch.no_grad():
+        expected = runner.model.backbone(x)
+        torch.testing.assert_close(unfused.backbone(x), expected)
+    assert unfused.state_dict()._metadata['backbone.0.dn'][OPTIONS_KEY]
+
+    back = tmp_path / 'unfused.pth'
+    save_checkpoint(dict(state_dict=unfused.state_dict()), str(back))
+    refused = toy.ToyNet(dict(norm_cfg, eps=1e-3))
+    fuse_norm_act(refused)
+    with pytest.raises(RuntimeError, match='eps'):
+        load_checkpoint(refused, str(back), strict=True)
+    again = toy.ToyNet(norm_cfg)
+    assert fuse_norm_act(again) == 2
+    load_checkpoint(again, str(back), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval().backbone(x), expected)

@@ -30,46 +30,39 @@ def cli():
     return SimpleNamespace(**runpy.run_path(str(TOOL)))
 
 
+def run_tool(out, env, *options):
+    """Run the tool with ``options`` at one thread, one timed step, BN and
+    DN-B on the CPU, JSON to ``out``: (stdout, the JSON)."""
+    command = [sys.executable, str(TOOL), *options, '--threads', '1']
+    command += ['--repeat', '1', '--warmup', '0', '--variants', *VARIANTS]
+    command += ['--device', 'cpu', '--out', str(out)]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
 @pytest.fixture(scope='module')
 def bench(tmp_path_factory, tool_env):
     """One worker per (model, variant): two mmdet backbones with DN through
     norm_cfg and the lone layers."""
     out = tmp_path_factory.mktemp('bench') / 'bench.json'
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(TOOL),
-            '--models',
-            'resnet18',
-            'mmdet-mobilenetv2',
-            'layer',
-            '--batch-sizes',
-            '2',
-            '--sizes',
-            '32',
-            '--threads',
-            '1',
-            '--repeat',
-            '1',
-            '--warmup',
-            '0',
-            '--runs',
-            '1',
-            '--keep-freed-memory',
-            '--variants',
-            *VARIANTS,
-            '--device',
-            'cpu',
-            '--out',
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=tool_env,
-        timeout=600,
+    return run_tool(
+        out,
+        tool_env,
+        '--models',
+        'resnet18',
+        'mmdet-mobilenetv2',
+        'layer',
+        '--batch-sizes',
+        '2',
+        '--sizes',
+        '32',
+        '--runs',
+        '1',
+        '--keep-freed-memory',
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, json.loads(out.read_text())
 
 
 def test_benchmark_prints_a_finite_row_for_every_case(bench):
@@ -500,6 +493,33 @@ def test_interleave_times_all_variants_in_one_worker():
         if line.startswith('| 2 | 32 | dnb-r16-goup')
     )
     assert row.split(' | ')[5] == '-'  # no peak memory, no ratio
+
+
+def test_before_runs_each_worker_again_with_the_other_checkout(
+    tmp_path, tool_env
+):
+    """``--before CHECKOUT``: every worker again with that checkout's
+    dn_mmdet (here this one), the ratios side by side, and the JSON's runs
+    say which tree each comes from (they lost it before)."""
+    stdout, results = run_tool(
+        tmp_path / 'bench.json',
+        tool_env,
+        '--models',
+        'layer',
+        '--cases',
+        '2x32',
+        '--interleave',
+        '--before',
+        str(REPO),
+    )
+    assert 'Ratios to BN, before and after:' in stdout
+    runs = results['runs']
+    assert [(r['tree'], r['variant']) for r in runs] == [
+        ('after', 'bn'),
+        ('after', 'dnb-r16-goup'),
+        ('before', 'bn'),
+        ('before', 'dnb-r16-goup'),
+    ]
 
 
 def test_a_failed_worker_names_its_case(monkeypatch):

@@ -298,8 +298,9 @@ def main(argv=None):
     except WorkerError as error:
         sys.exit(str(error))
     trees = {}
-    for r in runs:
-        trees.setdefault(r.pop('tree'), []).append(r)
+    for r in runs:  # the JSON's runs keep their tree
+        rest = {k: v for k, v in r.items() if k != 'tree'}
+        trees.setdefault(r['tree'], []).append(rest)
     results = median_over_runs(trees['after'])
     table = format_table(results, sweep, kernel_status)
     if 'before' in trees:

@@ -123,6 +123,10 @@ class NonFiniteCheckHook(Hook):
             handle.remove()
         self._handles.clear()
 
+    # Eager under torch.compile: mmengine's ``compile`` compiles the whole
+    # ``train_step``, optimizer step and its pre-hooks included, and dynamo
+    # cannot trace the runner or the optimizer's param_groups.
+    @torch.compiler.disable
     def _check_grads(self, runner, optimizer, kwargs) -> None:
         if kwargs.get('found_inf') is not None:
             # A GradScaler hands still-scaled gradients to an optimizer that
