@@ -5,25 +5,27 @@ embedded shapes data with the one way to shrink a shapes config."""
 # beside CPU torch (dn_mmdet/utils/torchvision_compat.py), which
 # ``import mmdet.models`` needs now that mmpretrain is installed.
 import dn_mmdet  # noqa: F401, I001
-import sys
 import uuid
 
 import pytest
 import torch
-from helpers import SHAPES_CONFIGS, TOOLS, load_module, subprocess_env
+from helpers import (
+    SHAPES_CONFIGS,
+    TOOLS,
+    cfg_options_dict,
+    load_module,
+    subprocess_env,
+)
 
 
 def _load_tool(path: str):
-    """``tools/<path>.py`` as a module (tools are scripts, not a package).
+    """``tools/<path>.py`` as a module, for tests of a command line itself
+    (its arguments, usage errors and exit messages); what a tool calls is
+    tested through the package.
 
     Registered in ``sys.modules`` (as ``tools_<stem>``) so that what it
-    defines pickles, e.g. into the generator's worker processes.
+    defines pickles.
     """
-    # As when run as a script: its folder is importable (the shapes tools
-    # import the generator beside them).
-    folder = str((TOOLS / path).parent)
-    if folder not in sys.path:
-        sys.path.append(folder)
     return load_module(TOOLS / f'{path}.py', f'tools_{path.split("/")[-1]}')
 
 
@@ -59,23 +61,29 @@ def torch_threads():
 
 @pytest.fixture(scope='session')
 def load_tool():
-    """``load_tool('model_converters/bn2dn')``: a tool as a module."""
+    """``load_tool('model_converters/bn2dn')``: a tool as a module (for
+    tests of its command line)."""
     return _load_tool
 
 
 @pytest.fixture(scope='session')
 def shapes_generator():
-    """``tools/misc/shapes_generator.py`` (the embedded data's generator)."""
-    return _load_tool('misc/shapes_generator')
+    """:mod:`dn_mmdet.datasets.shapes_generator` (the embedded data's
+    generator)."""
+    from dn_mmdet.datasets import shapes_generator
+
+    return shapes_generator
 
 
 @pytest.fixture(scope='session')
 def train_tool():
+    """tools/train.py as a module, for tests of its command line."""
     return _load_tool('train')
 
 
 @pytest.fixture(scope='session')
 def test_tool():
+    """tools/test.py as a module, for tests of its command line."""
     return _load_tool('test')
 
 
@@ -179,24 +187,22 @@ def shapes_options():
 
 
 @pytest.fixture(scope='session')
-def shapes_cfg(train_tool, shapes_options):
+def shapes_cfg(shapes_options):
     """A shapes config shrunk by ``shapes_options`` (no validation by
-    default), built as ``tools/train.py`` builds it (with its ``flags``,
-    e.g. ``'--amp'``); for in-process runs."""
+    default), built as ``tools/train.py`` builds it (by
+    :func:`dn_mmdet.utils.run_config.build_train_cfg`; ``flags`` may be
+    ``'--amp'``); for in-process runs."""
+    from dn_mmdet.utils.run_config import build_train_cfg
 
     def build(kind, data_root, work_dir, *flags, **kwargs):
+        assert set(flags) <= {'--amp'}, flags
         kwargs.setdefault('validate', False)
-        args = train_tool.parse_args(
-            [
-                str(SHAPES_CONFIGS[kind]),
-                '--work-dir',
-                str(work_dir),
-                *flags,
-                '--cfg-options',
-                *shapes_options(data_root, **kwargs),
-            ]
+        return build_train_cfg(
+            str(SHAPES_CONFIGS[kind]),
+            cfg_options=cfg_options_dict(shapes_options(data_root, **kwargs)),
+            work_dir=str(work_dir),
+            amp='--amp' in flags,
         )
-        return train_tool.build_config(args)
 
     return build
 
@@ -212,5 +218,8 @@ def tool_env():
 
 @pytest.fixture(scope='session')
 def get_flops():
-    """``tools/analysis/get_flops.py``, the project's size tool."""
-    return _load_tool('analysis/get_flops')
+    """:mod:`dn_mmdet.analysis.complexity`, what the project's size tool
+    (tools/analysis/get_flops.py) counts with."""
+    from dn_mmdet.analysis import complexity
+
+    return complexity

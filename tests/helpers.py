@@ -129,3 +129,16 @@ def load_module(path: PathLike, name: Optional[str] = None) -> ModuleType:
             del sys.modules[name]
             raise
     return sys.modules[name]
+
+
+def cfg_options_dict(items: Sequence[str]) -> dict:
+    """``--cfg-options`` items (``KEY=VALUE`` strings, as ``shapes_options``
+    gives them) as the dict ``tools/train.py`` merges, parsed by the same
+    argparse action."""
+    import argparse
+
+    from dn_mmdet.utils.launch import CfgOptionsAction
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction)
+    return parser.parse_args(['--cfg-options', *items]).cfg_options

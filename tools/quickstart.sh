@@ -11,11 +11,18 @@ cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/ssdlite/ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py}
 WORK_DIR=${WORK_DIR:-work_dirs/quickstart/$(basename "$CONFIG" .py)}
 VENV=${DN_MMDET_VENV:-.venv}
-# torch's OpenMP threads (one a core) spin while they wait for each other: on
-# a 2-vCPU machine shared with other work a training iteration then took
-# 9-13 s instead of 1.4-1.8 s (README, "Quick start"). Threads that sleep
-# while they wait avoid that (their cost on an idle machine is unmeasured).
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# torch's OpenMP threads (one a core) spin while they wait for each other.
+# On a machine that other work keeps busy, a spinning thread holds a core the
+# thread it waits for needs: with libgomp's default spin, and with bounded
+# spins of 10^4 and 10^5 (GOMP_SPINCOUNT), training iterations were several
+# times slower than with threads that sleep at once, in alternating runs. On
+# an idle machine sleeping costs a fraction of an iteration instead, so
+# sleeping is the default; set OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself
+# (e.g. GOMP_SPINCOUNT=300000, libgomp's own default, on a machine nothing
+# else uses) to override.
+if [[ -z ${OMP_WAIT_POLICY:-} && -z ${GOMP_SPINCOUNT:-} ]]; then
+  export OMP_WAIT_POLICY=PASSIVE
+fi
 
 bash tools/setup_env.sh
 PY="$VENV/bin/python"

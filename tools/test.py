@@ -29,14 +29,12 @@ from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 
 import dn_mmdet  # noqa: E402,F401  (registers everything)
 from dn_mmdet.utils.compat import safe_checkpoint_loading  # noqa: E402
-from dn_mmdet.utils.launch import (
-    CHECKPOINT_ERRORS,  # noqa: E402
+from dn_mmdet.utils.launch import (  # noqa: E402
+    CHECKPOINT_ERRORS,
     CfgOptionsAction,
-    check_file,
-    default_work_dir,
-    load_config,
     setup_cpu_distributed,
 )
+from dn_mmdet.utils.run_config import build_test_cfg, is_detector  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,42 +80,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    """The test config: the file, ``--cfg-options``, then the flags.
-
-    Raises:
-        FileNotFoundError: Missing config or checkpoint file.
-        ValueError: A ``--cfg-options`` item that cannot be merged.
-        RuntimeError: ``--show-dir`` without a visualization hook.
-    """
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = default_work_dir(args.config)
-    if '://' not in args.checkpoint:  # URLs are fetched by mmengine
-        check_file(args.checkpoint, 'Checkpoint file')
-    cfg.load_from = args.checkpoint
-
-    if args.show_dir is not None:
-        hooks = cfg.get('default_hooks') or {}
-        if not hooks.get('visualization'):
-            raise RuntimeError(
-                f'--show-dir needs default_hooks.visualization (e.g. '
-                f"dict(type='DetVisualizationHook')) in {args.config}."
-            )
-        if _is_detector(cfg):
-            hooks.visualization.draw = True
-            hooks.visualization.test_out_dir = args.show_dir
-        else:  # mmpretrain's VisualizationHook
-            hooks.visualization.enable = True
-            hooks.visualization.out_dir = args.show_dir
-    return cfg
-
-
-def _is_detector(cfg) -> bool:
-    """Whether ``cfg`` is an mmdet config (else an mmpretrain classifier)."""
-    return cfg.get('default_scope', 'mmdet') == 'mmdet'
+    """The test config of parsed arguments (see
+    :func:`dn_mmdet.utils.run_config.build_test_cfg`, which raises the
+    errors :func:`main` prints as one line)."""
+    return build_test_cfg(
+        args.config,
+        args.checkpoint,
+        cfg_options=args.cfg_options,
+        work_dir=args.work_dir,
+        launcher=args.launcher,
+        show_dir=args.show_dir,
+    )
 
 
 def main(argv=None) -> dict:
@@ -141,7 +114,7 @@ def main(argv=None) -> dict:
     else:
         runner = Runner.from_cfg(cfg)
     if args.out is not None:
-        dump = DumpDetResults if _is_detector(cfg) else DumpResults
+        dump = DumpDetResults if is_detector(cfg) else DumpResults
         runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
     with safe_checkpoint_loading():
         try:

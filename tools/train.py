@@ -15,29 +15,21 @@ continues from that checkpoint.
 
 import argparse
 import contextlib
-import logging
 import os
 import pickle
 import sys
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.device import get_device
-from mmengine.logging import print_log
 
 import dn_mmdet  # noqa: F401  (registers everything, whatever the config)
 from dn_mmdet.utils.compat import safe_checkpoint_loading
 from dn_mmdet.utils.launch import (
     CHECKPOINT_ERRORS,
     CfgOptionsAction,
-    check_file,
-    checkpoint_seed,
-    cpu_has_native_bf16,
-    default_work_dir,
-    find_resume_checkpoint,
     is_main_process,
-    load_config,
     setup_cpu_distributed,
 )
+from dn_mmdet.utils.run_config import build_train_cfg
 from dn_mmdet.utils.work_dir_lock import WorkDirInUseError, WorkDirLock
 
 
@@ -93,95 +85,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    """The training config: the file, then ``--cfg-options``, then flags.
-
-    Args:
-        args (argparse.Namespace): Output of :func:`parse_args`.
-
-    Returns:
-        Config: The config to build the runner from.
-
-    Raises:
-        FileNotFoundError: Missing config file or ``--resume`` checkpoint.
-        pickle.UnpicklingError: A ``--resume`` checkpoint that the
-            weights-only loader refuses (read for its seed).
-        ValueError: A ``--cfg-options`` item that cannot be merged.
-        RuntimeError: ``--auto-scale-lr`` on a config without
-            ``auto_scale_lr.base_batch_size``.
-    """
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-
-    # work_dir priority: CLI > config > ./work_dirs/<config stem>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = default_work_dir(args.config)
-
-    if args.amp:
-        if get_device() == 'cpu':
-            # AmpOptimWrapper needs an accelerator: bf16 autocast instead.
-            cfg.optim_wrapper.type = 'BF16OptimWrapper'
-            if not cpu_has_native_bf16():
-                print_log(
-                    '--amp: this CPU has no native bfloat16 (AVX512-BF16 or '
-                    'AMX), so bf16 autocast trains several times slower '
-                    'than float32 here; drop --amp unless you need bf16.',
-                    logger='current',
-                    level=logging.WARNING,
-                )
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
-
-    if args.auto_scale_lr:
-        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
-            raise RuntimeError(
-                f'--auto-scale-lr needs auto_scale_lr.base_batch_size (the '
-                f'total batch size the lr is set for) in {args.config}.'
-            )
-        cfg.auto_scale_lr.enable = True
-
-    if args.resume is not None:
-        resume_from = _resume_checkpoint(args.resume, cfg.work_dir)
-        # As mmdet: a resumed run does not load ``load_from`` weights.
-        cfg.resume = resume_from is not None
-        cfg.load_from = resume_from
-        if resume_from is not None:
-            _reuse_checkpoint_seed(cfg, resume_from)
-    return cfg
-
-
-def _resume_checkpoint(resume: str, work_dir: str):
-    """The checkpoint ``--resume [PATH]`` means (None: start afresh)."""
-    if resume == 'auto':
-        found = find_resume_checkpoint(work_dir)
-        if found is None:
-            print_log(
-                f'--resume: no checkpoint in {work_dir}; training from '
-                'scratch.',
-                logger='current',
-                level=logging.WARNING,
-            )
-        return found
-    if '://' in resume:  # a URL, fetched by mmengine
-        return resume
-    return check_file(resume, '--resume checkpoint')
-
-
-def _reuse_checkpoint_seed(cfg, checkpoint: str) -> None:
-    """Give a resumed run without a configured seed its checkpoint's seed.
-
-    mmengine restores the seed on resume, but only after the data sampler was
-    built with a fresh random one, so the data order would change. Setting it
-    in the config up front keeps the order of the original run.
-    """
-    randomness = cfg.get('randomness') or {}
-    if randomness.get('seed') is not None:
-        return
-    seed = checkpoint_seed(checkpoint)
-    if seed is not None:
-        cfg.randomness = dict(randomness, seed=seed)
+    """The training config of parsed arguments (see
+    :func:`dn_mmdet.utils.run_config.build_train_cfg`, which raises the
+    errors :func:`main` prints as one line)."""
+    return build_train_cfg(
+        args.config,
+        cfg_options=args.cfg_options,
+        work_dir=args.work_dir,
+        launcher=args.launcher,
+        amp=args.amp,
+        auto_scale_lr=args.auto_scale_lr,
+        resume=args.resume,
+    )
 
 
 def main(argv=None):

@@ -2,7 +2,8 @@
 errors that name the file (:mod:`.compat`), the comparison of a checkpoint
 with a model (:mod:`.checkpoint`), atomic checkpoint writes
 (:mod:`.atomic_backend`), seeding for exact resumption (:mod:`.seeding`),
-one run per work dir (:mod:`.work_dir_lock`) and the launch helpers of
+one run per work dir (:mod:`.work_dir_lock`), the run configs of the tools
+(:mod:`.run_config`) and the launch helpers of
 ``tools/`` (:mod:`.launch`). Importing them changes nothing in the process:
 what the tools need is switched on by explicit calls
 (:func:`safe_checkpoint_loading`)."""

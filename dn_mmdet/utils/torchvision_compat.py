@@ -17,7 +17,14 @@ torchvision's own "Couldn't load custom C++ ops" error. Nothing in dn_mmdet or
 mmpretrain's classification path calls them (mmdet uses mmcv's ops).
 
 Importing this module does nothing; ``import dn_mmdet`` calls
-:func:`define_missing_ops` before it imports mmdet's models.
+:func:`define_missing_ops` before it imports mmdet's models. That call
+cannot be left to the tools or the runtime configs as the safe checkpoint
+loader is: registering dn_mmdet's modules imports ``mmdet.models`` (the
+SSDLite head subclasses its ``SSDHead``), which fails in such an environment
+("operator torchvision::nms does not exist", also for a bare
+``import mmdet.models``), and a config's ``custom_imports`` imports dn_mmdet
+before any hook of the run exists. Where torchvision's extension loads, the
+call declares nothing.
 """
 
 import glob

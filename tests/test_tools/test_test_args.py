@@ -1,15 +1,16 @@
-"""tools/test.py: flags to config, with clear errors on bad input."""
+"""tools/test.py: its flags (parsed by the tool, the config built by
+dn_mmdet.utils.run_config.build_test_cfg), with clear errors on bad
+input."""
 
 import os.path as osp
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import SHAPES_CONFIGS, cfg_options_dict
 
-CONFIG = (
-    Path(__file__).resolve().parents[2]
-    / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
-)
+from dn_mmdet.utils.run_config import build_test_cfg
+
+CONFIG = SHAPES_CONFIGS['bn']
 
 
 @pytest.fixture
@@ -19,12 +20,8 @@ def ckpt(tmp_path):
     return path
 
 
-def _cfg(test_tool, *argv):
-    return test_tool.build_config(test_tool.parse_args([str(CONFIG), *argv]))
-
-
-def test_defaults(test_tool, ckpt):
-    cfg = _cfg(test_tool, str(ckpt))
+def test_defaults(ckpt):
+    cfg = build_test_cfg(str(CONFIG), str(ckpt))
     assert cfg.load_from == str(ckpt)
     assert cfg.work_dir == osp.join('./work_dirs', CONFIG.stem)
     assert not cfg.default_hooks.visualization.get('draw', False)
@@ -32,15 +29,20 @@ def test_defaults(test_tool, ckpt):
 
 
 def test_flags(test_tool, ckpt, tmp_path):
-    cfg = _cfg(
-        test_tool,
-        str(ckpt),
-        '--work-dir',
-        str(tmp_path),
-        '--show-dir',
-        'vis',
-        '--cfg-options',
-        'test_dataloader.batch_size=1',
+    """The tool's flags reach build_test_cfg."""
+    cfg = test_tool.build_config(
+        test_tool.parse_args(
+            [
+                str(CONFIG),
+                str(ckpt),
+                '--work-dir',
+                str(tmp_path),
+                '--show-dir',
+                'vis',
+                '--cfg-options',
+                'test_dataloader.batch_size=1',
+            ]
+        )
     )
     assert cfg.work_dir == str(tmp_path)
     assert cfg.default_hooks.visualization.draw
@@ -69,13 +71,11 @@ def test_out_must_be_a_pickle(test_tool, ckpt, capsys):
     assert '--out must be a .pkl or .pickle file' in capsys.readouterr().err
 
 
-def test_show_dir_needs_a_visualization_hook(test_tool, ckpt):
+def test_show_dir_needs_a_visualization_hook(ckpt):
     with pytest.raises(RuntimeError, match='default_hooks.visualization'):
-        _cfg(
-            test_tool,
+        build_test_cfg(
+            str(CONFIG),
             str(ckpt),
-            '--show-dir',
-            'vis',
-            '--cfg-options',
-            'default_hooks.visualization=None',
+            cfg_options_dict(['default_hooks.visualization=None']),
+            show_dir='vis',
         )

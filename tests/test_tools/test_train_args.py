@@ -1,4 +1,6 @@
-"""tools/train.py: flags to config, with clear errors on bad input."""
+"""tools/train.py: its flags (parsed by the tool, the config built by
+dn_mmdet.utils.run_config.build_train_cfg), with clear errors on bad
+input."""
 
 import logging
 import os
@@ -7,20 +9,43 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SHAPES_CONFIGS, cfg_options_dict
 from mmengine.logging import MMLogger
 
-CONFIG = (
-    Path(__file__).resolve().parents[2]
-    / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
-)
+from dn_mmdet.utils import run_config
+from dn_mmdet.utils.run_config import build_train_cfg
+
+CONFIG = SHAPES_CONFIGS['bn']
 
 
-def _cfg(train_tool, *argv):
-    return train_tool.build_config(train_tool.parse_args([str(CONFIG), *argv]))
+def _cfg(*options, **kwargs):
+    """The training config of CONFIG with ``--cfg-options`` items and
+    :func:`build_train_cfg` arguments."""
+    if options:
+        kwargs['cfg_options'] = cfg_options_dict(options)
+    return build_train_cfg(str(CONFIG), **kwargs)
 
 
-def test_defaults(train_tool):
-    cfg = _cfg(train_tool)
+def test_the_tool_builds_the_package_config(train_tool, tmp_path):
+    """The flags reach build_train_cfg (the rest of this file tests it)."""
+    args = train_tool.parse_args(
+        [
+            str(CONFIG),
+            '--work-dir',
+            str(tmp_path),
+            '--auto-scale-lr',
+            '--cfg-options',
+            'train_dataloader.batch_size=3',
+        ]
+    )
+    cfg = train_tool.build_config(args)
+    assert cfg.work_dir == str(tmp_path)
+    assert cfg.auto_scale_lr.enable
+    assert cfg.train_dataloader.batch_size == 3
+
+
+def test_defaults():
+    cfg = _cfg()
     assert cfg.work_dir == osp.join('./work_dirs', CONFIG.stem)
     assert cfg.launcher == 'none'
     assert not cfg.resume and cfg.load_from is None
@@ -32,15 +57,13 @@ def test_defaults(train_tool):
     assert cfg.default_hooks.epoch_seed.type == 'EpochSeedHook'
 
 
-def test_work_dir_flag_wins(train_tool, tmp_path):
-    cfg = _cfg(train_tool, '--work-dir', str(tmp_path))
+def test_work_dir_flag_wins(tmp_path):
+    cfg = _cfg(work_dir=str(tmp_path))
     assert cfg.work_dir == str(tmp_path)
 
 
-def test_cfg_options_merge(train_tool):
+def test_cfg_options_merge():
     cfg = _cfg(
-        train_tool,
-        '--cfg-options',
         'train_dataloader.batch_size=3',
         'optim_wrapper.optimizer.lr=0.5',
         'randomness.seed=7',
@@ -61,9 +84,9 @@ def test_malformed_cfg_option_is_a_usage_error(train_tool, capsys, item):
     assert f'expected KEY=VALUE, got {item!r}' in capsys.readouterr().err
 
 
-def test_unmergeable_cfg_option_names_it(train_tool):
+def test_unmergeable_cfg_option_names_it():
     with pytest.raises(ValueError, match='optim_wrapper.optimizer.lr.x=1'):
-        _cfg(train_tool, '--cfg-options', 'optim_wrapper.optimizer.lr.x=1')
+        _cfg('optim_wrapper.optimizer.lr.x=1')
 
 
 def test_missing_config_is_named(train_tool, tmp_path, capsys):
@@ -74,21 +97,19 @@ def test_missing_config_is_named(train_tool, tmp_path, capsys):
     assert 'does not exist' in str(info.value.code)
 
 
-def test_amp_selects_the_wrapper_for_the_device(train_tool, monkeypatch):
-    monkeypatch.setattr(train_tool, 'get_device', lambda: 'cpu')
-    cfg = _cfg(train_tool, '--amp')
+def test_amp_selects_the_wrapper_for_the_device(monkeypatch):
+    monkeypatch.setattr(run_config, 'get_device', lambda: 'cpu')
+    cfg = _cfg(amp=True)
     assert cfg.optim_wrapper.type == 'BF16OptimWrapper'
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
-    monkeypatch.setattr(train_tool, 'get_device', lambda: 'cuda')
-    cfg = _cfg(train_tool, '--amp')
+    monkeypatch.setattr(run_config, 'get_device', lambda: 'cuda')
+    cfg = _cfg(amp=True)
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
     assert cfg.optim_wrapper.loss_scale == 'dynamic'
 
 
 @pytest.mark.parametrize('native', [True, False])
-def test_amp_on_a_cpu_without_native_bf16_warns(
-    train_tool, monkeypatch, native
-):
+def test_amp_on_a_cpu_without_native_bf16_warns(monkeypatch, native):
     # Measured here (AVX2, no AVX512-BF16): a bf16 training step of the
     # shapes SSDLite is 5x slower than float32 (README, "Mixed precision").
     records = []
@@ -96,10 +117,10 @@ def test_amp_on_a_cpu_without_native_bf16_warns(
     handler.emit = records.append
     logger = MMLogger.get_current_instance()
     logger.addHandler(handler)
-    monkeypatch.setattr(train_tool, 'get_device', lambda: 'cpu')
-    monkeypatch.setattr(train_tool, 'cpu_has_native_bf16', lambda: native)
+    monkeypatch.setattr(run_config, 'get_device', lambda: 'cpu')
+    monkeypatch.setattr(run_config, 'cpu_has_native_bf16', lambda: native)
     try:
-        _cfg(train_tool, '--amp')
+        _cfg(amp=True)
     finally:
         logger.removeHandler(handler)
     warned = [r for r in records if 'no native bfloat16' in r.getMessage()]
@@ -115,18 +136,16 @@ def test_native_bf16_detection_agrees_with_the_cpu_flags():
     )
 
 
-def test_auto_scale_lr(train_tool, tmp_path):
-    assert not _cfg(train_tool).auto_scale_lr.enable
-    assert _cfg(train_tool, '--auto-scale-lr').auto_scale_lr.enable
+def test_auto_scale_lr(tmp_path):
+    assert not _cfg().auto_scale_lr.enable
+    assert _cfg(auto_scale_lr=True).auto_scale_lr.enable
     bare = tmp_path / 'bare.py'
     bare.write_text(
         f"_base_ = '{CONFIG}'\nauto_scale_lr = dict(_delete_=True,"
         ' enable=False)\n'
     )
     with pytest.raises(RuntimeError, match='auto_scale_lr.base_batch_size'):
-        train_tool.build_config(
-            train_tool.parse_args([str(bare), '--auto-scale-lr'])
-        )
+        build_train_cfg(str(bare), auto_scale_lr=True)
 
 
 def test_auto_scale_lr_without_the_setting_is_a_usage_error(train_tool):
@@ -147,23 +166,21 @@ def test_auto_scale_lr_without_the_setting_is_a_usage_error(train_tool):
     )
 
 
-def test_resume_with_path(train_tool, tmp_path):
+def test_resume_with_path(tmp_path):
     ckpt = tmp_path / 'epoch_3.pth'
     torch.save(dict(meta=dict(seed=11), state_dict={}), ckpt)
-    cfg = _cfg(train_tool, '--resume', str(ckpt))
+    cfg = _cfg(resume=str(ckpt))
     assert cfg.resume and cfg.load_from == str(ckpt)
     # No seed configured: the checkpoint's seed is reused (data order).
     assert cfg.randomness.seed == 11
-    cfg = _cfg(
-        train_tool, '--resume', str(ckpt), '--cfg-options', 'randomness.seed=5'
-    )
+    cfg = _cfg('randomness.seed=5', resume=str(ckpt))
     assert cfg.randomness.seed == 5
 
 
-def test_resume_with_missing_path_is_named(train_tool, tmp_path):
+def test_resume_with_missing_path_is_named(tmp_path):
     missing = tmp_path / 'epoch_9.pth'
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        _cfg(train_tool, '--resume', str(missing))
+        _cfg(resume=str(missing))
 
 
 def test_resume_from_a_truncated_checkpoint_is_a_usage_error(
@@ -189,17 +206,19 @@ def _work_dir_with(tmp_path, names, last=None):
 
 
 def test_resume_without_path_uses_last_checkpoint(train_tool, tmp_path):
+    """``--resume`` without a path means ``resume='auto'``."""
+    assert train_tool.parse_args([str(CONFIG), '--resume']).resume == 'auto'
     work_dir = _work_dir_with(
         tmp_path,
         ['epoch_1.pth', 'epoch_2.pth'],
         last=str(tmp_path / 'epoch_1.pth'),
     )
-    cfg = _cfg(train_tool, '--resume', '--work-dir', str(work_dir))
+    cfg = _cfg(resume='auto', work_dir=str(work_dir))
     assert cfg.resume and cfg.load_from == str(work_dir / 'epoch_1.pth')
 
 
 @pytest.mark.parametrize('last', ['', '/gone/epoch_2.pth', None])
-def test_resume_without_path_survives_a_bad_record(train_tool, tmp_path, last):
+def test_resume_without_path_survives_a_bad_record(tmp_path, last):
     """An empty ``last_checkpoint`` (a crash while writing it), one naming a
     moved work_dir, or none at all: the newest checkpoint present is used."""
     work_dir = _work_dir_with(
@@ -207,13 +226,13 @@ def test_resume_without_path_survives_a_bad_record(train_tool, tmp_path, last):
         ['epoch_2.pth', 'epoch_10.pth', 'best_x_epoch_3.pth'],
         last=last,
     )
-    cfg = _cfg(train_tool, '--resume', '--work-dir', str(work_dir))
+    cfg = _cfg(resume='auto', work_dir=str(work_dir))
     expected = 'epoch_2.pth' if last == '/gone/epoch_2.pth' else 'epoch_10.pth'
     assert cfg.load_from == str(work_dir / expected)
 
 
-def test_resume_without_checkpoint_starts_from_scratch(train_tool, tmp_path):
-    cfg = _cfg(train_tool, '--resume', '--work-dir', str(tmp_path))
+def test_resume_without_checkpoint_starts_from_scratch(tmp_path):
+    cfg = _cfg(resume='auto', work_dir=str(tmp_path))
     assert not cfg.resume and cfg.load_from is None
 
 
@@ -228,12 +247,10 @@ def test_launcher_and_local_rank(train_tool, monkeypatch):
         train_tool.parse_args([str(CONFIG), '--launcher', 'ssh'])
 
 
-def test_default_hooks_can_be_disabled(train_tool):
+def test_default_hooks_can_be_disabled():
     """``default_hooks.NAME=None`` disables any default hook (mmengine only
     accepts None for its own six)."""
     cfg = _cfg(
-        train_tool,
-        '--cfg-options',
         'default_hooks.epoch_seed=None',
         'default_hooks.visualization=None',
     )
