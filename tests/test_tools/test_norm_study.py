@@ -736,13 +736,16 @@ def test_report_only_without_runs_keeps_committed_results(
     assert {name: (folder / name).read_bytes() for name in before} == before
 
 
-def test_a_seeded_run_reproduces(tmp_path, load_tool, tool_env):
+def test_a_seeded_run_reproduces(tmp_path, tool_env):
     """The same classification run twice (one thread, deterministic, data
     loaded in the training process): the same curve, bit for bit."""
     from dn_mmdet.analysis.study import read_curve
+    from dn_mmdet.datasets.shapes_cls_generator import (
+        generate_shapes_cls_dataset,
+    )
 
     root = tmp_path / 'cls'
-    load_tool('misc/make_shapes_cls_dataset').generate_shapes_cls_dataset(
+    generate_shapes_cls_dataset(
         str(root), num_train=16, num_val=8, seed=0, size=32
     )
     options = {
