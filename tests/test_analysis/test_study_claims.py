@@ -192,6 +192,28 @@ def test_claims_page_keeps_the_prose(tmp_path):
     assert '(../study/table.md)' in text
 
 
+def test_cells_table_in_spec_order_with_final_mean_and_std(tmp_path):
+    """The cells table used to list cells alphabetically (DN-C before
+    BN's batch 8) without their final metric."""
+    study = dict(_study(), norms=dict(dnc='DN-C', bn='BN'))
+    runs = [_run('bn', 8, s, 'finished', 40 + 2 * s) for s in range(3)]
+    runs += [_run('bn', 32, 0, 'finished', 60), _run('bn', 32, 1, 'pending')]
+    runs += [_run('dnc', 32, s, 'diverged') for s in range(2)]
+    runs.append(_run('dnc', 32, 2, 'collapsed', 21.0))
+    page = tmp_path / 'claims.md'
+    write_claims_page(dict(study=study, runs=runs), str(tmp_path), str(page))
+    rows = [
+        line
+        for line in page.read_text().splitlines()
+        if line.startswith(('| BN |', '| DN-C |'))
+    ]
+    assert rows == [
+        '| DN-C | 32 | 1 | 3 of 3 | 21.0 | - |',
+        '| BN | 32 | 1 | 1 of 2 | 60.0 | - |',
+        '| BN | 8 | 1 | 3 of 3 | 42.0 +- 2.0 | - |',
+    ]
+
+
 @pytest.mark.parametrize(
     'folder',
     sorted(

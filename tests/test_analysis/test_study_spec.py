@@ -17,7 +17,7 @@ from dn_mmdet.analysis.study import (
 REPO = Path(__file__).resolve().parents[2]
 CLS_BASE = (
     'configs/studies/_base_/claims/'
-    'mobilenet-v2-x0.5-bn_1xb32-sgd-12e_shapes-cls32.py'
+    'mobilenet-v2-x0.5-bn_1xb32-sgd-12e_shapes-cls64.py'
 )
 NORMS_BASE = REPO / 'configs/studies/_base_/norms.py'
 
@@ -124,3 +124,33 @@ def test_bad_claims_name_the_claim(tmp_path, claim, message):
 def test_threads_must_be_a_positive_int(tmp_path):
     with pytest.raises(SpecError, match='threads must be an int >= 1'):
         Study(str(write_spec(tmp_path / 's.py', threads=0)))
+
+
+def test_a_narrowed_grid_keeps_the_claims_it_still_holds(tmp_path):
+    """--norms bn on a spec with claims used to stop at 'claims[0] ... is
+    not a run of this grid': a calibration run of one cell was impossible.
+    The spec's own claims are still checked against its full grid."""
+
+    def claim(key, *terms):
+        return dict(key=key, text=key, source='s', kind='effect', terms=terms)
+
+    spec = write_spec(
+        tmp_path / 's.py',
+        claims=[
+            claim('bn-lr', (1, 'bn', 32, 2.5), (-1, 'bn', 32, 1)),
+            claim('dnb', (1, 'dnb-r16-g1', 32, 1), (-1, 'bn', 32, 1)),
+        ],
+    )
+    narrowed = Study(str(spec), overrides=dict(norms=['bn']))
+    assert [c['key'] for c in narrowed.claims] == ['bn-lr']
+    assert [r.name for r in narrowed.runs()] == [
+        'bn_bs32_lr1x_seed0',
+        'bn_bs8_lr1x_seed0',
+        'bn_bs32_lr2.5x_seed0',
+    ]
+    assert Study(str(spec), overrides=dict(lr_mults=[1])).claims[0]['key'] == (
+        'dnb'
+    )
+    bad = write_spec(tmp_path / 'b.py', claims=[claim('x', (1, 'sn', 32, 1))])
+    with pytest.raises(SpecError, match=r"claims\[0\]: \('sn'"):
+        Study(str(bad), overrides=dict(norms=['bn']))

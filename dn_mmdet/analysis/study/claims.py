@@ -230,16 +230,33 @@ def claims_markdown(
 
 
 def cell_summary(study: dict, records: Sequence[dict]) -> Dict[tuple, dict]:
-    """Per (norm, batch, lr mult): runs done and the late gain (scaled)."""
-    out = {}
+    """Per (norm, batch, lr mult), in the spec's order (its normalisers,
+    then the reference lr's batches from the largest, then the other lrs):
+    runs done, the final metric's mean and std over the runs that kept one
+    (scaled; None below one / two), and the late gain (scaled)."""
+    order = list(study['norms'])
     keys = sorted(
-        {(r['norm'], r['batch_size'], float(r['lr_mult'])) for r in records}
+        {(r['norm'], r['batch_size'], float(r['lr_mult'])) for r in records},
+        key=lambda k: (
+            order.index(k[0]) if k[0] in order else len(order),
+            k[0],
+            k[2],
+            -k[1],
+        ),
     )
+    out = {}
     for key in keys:
         cell = _cell_runs(records, *key)
+        finals = [
+            r['final'] * study['metric_scale']
+            for r in cell
+            if r.get('final') is not None and r['status'] != 'diverged'
+        ]
         out[key] = dict(
             done=sum(r['status'] in DONE for r in cell),
             runs=len(cell),
+            mean=statistics.fmean(finals) if finals else None,
+            std=statistics.stdev(finals) if len(finals) > 1 else None,
             late_gain=late_gain(cell, study['metric_scale']),
         )
     return out

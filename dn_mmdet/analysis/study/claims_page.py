@@ -36,22 +36,26 @@ def claims_block(results: dict, study_dir: str, page: str) -> str:
         f'{study["metric_label"]}, chance {study.get("chance")}.',
         '',
         claims_markdown(study, records, study.get('claims', [])),
-        'Cells: runs with an outcome, and how much the curves still rose '
-        'in their last quarter (final minus the value at 3/4 of the '
-        'epochs, mean over finished runs; near 0: flat).',
+        'Cells: runs with an outcome, the final metric (mean +- std over '
+        'the runs that kept one), and how much the curves still rose in '
+        'their last quarter (final minus the value at 3/4 of the epochs, '
+        'mean over finished runs; near 0: flat).',
         '',
-        '| normaliser | batch | lr x | runs done | late gain |',
-        '|---|---|---|---|---|',
+        '| normaliser | batch | lr x | runs done | final | late gain |',
+        '|---|---|---|---|---|---|',
     ]
     labels = study['norms']
     for (norm, batch, mult), cell in cell_summary(study, records).items():
         gain = (
             '-' if cell['late_gain'] is None else f'{cell["late_gain"]:+.1f}'
         )
+        final = '-' if cell['mean'] is None else f'{cell["mean"]:.1f}'
+        if cell['std'] is not None:
+            final += f' +- {cell["std"]:.1f}'
         lines.append(
             f'| {labels.get(norm, norm)} | {batch} | '
             f'{format_mult(mult)} | {cell["done"]} of '
-            f'{cell["runs"]} | {gain} |'
+            f'{cell["runs"]} | {final} | {gain} |'
         )
     lines += ['', f'Full table: [{rel}/table.md]({rel}/table.md).', '']
     for name, alt in (

@@ -149,6 +149,20 @@ class Study:
                     spec[key] = {**spec[key], **value}
                 else:
                     spec[key] = value
+        if overrides and 'claims' not in overrides:
+            # The spec's claims are checked against its own grid; a grid
+            # narrowed on the command line (--norms bn) keeps those of its
+            # claims whose runs it still holds.
+            narrowed = Study(spec_path, preset, {**overrides, 'claims': []})
+            spec['claims'] = [
+                claim
+                for claim in Study(spec_path, preset).claims
+                if all(
+                    norm in narrowed.norms
+                    and (batch, mult) in narrowed.cells(norm)
+                    for _, norm, batch, mult in claim['terms']
+                )
+            ]
         spec.update(overrides or {})
         for key, value in spec.items():
             if value is None and key not in OPTIONAL_KEYS:

@@ -1,22 +1,22 @@
 # The paper's claims at convergence, scaled down (issue #29; verdicts in
 # docs/en/claims_study.md): every normaliser of DN Table 1 and its related
-# work in the paper's MobileNetV2 (width 0.5) on the 32 px shape crops, five
+# work in the paper's MobileNetV2 (width 0.5) on the 64 px shape crops, five
 # seeds a cell, each run to its plateau in a few CPU-minutes on one thread
 # (the base config says what is scaled).
 #
-#   python tools/misc/make_shapes_cls_dataset.py --out data/shapes_cls32 \
-#       --size 32 --num-train 3000
+#   python tools/misc/make_shapes_cls_dataset.py --out data/shapes_cls64 \
+#       --size 64 --num-train 3000
 #   nice -n 15 python tools/analysis/norm_study.py \
-#       configs/studies/norm_study_claims_shapes_cls32.py \
-#       --work-dir docs/studies/norm_study_claims_shapes_cls32
+#       configs/studies/norm_study_claims_shapes_cls64.py \
+#       --work-dir docs/studies/norm_study_claims_shapes_cls64
 #   python tools/analysis/norm_study_report.py \
-#       docs/studies/norm_study_claims_shapes_cls32 \
+#       docs/studies/norm_study_claims_shapes_cls64 \
 #       --claims docs/en/claims_study.md
 _base_ = ['./_base_/norms.py']
 
 base_config = (
     'configs/studies/_base_/claims/'
-    'mobilenet-v2-x0.5-bn_1xb32-sgd-12e_shapes-cls32.py'
+    'mobilenet-v2-x0.5-bn_1xb32-sgd-12e_shapes-cls64.py'
 )
 metric = 'accuracy/top1'
 metric_label = 'val top-1 (%)'
@@ -37,7 +37,7 @@ norms = [
     'dnc1-r16',
     'dnc2-r16',
 ]
-# The reference batch 32 (the paper's 64 at half the lr, linearly), and the
+# The reference batch 32 (lr 0.025: see the base config), and the
 # small batches of DN Tables 3 and 4.
 batch_sizes = [32, 8, 4]
 # DN Table 8's high lr: 0.5 against the recipe's 0.2, x2.5.
