@@ -114,6 +114,9 @@ param_scheduler = [
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    # Plain-dict parameter groups: compile=... in a config can then trace
+    # the optimizer step (same optimizer, same numbers).
+    constructor='PlainParamGroupsOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=5e-3, weight_decay=1e-4),
     paramwise_cfg=dict(norm_decay_mult=0.0),
 )
