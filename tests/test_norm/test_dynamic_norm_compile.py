@@ -211,7 +211,6 @@ def test_compile_true_in_a_config_trains_through_train_py(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert 'FuseNormActHook: ' in log
     assert 'Model has been "compiled"' in log
     assert 'Epoch(train) [1][1/1]' in log
     assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
