@@ -13,15 +13,15 @@ WORK_DIR=${WORK_DIR:-work_dirs/quickstart/$(basename "$CONFIG" .py)}
 VENV=${DN_MMDET_VENV:-.venv}
 # torch's OpenMP threads (one a core) spin while they wait for each other.
 # On a machine that other work keeps busy, a spinning thread holds a core the
-# thread it waits for needs: with libgomp's default spin, and with bounded
-# spins of 10^4 and 10^5 (GOMP_SPINCOUNT), training iterations were several
-# times slower than with threads that sleep at once, in alternating runs. On
-# an idle machine sleeping costs a fraction of an iteration instead, so
-# sleeping is the default; set OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself
-# (e.g. GOMP_SPINCOUNT=300000, libgomp's own default, on a machine nothing
-# else uses) to override.
+# thread it waits for needs (libgomp's default spin, and bounded spins of
+# 10^4 and more, made training iterations several times slower there);
+# threads that sleep at once (OMP_WAIT_POLICY=PASSIVE) cost a third of an
+# iteration on an idle machine instead. A short bounded spin keeps most of
+# the idle machine's speed and costs about a fifth where one other process
+# keeps a core busy (docs/en/get_started.md gives the alternating runs). Set OMP_WAIT_POLICY
+# or GOMP_SPINCOUNT yourself to override.
 if [[ -z ${OMP_WAIT_POLICY:-} && -z ${GOMP_SPINCOUNT:-} ]]; then
-  export OMP_WAIT_POLICY=PASSIVE
+  export GOMP_SPINCOUNT=1000
 fi
 
 bash tools/setup_env.sh
