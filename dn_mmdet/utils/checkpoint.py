@@ -19,10 +19,15 @@ lists them, and the layer's own load refuses them
 before it existed, or converted from BN) loads as before.
 """
 
+import os.path as osp
 import re
-from typing import Any, Dict, List, Mapping, NamedTuple, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn as nn
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from .compat import safe_checkpoint_loading
 
 __all__ = [
     'CheckpointMismatchError',
@@ -221,3 +226,66 @@ def format_mismatch(mismatch: Mismatch) -> str:
             'tools/model_converters/bn2dn.py.'
         )
     return '\n'.join(lines)
+
+
+def load_checkpoint_strict(
+    module: nn.Module,
+    filename: str,
+    prefix: Optional[str] = None,
+    map_location: str = 'cpu',
+) -> None:
+    """Load a checkpoint into ``module``, raising on any mismatch.
+
+    Args:
+        module (nn.Module): Model to load into.
+        filename (str): Local path or URL (anything mmengine's
+            ``CheckpointLoader`` reads).
+        prefix (str, optional): Keep only keys starting with ``prefix`` and
+            strip it (e.g. ``'backbone.'``). Without a prefix, a leading
+            ``'module.'`` (DataParallel) is stripped.
+        map_location (str): Device to map tensors to.
+
+    Raises:
+        FileNotFoundError: ``filename`` is a local path that does not exist.
+        RuntimeError: keys missing from, or not used by, ``module``; or
+            nothing matches ``prefix``.
+        ValueError: a tensor's shape differs from the module's.
+    """
+    owner = type(module).__name__
+    is_url = '://' in str(filename)
+    if not is_url and not osp.isfile(filename):
+        raise FileNotFoundError(
+            f'{owner}: pretrained checkpoint "{filename}" does not exist'
+        )
+    with safe_checkpoint_loading():  # mmengine's files, weights-only
+        ckpt = CheckpointLoader.load_checkpoint(
+            filename, map_location=map_location
+        )
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise TypeError(
+            f'{owner}: "{filename}" holds no state dict '
+            f'(got {type(ckpt).__name__})'
+        )
+    if prefix:
+        state = {
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix)
+        }
+        if not state:
+            raise RuntimeError(
+                f'{owner}: no key of "{filename}" starts with '
+                f'prefix "{prefix}"'
+            )
+    elif all(k.startswith('module.') for k in state):
+        state = {k[len('module.') :]: v for k, v in state.items()}
+
+    mismatch = state_dict_mismatch(module.state_dict(), state)
+    if mismatch:
+        keys = mismatch.missing or mismatch.unexpected
+        raise (RuntimeError if keys else ValueError)(
+            f'{owner}: checkpoint "{filename}" does not match the model:\n'
+            f'{format_mismatch(mismatch)}'
+        )
+    module.load_state_dict(state, strict=True)

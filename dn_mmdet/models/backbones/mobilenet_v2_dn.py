@@ -9,8 +9,7 @@ return whole stages, hence this backbone. Every conv is an mmcv
 particular ``dict(type='DN', r=16, g='oup')`` (Dynamic Normalization).
 """
 
-import os.path as osp
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch.nn as nn
 from mmcv.cnn import ConvModule
@@ -21,13 +20,11 @@ from mmengine.model import BaseModule
 # (scope 'mmdet') and the stage-1 classifiers (scope 'mmpretrain'), and both
 # scopes fall back to the root, as they do for the DN layer.
 from mmengine.registry import MODELS
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...norm import fuse_norm_act
-from ...utils.checkpoint import format_mismatch, state_dict_mismatch
-from ...utils.compat import safe_checkpoint_loading
+from ...utils.checkpoint import load_checkpoint_strict
 
 # The norm layer used when ``norm_cfg`` is not given: the paper's DN-B
 # (r=16, g=oup). The configs always pass ``norm_cfg`` explicitly.
@@ -359,66 +356,3 @@ class MobileNetV2DN(BaseModule):
                 prefix=cfg.get('prefix'),
                 map_location=cfg.get('map_location', 'cpu'),
             )
-
-
-def load_checkpoint_strict(
-    module: nn.Module,
-    filename: str,
-    prefix: Optional[str] = None,
-    map_location: str = 'cpu',
-) -> None:
-    """Load a checkpoint into ``module``, raising on any mismatch.
-
-    Args:
-        module (nn.Module): Model to load into.
-        filename (str): Local path or URL (anything mmengine's
-            ``CheckpointLoader`` reads).
-        prefix (str, optional): Keep only keys starting with ``prefix`` and
-            strip it (e.g. ``'backbone.'``). Without a prefix, a leading
-            ``'module.'`` (DataParallel) is stripped.
-        map_location (str): Device to map tensors to.
-
-    Raises:
-        FileNotFoundError: ``filename`` is a local path that does not exist.
-        RuntimeError: keys missing from, or not used by, ``module``; or
-            nothing matches ``prefix``.
-        ValueError: a tensor's shape differs from the module's.
-    """
-    owner = type(module).__name__
-    is_url = '://' in str(filename)
-    if not is_url and not osp.isfile(filename):
-        raise FileNotFoundError(
-            f'{owner}: pretrained checkpoint "{filename}" does not exist'
-        )
-    with safe_checkpoint_loading():  # mmengine's files, weights-only
-        ckpt = CheckpointLoader.load_checkpoint(
-            filename, map_location=map_location
-        )
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise TypeError(
-            f'{owner}: "{filename}" holds no state dict '
-            f'(got {type(ckpt).__name__})'
-        )
-    if prefix:
-        state = {
-            k[len(prefix) :]: v
-            for k, v in state.items()
-            if k.startswith(prefix)
-        }
-        if not state:
-            raise RuntimeError(
-                f'{owner}: no key of "{filename}" starts with '
-                f'prefix "{prefix}"'
-            )
-    elif all(k.startswith('module.') for k in state):
-        state = {k[len('module.') :]: v for k, v in state.items()}
-
-    mismatch = state_dict_mismatch(module.state_dict(), state)
-    if mismatch:
-        keys = mismatch.missing or mismatch.unexpected
-        raise (RuntimeError if keys else ValueError)(
-            f'{owner}: checkpoint "{filename}" does not match the model:\n'
-            f'{format_mismatch(mismatch)}'
-        )
-    module.load_state_dict(state, strict=True)
