@@ -32,7 +32,6 @@ it did not write without ``force``.
 """
 
 import itertools
-import json
 import os
 import os.path as osp
 import re
@@ -43,8 +42,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .generated_folder import read_stamp, regenerate
 from .shapes_dataset import SHAPES_CLASSES
-from .shapes_generator import remove_generated_images, render_shapes_image
+from .shapes_render import render_shapes_image
 
 __all__ = [
     'generate_shapes_cls_dataset',
@@ -296,14 +296,8 @@ def ensure_shapes_cls_dataset(
             is written then).
     """
     stamp = _stamp(num_train, num_val, seed, size)
-    stamp_file = osp.join(out_dir, STAMP_NAME)
-    if not force and osp.isfile(stamp_file):
-        try:
-            with open(stamp_file) as f:
-                if json.load(f) == stamp:
-                    return False
-        except ValueError:
-            pass  # a damaged stamp: regenerate
+    if not force and read_stamp(out_dir, STAMP_NAME) == stamp:
+        return False
     foreign = [] if force else foreign_annotation_files(out_dir)
     if foreign:
         raise FileExistsError(
@@ -311,19 +305,19 @@ def ensure_shapes_cls_dataset(
             'written by the shapes classification generator (force=True / '
             '--force overwrites)'
         )
-    if osp.exists(stamp_file):
-        os.remove(stamp_file)
-    for split in _SPLITS:
-        remove_generated_images(osp.join(out_dir, split))
-    generate_shapes_cls_dataset(
+    regenerate(
         out_dir,
-        num_train=num_train,
-        num_val=num_val,
-        seed=seed,
-        size=size,
-        workers=workers,
-        progress=progress,
+        STAMP_NAME,
+        stamp,
+        _SPLITS,
+        lambda: generate_shapes_cls_dataset(
+            out_dir,
+            num_train=num_train,
+            num_val=num_val,
+            seed=seed,
+            size=size,
+            workers=workers,
+            progress=progress,
+        ),
     )
-    with open(stamp_file, 'w') as f:
-        json.dump(stamp, f, indent=2)
     return True
