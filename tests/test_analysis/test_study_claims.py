@@ -10,7 +10,7 @@ import pytest
 
 from dn_mmdet.analysis.study import claims as claims_mod
 from dn_mmdet.analysis.study.claims_page import BEGIN, END, write_claims_page
-from dn_mmdet.analysis.study.report import table_markdown
+from dn_mmdet.analysis.study.tables import table_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 

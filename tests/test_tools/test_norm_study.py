@@ -1,7 +1,8 @@
 """tools/analysis/norm_study.py and dn_mmdet.analysis.study: a study of real
 training runs (tiny shapes data, two epochs of a few iterations), killed
-mid-grid and resumed, its results, table and plots; the spec checks; the
-report's arithmetic."""
+mid-grid and resumed, its results, table and plots; the spec checks (the
+report's arithmetic on known records: tests/test_analysis/
+test_study_report.py)."""
 
 import json
 import signal
@@ -11,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO, free_port
 from mmengine.config import Config, DictAction
 
 from dn_mmdet.utils import load_from_local
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
 NORMS_BASE = REPO / 'configs/studies/_base_/norms.py'
 DN_NORM_CFG = dict(type='DN', r=16, g='oup', eps=1e-3)
@@ -27,13 +28,6 @@ def norm_study():
     from dn_mmdet.analysis import study
 
     return study
-
-
-@pytest.fixture(scope='module')
-def report():
-    from dn_mmdet.analysis.study import report
-
-    return report
 
 
 @pytest.fixture(scope='module')
@@ -461,112 +455,8 @@ def test_outcome_of_a_diverged_and_a_collapsed_run(tmp_path, tiny, norm_study):
 
 
 # ---------------------------------------------------------------------- #
-# The report on known records
+# The command line's dry run; one study a directory
 # ---------------------------------------------------------------------- #
-def _record(norm, batch, mult, seed, status, final=None, curve=None):
-    return dict(
-        norm=norm,
-        batch_size=batch,
-        lr_mult=mult,
-        seed=seed,
-        status=status,
-        final=final,
-        best=None if final is None else max(curve.values()),
-        curve={str(k): v for k, v in (curve or {}).items()},
-        wall_s=60.0,
-    )
-
-
-def _study_summary():
-    return dict(
-        name='demo',
-        base_config='base.py',
-        max_epochs=2,
-        base_lr=0.005,
-        metric='coco/bbox_mAP',
-        metric_scale=100,
-        metric_label='bbox mAP (%)',
-        collapse_below=0.01,
-        lr_scaling='none',
-        grid='axes',
-        reference=dict(batch_size=16, lr_mult=1.0),
-        norms=dict(bn='BN', dnb='DN-B'),
-        batch_sizes=[16, 2],
-        lr_mults=[1.0, 2.5],
-        seeds=[0, 1, 2],
-    )
-
-
-def _records():
-    records = []
-    for seed, (a, b) in enumerate([(0.30, 0.20), (0.32, 0.22), (0.34, 0.24)]):
-        records += [
-            _record('bn', 16, 1.0, seed, 'finished', a, {1: a / 2, 2: a}),
-            _record('dnb', 16, 1.0, seed, 'finished', b, {1: b, 2: b}),
-            _record('dnb', 2, 1.0, seed, 'finished', b, {1: b, 2: b}),
-            _record('bn', 16, 2.5, seed, 'finished', a, {1: a, 2: a}),
-            _record('dnb', 16, 2.5, seed, 'finished', b, {1: b, 2: b}),
-        ]
-        # BN at batch 2: one run collapses, two produce NaN.
-        records.append(
-            _record('bn', 2, 1.0, seed, 'collapsed', 0.004, {1: 0.004})
-            if seed == 0
-            else _record('bn', 2, 1.0, seed, 'diverged', None, {})
-        )
-    return records
-
-
-def test_report_aggregates_over_seeds(report):
-    cells = report.aggregate(_records())
-    bn = cells[('bn', 16, 1.0)]
-    assert bn['final'][0] == pytest.approx(0.32)
-    assert bn['final'][1] == pytest.approx(0.02)  # sample std
-    small = cells[('bn', 2, 1.0)]
-    assert (small['diverged'], small['collapsed'], small['scored']) == (
-        2,
-        1,
-        1,
-    )
-    assert small['final'] == (pytest.approx(0.004), None)
-
-
-def test_report_table_and_plots(tmp_path, report):
-    study, records = _study_summary(), _records()
-    written = report.write_report(study, records, str(tmp_path))
-    names = sorted(Path(p).name for p in written)
-    assert names == [
-        'metric_vs_batch.png',
-        'metric_vs_epoch.png',
-        'metric_vs_lr.png',
-        'table.md',
-    ]
-    table = (tmp_path / 'table.md').read_text()
-    matrix_bn = next(
-        line for line in table.splitlines() if line.startswith('| BN | 32.0')
-    )
-    assert matrix_bn == '| BN | 32.0 ± 2.0 | 0.4 †3/3 | 32.0 ± 2.0 |'
-    assert '| BN | 2 | 1 | 0.4 | 0.4 | 3/3 (1 collapsed) | 1.0 |' in table
-    assert '| DN-B | 2 | 1 | 22.0 ± 2.0 | 22.0 ± 2.0 | 0/3 | 1.0 |' in table
-    import matplotlib.image as mpimg
-
-    for name in names[:3]:
-        image = mpimg.imread(tmp_path / name)
-        assert image.shape[0] > 100 and image.std() > 0
-
-
-def test_report_marks_all_diverged_cells(report):
-    records = [
-        _record('bn', 16, 1.0, 0, 'finished', 0.3, {1: 0.3}),
-        _record('bn', 2, 1.0, 0, 'diverged', None, {}),
-        _record('bn', 2, 1.0, 1, 'pending'),
-    ]
-    study = dict(
-        _study_summary(), norms=dict(bn='BN'), lr_mults=[1.0], seeds=[0, 1]
-    )
-    table = report.table_markdown(study, records)
-    assert '| BN | 30.0 | NaN †1/1 (1 to run) |' in table
-
-
 def test_dry_run_lists_every_command(tmp_path, tiny, capsys, study_cli):
     spec = write_spec(
         tmp_path / 'spec.py', tiny, batch_sizes=[4, 2], lr_mults=[1, 2.5]
@@ -608,41 +498,9 @@ def test_one_study_directory_one_study(tmp_path, tiny, norm_study):
     second.lock().close()
 
 
-def test_report_of_a_full_grid(report):
-    study = dict(_study_summary(), grid='full')
-    records = _records() + [
-        _record('bn', 2, 2.5, s, 'diverged', None, {}) for s in range(3)
-    ]
-    table = report.table_markdown(study, records)
-    header = next(
-        line
-        for line in table.splitlines()
-        if line.startswith('| normaliser | batch 16')
-    )
-    assert header.count('batch ') == 4
-    assert 'batch 2, lr x2.5' in header
-    bn_row = next(
-        line for line in table.splitlines() if line.startswith('| BN | 32.0')
-    )
-    assert bn_row.endswith('| NaN †3/3 |')
-    # DN-B has no run at batch 2, lr x2.5: an empty cell.
-    dn_row = next(
-        line for line in table.splitlines() if line.startswith('| DN-B | 22.0')
-    )
-    assert dn_row.endswith('|  |')
-
-
 # ---------------------------------------------------------------------- #
 # Processes: a two-process study killed, a run still alive, lost results
 # ---------------------------------------------------------------------- #
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_sigkill_of_a_two_process_study_leaves_no_training(
     tmp_path, tiny, tool_env
 ):
@@ -652,7 +510,7 @@ def test_sigkill_of_a_two_process_study_leaves_no_training(
     spec = write_spec(tmp_path / 'spec.py', tiny, norms=['bn'], gpus=2)
     out = tmp_path / 'study'
     run_dir = out / 'runs' / 'bn_bs2_lr1x_seed0'
-    env = dict(tool_env, PORT=str(_free_port()))
+    env = dict(tool_env, PORT=str(free_port()))
     study = subprocess.Popen(
         _study_cmd(spec, out),
         stdout=subprocess.DEVNULL,

@@ -3,8 +3,9 @@
 ``spec`` reads and checks a study spec (``configs/studies/*.py``);
 ``options`` turns a run into a ``tools/train.py`` command; ``records``
 keeps a run's state and outcome; ``supervise`` keeps training processes
-from outliving the study; ``runner`` runs the grid; ``report`` draws the
-tables and plots; ``claims`` judges the paper's claims on the runs.
+from outliving the study; ``runner`` runs the grid; ``report`` writes the
+table (``tables``) and plots (``plots``); ``claims`` judges the
+paper's claims on the runs.
 """
 
 from .claims import claims_markdown, judge, welch_interval
@@ -16,9 +17,10 @@ from .options import (
     train_command,
 )
 from .records import FINAL, read_curve, run_outcome
-from .report import aggregate, table_markdown, write_report
+from .report import write_report
 from .runner import StudyError, StudyRunner, Terminated
 from .spec import PROJECT_ROOT, Run, SpecError, Study, format_mult
+from .tables import aggregate, table_markdown
 
 __all__ = [
     'BaseConfig',

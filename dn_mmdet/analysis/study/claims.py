@@ -25,6 +25,8 @@ import math
 import statistics
 from typing import Dict, List, Optional, Sequence
 
+from .tables import mean_std
+
 # Two-sided 95% critical values of Student's t, df = 1..30.
 _T975 = (
     12.706,
@@ -112,6 +114,15 @@ def _cell_runs(
     ]
 
 
+def _kept_finals(runs: Sequence[dict], scale: float) -> List[float]:
+    """Final metrics (scaled) of the runs that kept one (not diverged)."""
+    return [
+        r['final'] * scale
+        for r in runs
+        if r.get('final') is not None and r['status'] != 'diverged'
+    ]
+
+
 def judge(claim: dict, study: dict, records: Sequence[dict]) -> dict:
     """The verdict of ``claim`` on ``records``.
 
@@ -135,11 +146,7 @@ def judge(claim: dict, study: dict, records: Sequence[dict]) -> dict:
     if claim['kind'] == 'diverges':
         ((_, cell),) = cells
         bad = sum(r['status'] in ('diverged', 'collapsed') for r in cell)
-        kept = [
-            r['final'] * scale
-            for r in cell
-            if r.get('final') is not None and r['status'] != 'diverged'
-        ]
+        kept = _kept_finals(cell, scale)
         verdict = (
             'confirmed'
             if 2 * bad > len(cell)
@@ -151,7 +158,7 @@ def judge(claim: dict, study: dict, records: Sequence[dict]) -> dict:
             out,
             verdict=verdict,
             diverged=bad,
-            scored=statistics.fmean(kept) if kept else None,
+            scored=mean_std(kept)[0],
         )
     chance = study.get('chance')
     terms = []
@@ -247,16 +254,12 @@ def cell_summary(study: dict, records: Sequence[dict]) -> Dict[tuple, dict]:
     out = {}
     for key in keys:
         cell = _cell_runs(records, *key)
-        finals = [
-            r['final'] * study['metric_scale']
-            for r in cell
-            if r.get('final') is not None and r['status'] != 'diverged'
-        ]
+        mean, std = mean_std(_kept_finals(cell, study['metric_scale']))
         out[key] = dict(
             done=sum(r['status'] in DONE for r in cell),
             runs=len(cell),
-            mean=statistics.fmean(finals) if finals else None,
-            std=statistics.stdev(finals) if len(finals) > 1 else None,
+            mean=mean,
+            std=std,
             late_gain=late_gain(cell, study['metric_scale']),
         )
     return out
