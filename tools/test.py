@@ -31,7 +31,8 @@ import dn_mmdet  # noqa: E402,F401  (registers everything)
 from dn_mmdet.utils.compat import safe_checkpoint_loading  # noqa: E402
 from dn_mmdet.utils.launch import (  # noqa: E402
     CHECKPOINT_ERRORS,
-    CfgOptionsAction,
+    add_test_args,
+    print_test_metrics,
     setup_cpu_distributed,
 )
 from dn_mmdet.utils.run_config import build_test_cfg, is_detector  # noqa: E402
@@ -44,26 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument(
-        '--work-dir',
-        help='the dir to save evaluation results and logs '
+    add_test_args(
+        parser,
+        work_dir_help='the dir to save evaluation results and logs '
         '(default: work_dirs/<config name>)',
-    )
-    parser.add_argument(
-        '--out',
-        help='dump the predictions to this pickle file (.pkl / .pickle)',
     )
     parser.add_argument(
         '--show-dir',
         help='save painted predictions here (relative paths are under '
         '<work_dir>/<timestamp>/)',
-    )
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=CfgOptionsAction,
-        help='override config settings, KEY=VALUE pairs, e.g. '
-        'test_dataloader.batch_size=1; no spaces in a pair',
     )
     parser.add_argument(
         '--launcher',
@@ -73,8 +63,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
-    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
-        parser.error(f'--out must be a .pkl or .pickle file, got {args.out}')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
@@ -123,22 +111,12 @@ def main(argv=None) -> dict:
             sys.exit(f'tools/test.py: error: {err}')
 
     if runner.rank == 0:
-        width = max((len(key) for key in metrics), default=0)
-        print('\nTest results:')
-        for key, value in metrics.items():
-            print(f'  {key:<{width}}  {value}')
-        if 'coco/bbox_mAP' in metrics:
-            print(f'bbox mAP: {metrics["coco/bbox_mAP"]:.4f}')
-        elif 'accuracy/top1' in metrics:  # mmpretrain reports percentages
-            print(f'top-1 accuracy: {metrics["accuracy/top1"]:.2f}%')
-        elif not metrics:
-            # mmdet's CocoMetric returns nothing when no box was predicted
-            # (pycocotools cannot load an empty result); that is mAP 0.
-            score_thr = cfg.model.get('test_cfg', {}).get('score_thr')
-            print(
-                'bbox mAP: 0.0000 (no detection scored above '
-                f'model.test_cfg.score_thr={score_thr})'
-            )
+        score_thr = (cfg.model.get('test_cfg') or {}).get('score_thr')
+        print_test_metrics(
+            metrics,
+            'Test results:',
+            f'model.test_cfg.score_thr={score_thr}',
+        )
     return metrics
 
 

@@ -1,10 +1,13 @@
-"""Helpers shared by ``tools/train.py`` and ``tools/test.py``.
+"""Helpers shared by ``tools/train.py``, ``tools/test.py`` and the tools
+beside them (``tools/deployment/``).
 
 They turn command-line input into a config with errors that name what was
-wrong, find the checkpoint to resume from, and make distributed runs work on
-machines without CUDA (gloo instead of nccl).
+wrong, give the test tools their common flags and result lines, find the
+checkpoint to resume from, and make distributed runs work on machines
+without CUDA (gloo instead of nccl).
 """
 
+import argparse
 import datetime
 import glob
 import logging
@@ -25,6 +28,8 @@ from .compat import CheckpointReadError, safe_checkpoint_loading
 
 __all__ = [
     'CfgOptionsAction',
+    'add_test_args',
+    'print_test_metrics',
     'load_config',
     'drop_disabled_hooks',
     'default_work_dir',
@@ -77,6 +82,67 @@ class CfgOptionsAction(DictAction):
             super().__call__(parser, namespace, values, option_string)
         except Exception as err:  # malformed value, e.g. '[1,2'
             parser.error(f'{option_string}: cannot parse {values}: {err}')
+
+
+class _PickleFileAction(argparse.Action):
+    """``--out FILE``: a usage error unless FILE ends with .pkl/.pickle."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not values.endswith(('.pkl', '.pickle')):
+            parser.error(
+                f'{option_string} must be a .pkl or .pickle file, got {values}'
+            )
+        setattr(namespace, self.dest, values)
+
+
+def add_test_args(parser: argparse.ArgumentParser, work_dir_help: str) -> None:
+    """Add the flags of mmdet's ``tools/test.py`` that the test tools share
+    (``tools/test.py``, ``tools/deployment/test_onnx.py``): ``--work-dir``,
+    ``--out`` (a .pkl / .pickle file, else a usage error) and
+    ``--cfg-options``.
+
+    Args:
+        parser (argparse.ArgumentParser): The tool's parser.
+        work_dir_help (str): Help of ``--work-dir`` (the tools' default
+            folders differ).
+    """
+    parser.add_argument('--work-dir', help=work_dir_help)
+    parser.add_argument(
+        '--out',
+        action=_PickleFileAction,
+        help='dump the predictions to this pickle file (.pkl / .pickle)',
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=CfgOptionsAction,
+        help='override config settings, KEY=VALUE pairs, e.g. '
+        'test_dataloader.batch_size=1; no spaces in a pair',
+    )
+
+
+def print_test_metrics(metrics: dict, heading: str, score_thr: str) -> None:
+    """Print a test's metrics, one a line, then the headline (bbox mAP or
+    top-1 accuracy).
+
+    Args:
+        metrics (dict): What the evaluator returned.
+        heading (str): The first line (``'Test results:'``).
+        score_thr (str): How the config's score threshold reads in the
+            line printed when there are no metrics (mmdet's ``CocoMetric``
+            returns nothing when no box was predicted: pycocotools cannot
+            load an empty result; that is mAP 0).
+    """
+    width = max((len(key) for key in metrics), default=0)
+    print(f'\n{heading}')
+    for key, value in metrics.items():
+        print(f'  {key:<{width}}  {value}')
+    if 'coco/bbox_mAP' in metrics:
+        print(f'bbox mAP: {metrics["coco/bbox_mAP"]:.4f}')
+    elif 'accuracy/top1' in metrics:  # mmpretrain reports percentages
+        print(f'top-1 accuracy: {metrics["accuracy/top1"]:.2f}%')
+    elif not metrics:
+        print(f'bbox mAP: 0.0000 (no detection scored above {score_thr})')
 
 
 def check_file(path: str, what: str) -> str:

@@ -79,3 +79,53 @@ def test_show_dir_needs_a_visualization_hook(ckpt):
             cfg_options_dict(['default_hooks.visualization=None']),
             show_dir='vis',
         )
+
+
+def test_the_test_tools_share_their_flags(test_tool, load_tool, capsys):
+    """tools/test.py and tools/deployment/test_onnx.py take --out and
+    --cfg-options from one place (dn_mmdet.utils.launch.add_test_args):
+    the same help, the same usage error."""
+    onnx_tool = load_tool('deployment/test_onnx')
+    helps = []
+    for tool in (test_tool, onnx_tool):
+        with pytest.raises(SystemExit):
+            tool.parse_args(['--help'])
+        helps.append(' '.join(capsys.readouterr().out.split()))
+    for text in (
+        '--out OUT dump the predictions to this pickle file (.pkl / .pickle)',
+        '--cfg-options CFG_OPTIONS [CFG_OPTIONS ...] override config '
+        'settings, KEY=VALUE pairs, e.g. test_dataloader.batch_size=1; no '
+        'spaces in a pair',
+    ):
+        assert text in helps[0] and text in helps[1]
+    args = onnx_tool.parse_args(['c.py', 'm.onnx', '--out', 'res.pickle'])
+    assert args.out == 'res.pickle' and args.work_dir is None
+    with pytest.raises(SystemExit) as info:
+        onnx_tool.parse_args(['c.py', 'm.onnx', '--out', 'res.json'])
+    assert info.value.code == 2
+    assert (
+        '--out must be a .pkl or .pickle file, got res.json'
+        in capsys.readouterr().err
+    )
+
+
+def test_print_test_metrics(capsys):
+    from dn_mmdet.utils.launch import print_test_metrics
+
+    print_test_metrics(
+        {'coco/bbox_mAP': 0.25, 'coco/bbox_mAP_50': 0.5}, 'Test results:', ''
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        '',
+        'Test results:',
+        '  coco/bbox_mAP     0.25',
+        '  coco/bbox_mAP_50  0.5',
+        'bbox mAP: 0.2500',
+    ]
+    print_test_metrics({'accuracy/top1': 87.5}, 'Test results:', '')
+    assert capsys.readouterr().out.endswith('top-1 accuracy: 87.50%\n')
+    print_test_metrics({}, 'Test results:', 'model.test_cfg.score_thr=0.02')
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        'bbox mAP: 0.0000 (no detection scored above '
+        'model.test_cfg.score_thr=0.02)'
+    )

@@ -17,10 +17,11 @@ import sys
 import dn_mmdet  # noqa: F401  (registers everything)
 from dn_mmdet.deployment import evaluate_onnx
 from dn_mmdet.utils.launch import (
-    CfgOptionsAction,
+    add_test_args,
     check_file,
     default_work_dir,
     load_config,
+    print_test_metrics,
 )
 
 
@@ -31,13 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument('config', help='the config it was exported from')
     parser.add_argument('model', help='the .onnx file')
-    parser.add_argument(
-        '--work-dir',
-        help='the dir for logs (default: work_dirs/<config name>_onnx)',
-    )
-    parser.add_argument(
-        '--out',
-        help='dump the predictions to this pickle file (.pkl / .pickle)',
+    add_test_args(
+        parser,
+        work_dir_help='the dir for logs (default: work_dirs/<config name>'
+        '_onnx)',
     )
     parser.add_argument(
         '--threads',
@@ -45,16 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0,
         help="onnxruntime's threads an operator (default 0: one a core)",
     )
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=CfgOptionsAction,
-        help='override config settings, KEY=VALUE pairs, e.g. '
-        'test_dataloader.batch_size=1; no spaces in a pair',
-    )
     args = parser.parse_args(argv)
-    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
-        parser.error(f'--out must be a .pkl or .pickle file, got {args.out}')
     if args.threads < 0:
         parser.error(f'--threads must be >= 0, got {args.threads}')
     return args
@@ -72,18 +61,10 @@ def main(argv=None) -> dict:
         metrics = evaluate_onnx(cfg, args.model, args.out, args.threads)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'test_onnx.py: error: {err}')
-    print('\nTest results (onnxruntime):')
-    width = max((len(key) for key in metrics), default=0)
-    for key, value in metrics.items():
-        print(f'  {key:<{width}}  {value}')
-    if 'coco/bbox_mAP' in metrics:
-        print(f'bbox mAP: {metrics["coco/bbox_mAP"]:.4f}')
-    elif not metrics:
-        # As tools/test.py: CocoMetric returns nothing without detections.
-        print(
-            'bbox mAP: 0.0000 (no detection scored above '
-            'model.test_cfg.score_thr)'
-        )
+    # As tools/test.py's (CocoMetric returns nothing without detections).
+    print_test_metrics(
+        metrics, 'Test results (onnxruntime):', 'model.test_cfg.score_thr'
+    )
     return metrics
 
 
