@@ -11,17 +11,45 @@
 """
 
 import os.path as osp
-import subprocess
-import sys
+from pathlib import Path
+from typing import Callable, Dict
 
 import torch
-from helpers import free_port, load_module
+from helpers import free_port, load_module, output_tail, run_python
 
 HERE = osp.dirname(osp.abspath(__file__))
 
 
 def _load_worker(name='dist_sync_dn'):
     return load_module(osp.join(HERE, f'{name}.py'))
+
+
+def _run_two_ranks(
+    name: str, out: Path, init: str, env: Dict[str, str]
+) -> Callable[[str, int], dict]:
+    """Run the worker ``<name>.py --out OUT --init INIT`` on two gloo ranks
+    (torch's launcher); return ``load(phase, rank)``, reading what a rank
+    saved of a phase ('sync' or 'local')."""
+    proc = run_python(
+        [
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=2',
+            f'--master_port={free_port()}',
+            osp.join(HERE, f'{name}.py'),
+            '--out',
+            out,
+            '--init',
+            init,
+        ],
+        env=env,
+    )
+    assert proc.returncode == 0, output_tail(proc)
+
+    def load(phase, rank):
+        return torch.load(str(out / f'{phase}_rank{rank}.pt'))
+
+    return load
 
 
 def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
@@ -32,28 +60,7 @@ def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
     init = str(tmp_path / 'init.pth')
     torch.save(dict(state_dict=model.state_dict()), init)
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'torch.distributed.run',
-            '--nproc_per_node=2',
-            f'--master_port={free_port()}',
-            osp.join(HERE, 'dist_sync_dn.py'),
-            '--out',
-            str(tmp_path),
-            '--init',
-            init,
-        ],
-        env=tool_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-    def load(phase, rank):
-        return torch.load(str(tmp_path / f'{phase}_rank{rank}.pt'))
+    load = _run_two_ranks('dist_sync_dn', tmp_path, init, tool_env)
 
     # One process over all samples (the ranks drew disjoint halves).
     model.train()
@@ -95,28 +102,7 @@ def test_sn_batch_scope_synchronised_with_sync_bn(tmp_path, tool_env):
     init = str(tmp_path / 'init.pth')
     torch.save(model.state_dict(), init)
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'torch.distributed.run',
-            '--nproc_per_node=2',
-            f'--master_port={free_port()}',
-            osp.join(HERE, 'dist_sync_sn.py'),
-            '--out',
-            str(tmp_path),
-            '--init',
-            init,
-        ],
-        env=tool_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-    def load(phase, rank):
-        return torch.load(str(tmp_path / f'{phase}_rank{rank}.pt'))
+    load = _run_two_ranks('dist_sync_sn', tmp_path, init, tool_env)
 
     data = worker.FixedSamples()
     whole = worker.run(model, data.x, data.grad)
