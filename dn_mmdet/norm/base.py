@@ -11,14 +11,17 @@ batch. They share three things, kept here once:
   statistics, enough values per channel to estimate them;
 * :attr:`NormLayer.uses_batch_statistics`, which the runner hooks ask instead
   of re-deriving each layer's rules.
+
+:func:`replace_modules` is the one model surgery their converters share
+(BN -> DN, MABN -> BN, CenConv -> Conv2d).
 """
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ['NormLayer', 'name_norm_layers']
+__all__ = ['NormLayer', 'name_norm_layers', 'replace_modules']
 
 
 class NormLayer(nn.Module):
@@ -185,3 +188,32 @@ def name_norm_layers(model: nn.Module) -> int:
             module.layer_name = name
             count += 1
     return count
+
+
+def replace_modules(
+    module: nn.Module, replace: Callable[[nn.Module], Optional[nn.Module]]
+) -> nn.Module:
+    """Replace, in place, every submodule of ``module`` that ``replace``
+    maps to a module.
+
+    ``replace`` is asked first of ``module``, then of each child in turn:
+    a module it returns takes the asked module's place (under the same
+    attribute name, so e.g. a ConvModule's ``norm_name`` still finds it) and
+    is not searched further; None means "search its children".
+
+    Args:
+        module (nn.Module): The model (or layer) to convert.
+        replace (Callable): ``module -> module or None``.
+
+    Returns:
+        nn.Module: ``module``, or what replaces it if ``replace`` maps
+        ``module`` itself.
+    """
+    replaced = replace(module)
+    if replaced is not None:
+        return replaced
+    for name, child in module.named_children():
+        converted = replace_modules(child, replace)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module

@@ -9,6 +9,8 @@ import torch.nn as nn
 from mmengine.registry import MODELS
 from torch import Tensor
 
+from .base import replace_modules
+
 _Size = Union[int, Tuple[int, int]]
 
 
@@ -113,10 +115,6 @@ class CenConv2d(nn.Conv2d):
         is one). With ``MABN2d.convert_to_batchnorm`` and mmcv's
         ``fuse_conv_bn`` a MABN + CenConv model becomes a plain conv model:
         inference then costs what the BN model's does."""
-        if isinstance(module, cls):
-            return module.to_conv2d()
-        for name, child in module.named_children():
-            converted = cls.convert_to_conv2d(child)
-            if converted is not child:
-                setattr(module, name, converted)
-        return module
+        return replace_modules(
+            module, lambda m: m.to_conv2d() if isinstance(m, cls) else None
+        )

@@ -14,7 +14,7 @@ from typing import List, Tuple
 import torch
 import torch.nn as nn
 
-from .base import NormLayer
+from .base import NormLayer, replace_modules
 from .dynamic_norm import DynamicNorm2d
 
 __all__ = [
@@ -76,15 +76,15 @@ def convert_batchnorm(
     Returns the converted module (a new DN if ``module`` itself is a batch
     norm).
     """
-    if isinstance(module, NormLayer):
-        return module
-    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-        return from_batchnorm(module, layer_type, **dn_kwargs)
-    for name, child in module.named_children():
-        converted = convert_batchnorm(child, layer_type, **dn_kwargs)
-        if converted is not child:
-            setattr(module, name, converted)
-    return module
+
+    def replace(m: nn.Module):
+        if isinstance(m, NormLayer):
+            return m  # kept whole, with the batch norms inside
+        if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+            return from_batchnorm(m, layer_type, **dn_kwargs)
+        return None
+
+    return replace_modules(module, replace)
 
 
 def _child(parent: str, name: str) -> str:

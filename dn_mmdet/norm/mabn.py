@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .aten_passes import affine_per_sample, centered_sums
-from .base import BatchNormAffineChildLayer
+from .base import BatchNormAffineChildLayer, replace_modules
 
 
 def _channel_sums(a: Tensor, x: Tensor, dtype: torch.dtype):
@@ -339,10 +339,6 @@ class MABN2d(BatchNormAffineChildLayer):
     def convert_to_batchnorm(cls, module: nn.Module) -> nn.Module:
         """Replace every MABN layer in ``module`` by :meth:`to_batchnorm`
         (in place; returns ``module``, or the BN if it is a MABN)."""
-        if isinstance(module, cls):
-            return module.to_batchnorm()
-        for name, child in module.named_children():
-            converted = cls.convert_to_batchnorm(child)
-            if converted is not child:
-                setattr(module, name, converted)
-        return module
+        return replace_modules(
+            module, lambda m: m.to_batchnorm() if isinstance(m, cls) else None
+        )
