@@ -4,15 +4,13 @@ verdict rules, pending claims, and the committed tables regenerating."""
 import json
 import math
 import statistics
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from dn_mmdet.analysis.study import claims as claims_mod
 from dn_mmdet.analysis.study.claims_page import BEGIN, END, write_claims_page
 from dn_mmdet.analysis.study.tables import table_markdown
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_t975_matches_the_table_and_the_normal_limit():

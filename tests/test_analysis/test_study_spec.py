@@ -4,6 +4,7 @@ what each trains (no training here)."""
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from dn_mmdet.analysis.study import (
     BaseConfig,
@@ -14,7 +15,6 @@ from dn_mmdet.analysis.study import (
     run_options,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 CLS_BASE = (
     'configs/studies/_base_/claims/'
     'mobilenet-v2-x0.5-bn_1xb32-sgd-12e_shapes-cls64.py'

@@ -10,15 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from dn_mmdet.utils.work_dir_lock import (
     LOCK_NAME,
     WorkDirInUseError,
     WorkDirLock,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 CONFIG = REPO / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
 

@@ -5,17 +5,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 
 from dn_mmdet.engine.hooks import SafeCheckpointLoaderHook
 from dn_mmdet.utils import compat
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -2,11 +2,10 @@
 plot_map.py: usage errors and one-line messages, not tracebacks."""
 
 import runpy
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(
     REPO / 'configs/ssdlite' / 'ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
 )

@@ -8,17 +8,16 @@ import os
 import os.path as osp
 import subprocess
 import sys
-from pathlib import Path
 
 import mat4py
 import numpy as np
 import pytest
+from helpers import REPO
 from mmpretrain.datasets import CustomDataset
 from PIL import Image
 
 from dn_mmdet.datasets import imagenet100
 
-REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 6
 TRAIN_PER_CLASS = 10
 VAL_PER_CLASS = 3

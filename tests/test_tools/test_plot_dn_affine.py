@@ -5,15 +5,14 @@ that a real short training run wrote."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.config import Config, DictAction
 
 from dn_mmdet.analysis import dn_affine
 
-REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / 'tools/analysis/plot_dn_affine.py'
 CONFIGS = REPO / 'configs/ssdlite'
 CONFIG = CONFIGS / 'ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'

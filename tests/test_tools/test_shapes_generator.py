@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from mmdet.registry import METRICS
 from mmengine.registry import init_default_scope
 from PIL import Image
@@ -25,8 +26,6 @@ from dn_mmdet.datasets import (
     ShapesDataset,
     shapes_generator,
 )
-
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def pixel_digest(img_dir):
