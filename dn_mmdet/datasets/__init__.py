@@ -1,7 +1,8 @@
 """Datasets: COCO-format data checked where it enters, and the class of the
 embedded shapes data. Their generators (:mod:`.shapes_generator`,
-:mod:`.shapes_cls_generator`) and the ImageNet-100 converter
-(:mod:`.imagenet100`) are imported only where used.
+:mod:`.shapes_cls_generator`, drawing with :mod:`.shapes_render` and
+keeping their folders with :mod:`.generated_folder`) and the ImageNet-100
+converter (:mod:`.imagenet100`) are imported only where used.
 
 Importing registers ``CheckedCocoDataset`` and ``ShapesDataset`` in mmdet's
 ``DATASETS``.
