@@ -17,7 +17,7 @@ from dn_mmdet.analysis.study import (
 
 CLS_BASE = (
     'configs/studies/_base_/claims/'
-    'mobilenet-v2-x0.5-bn_1xb32-sgd-12e_shapes-cls64.py'
+    'mobilenet-v2-x0.5-bn_1xb32-sgd-16e_shapes-cls64.py'
 )
 NORMS_BASE = REPO / 'configs/studies/_base_/norms.py'
 

@@ -620,7 +620,7 @@ def test_a_seeded_run_reproduces(tmp_path, tool_env):
     lines = [
         f"_base_ = ['{NORMS_BASE}']",
         "base_config = 'configs/studies/_base_/claims/"
-        "mobilenet-v2-x0.5-bn_1xb32-sgd-12e_shapes-cls64.py'",
+        "mobilenet-v2-x0.5-bn_1xb32-sgd-16e_shapes-cls64.py'",
         "metric = 'accuracy/top1'",
         "norms = ['dnb-r16-g1']",
         'batch_sizes = [4]',
