@@ -117,7 +117,10 @@ optim_wrapper = dict(
     # Plain-dict parameter groups: compile=... in a config can then trace
     # the optimizer step (same optimizer, same numbers).
     constructor='PlainParamGroupsOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=5e-3, weight_decay=1e-4),
+    # fused: torch's one-kernel AdamW, the same update (equal to its
+    # per-tensor loop up to float rounding); the loop over SSDLite's 316
+    # tensors was 5-12% of a CPU step.
+    optimizer=dict(type='AdamW', lr=5e-3, weight_decay=1e-4, fused=True),
     paramwise_cfg=dict(norm_decay_mult=0.0),
 )
 auto_scale_lr = dict(base_batch_size=16)
