@@ -64,6 +64,7 @@ def bench(tmp_path_factory, tool_env):
     )
 
 
+@pytest.mark.heavy
 def test_benchmark_prints_a_finite_row_for_every_case(bench):
     stdout, result = bench
     assert (
@@ -494,6 +495,7 @@ def test_interleave_times_all_variants_in_one_worker():
     assert row.split(' | ')[5] == '-'  # no peak memory, no ratio
 
 
+@pytest.mark.heavy
 def test_before_runs_each_worker_again_with_the_other_checkout(
     tmp_path, tool_env
 ):
