@@ -1,0 +1,54 @@
+"""``compile=...`` in a DN config through tools/train.py: mmengine's runner
+compiles the model's ``train_step`` and the tool trains (a real process).
+
+Its own module: the suite's longest test, scheduled first (``heavy``) and
+on a worker of its own while the DN compile tests
+(tests/test_norm/test_dynamic_norm_compile.py) run on the other."""
+
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+
+@pytest.mark.heavy
+def test_compile_true_in_a_config_trains_through_train_py(
+    tmp_path, tool_env, shapes_data, shapes_options, shapes_config
+):
+    """``compile=...`` in a DN config: mmengine's runner compiles the
+    model's ``train_step`` (forward, loss, backward, optimizer step) and
+    tools/train.py trains an epoch. The eager backend: dynamo captures the
+    whole step as with inductor (where compiling a training step fails),
+    without inductor's code generation of a detector (many minutes here);
+    the DN ops' autograd under AOT tracing is the in-process tests'."""
+    config = tmp_path / 'compiled.py'
+    config.write_text(
+        f"_base_ = '{shapes_config('dn')}'\ncompile = dict(backend='eager')\n"
+    )
+    # One iteration of two images: one graph to capture (each new count of
+    # boxes would capture the loss's graph again).
+    options = shapes_options(
+        shapes_data, max_epochs=1, validate=False, input_size=64
+    ) + ['train_dataloader.dataset.indices=2']
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / 'tools/train.py'),
+            str(config),
+            '--work-dir',
+            str(tmp_path / 'work'),
+            '--cfg-options',
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=tool_env,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert 'Model has been "compiled"' in log
+    assert 'Epoch(train) [1][1/1]' in log
+    assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
