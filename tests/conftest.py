@@ -18,37 +18,6 @@ from helpers import (
 )
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        'markers',
-        'heavy: runs long real processes (trainings, compilers); its '
-        'module is scheduled first',
-    )
-
-
-def pytest_collection_modifyitems(items):
-    """Modules with ``heavy`` tests first, the largest share of heavy tests
-    first; the others after them, by number of tests; each module's tests
-    together and in order.
-
-    The suite's workers take a module at a time (``--dist loadscope``,
-    with ``--no-loadscope-reorder`` to keep this order): a long module
-    taken last would leave the other worker idle until it ends."""
-    modules = {}
-    for item in items:
-        modules.setdefault(item.nodeid.split('::')[0], []).append(item)
-
-    def heavy_first(tests):
-        heavy = sum(bool(test.get_closest_marker('heavy')) for test in tests)
-        return (-heavy / len(tests), 0 if heavy else -len(tests))
-
-    items[:] = [
-        item
-        for tests in sorted(modules.values(), key=heavy_first)
-        for item in tests
-    ]
-
-
 def _load_tool(path: str):
     """``tools/<path>.py`` as a module, for tests of a command line itself
     (its arguments, usage errors and exit messages); what a tool calls is

@@ -17,8 +17,6 @@ PY="$VENV/bin/python"
 # Two workers (pytest-xdist): the machine class has two cores and the
 # tests run one thread a process (tests/conftest.py). A module's tests stay
 # on one worker (loadscope), so a module-scoped fixture, such as one
-# training run that several tests read, is built once. The modules come in
-# the order tests/conftest.py gives them (those with a test marked heavy
-# first), not xdist's by number of tests, so that no long module is left
-# for last. A later -n in the arguments wins (-n 0: no workers).
-exec "$PY" -m pytest tests -n 2 --dist loadscope --no-loadscope-reorder "$@"
+# training run that several tests read, is built once. A later -n in the
+# arguments wins (-n 0: no workers).
+exec "$PY" -m pytest tests -n 2 --dist loadscope "$@"

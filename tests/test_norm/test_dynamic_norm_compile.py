@@ -77,7 +77,6 @@ def test_compiled_mmdet_resnet18_with_dn_equals_eager():
     assert_compiled_equals_eager(model, torch.randn(2, 3, 32, 32))
 
 
-@pytest.mark.heavy
 def test_compiled_ssdlite_shapes_detector_equals_eager():
     """The shapes SSDLite: MobileNetV2DN (fused by construction), SSD neck,
     FNA head; its whole tensor forward (MobileNetV2DN's compile test too:

@@ -120,7 +120,6 @@ def test_validation_after_amp_training_runs_in_float32(
 
 
 @pytest.mark.parametrize('kind', ['bn', 'dn'])
-@pytest.mark.heavy
 def test_train_py_amp(
     shapes_config, shapes_data, shapes_options, tool_env, tmp_path, kind
 ):

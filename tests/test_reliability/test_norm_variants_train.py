@@ -72,7 +72,6 @@ def test_trains_end_to_end(shapes_cfg, shapes_data, tmp_path, name):
         )
 
 
-@pytest.mark.heavy
 def test_mabn_resume_mid_window_equals_uninterrupted(
     shapes_cfg, shapes_data, tmp_path
 ):

@@ -55,7 +55,6 @@ def _wait_for_lock_of(pid, lock_file, proc, log, timeout=240):
     pytest.fail(f'the first run never took {lock_file} and began its log')
 
 
-@pytest.mark.heavy
 def test_second_training_on_a_work_dir_in_use_stops(
     tmp_path, tool_env, shapes_data, shapes_options
 ):

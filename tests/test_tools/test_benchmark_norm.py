@@ -64,7 +64,6 @@ def bench(tmp_path_factory, tool_env):
     )
 
 
-@pytest.mark.heavy
 def test_benchmark_prints_a_finite_row_for_every_case(bench):
     stdout, result = bench
     assert (
@@ -486,7 +485,6 @@ def test_interleave_times_all_variants_in_one_worker():
     assert row.split(' | ')[5] == '-'  # no peak memory, no ratio
 
 
-@pytest.mark.heavy
 def test_before_runs_each_worker_again_with_the_other_checkout(
     tmp_path, tool_env
 ):

@@ -29,7 +29,6 @@ def _run(script, args, env, cwd):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU path')
-@pytest.mark.heavy
 def test_dist_train_and_test_from_a_plain_shell(
     shapes_data, shapes_config, shapes_options, tool_env, tmp_path
 ):

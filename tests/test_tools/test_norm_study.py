@@ -163,7 +163,6 @@ def study(tiny, tool_env, tmp_path_factory):
     )
 
 
-@pytest.mark.heavy
 def test_killed_study_resumes_without_redoing_runs(study):
     assert study['orphans'] == []
     assert 'run 1/2: bn_bs2_lr1x_seed0 finished' in study['first_output']
@@ -644,7 +643,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.heavy
 def test_sigkill_of_a_two_process_study_leaves_no_training(
     tmp_path, tiny, tool_env
 ):
@@ -738,7 +736,6 @@ def test_report_only_without_runs_keeps_committed_results(
     assert {name: (folder / name).read_bytes() for name in before} == before
 
 
-@pytest.mark.heavy
 def test_a_seeded_run_reproduces(tmp_path, tool_env, norm_study):
     """The same classification run twice (one thread, deterministic, data
     loaded in the training process): the same curve, bit for bit. The study

@@ -66,7 +66,6 @@ def trained(run, options, shapes_config, tmp_path_factory):
     )
 
 
-@pytest.mark.heavy
 def test_training_writes_checkpoint_and_shows_progress(trained):
     work_dir = trained['work_dir']
     ckpt = work_dir / 'epoch_1.pth'
