@@ -1,18 +1,16 @@
 """``compile=...`` in a DN config through tools/train.py: mmengine's runner
 compiles the model's ``train_step`` and the tool trains (a real process).
 
-Its own module: the suite's longest test, scheduled first (``heavy``) and
-on a worker of its own while the DN compile tests
-(tests/test_norm/test_dynamic_norm_compile.py) run on the other."""
+A module of its own, apart from the DN compile tests
+(tests/test_norm/test_dynamic_norm_compile.py): the suite's workers take a
+module at a time, and this is its longest test."""
 
 import subprocess
 import sys
 
-import pytest
 from helpers import REPO
 
 
-@pytest.mark.heavy
 def test_compile_true_in_a_config_trains_through_train_py(
     tmp_path, tool_env, shapes_data, shapes_options, shapes_config
 ):
@@ -23,8 +21,15 @@ def test_compile_true_in_a_config_trains_through_train_py(
     without inductor's code generation of a detector (many minutes here);
     the DN ops' autograd under AOT tracing is the in-process tests'."""
     config = tmp_path / 'compiled.py'
+    # SGD over the config's plain parameter groups: dynamo traces its step
+    # in about a third of AdamW's operations (one group a parameter here);
+    # AdamW's compiled step over such groups is
+    # tests/test_engine/test_plain_param_groups_constructor.py's.
     config.write_text(
-        f"_base_ = '{shapes_config('dn')}'\ncompile = dict(backend='eager')\n"
+        f"_base_ = '{shapes_config('dn')}'\n"
+        "compile = dict(backend='eager')\n"
+        'optim_wrapper = dict(optimizer=dict(_delete_=True, '
+        "type='SGD', lr=5e-3, momentum=0.9, weight_decay=1e-4))\n"
     )
     # One iteration of two images: one graph to capture (each new count of
     # boxes would capture the loss's graph again).
