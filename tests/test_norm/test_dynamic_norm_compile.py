@@ -8,14 +8,12 @@ on a busy CPU) except for one inductor test on a small model.
 """
 
 import copy
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 from dn_helpers import randomize
+from helpers import SHAPES_CONFIGS
 from mmcv.cnn import ConvModule
 from mmdet.registry import MODELS
 from mmengine.config import Config
@@ -25,11 +23,7 @@ import dn_mmdet  # noqa: F401  (registers DN and the models)
 from dn_mmdet.models.backbones import MobileNetV2DN
 from dn_mmdet.norm import DynamicNorm2d, FusedNormActConvModule, fuse_norm_act
 
-REPO = Path(__file__).resolve().parents[2]
-SSDLITE_DN = (
-    REPO / 'configs/ssdlite/'
-    'ssdlite_mobilenetv2-dnb-r16-goup_1xb16-cpu_shapes.py'
-)
+SSDLITE_DN = SHAPES_CONFIGS['dn']
 
 
 def randomized(model: nn.Module) -> nn.Module:
@@ -175,44 +169,3 @@ def test_jit_trace_and_onnx_export(tmp_path):
         output_names=['y'],
     )
     onnx.checker.check_model(onnx.load(str(path)))
-
-
-def test_compile_true_in_a_config_trains_through_train_py(
-    tmp_path, tool_env, shapes_data, shapes_options, shapes_config
-):
-    """``compile=...`` in a DN config: mmengine's runner compiles the
-    model's ``train_step`` (forward, loss, backward, optimizer step) and
-    tools/train.py trains an epoch. The eager backend: dynamo captures the
-    whole step as with inductor (where compiling a training step fails),
-    without inductor's code generation of a detector (many minutes here);
-    the DN ops' autograd under AOT tracing is the in-process tests'."""
-    config = tmp_path / 'compiled.py'
-    config.write_text(
-        f"_base_ = '{shapes_config('dn')}'\ncompile = dict(backend='eager')\n"
-    )
-    # One iteration of two images: one graph to capture (each new count of
-    # boxes would capture the loss's graph again).
-    options = shapes_options(
-        shapes_data, max_epochs=1, validate=False, input_size=64
-    ) + ['train_dataloader.dataset.indices=2']
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / 'tools/train.py'),
-            str(config),
-            '--work-dir',
-            str(tmp_path / 'work'),
-            '--cfg-options',
-            *options,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=tool_env,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
-    assert 'Model has been "compiled"' in log
-    assert 'Epoch(train) [1][1/1]' in log
-    assert (tmp_path / 'work' / 'epoch_1.pth').is_file()

@@ -34,6 +34,8 @@ def _train_argv(work_dir, options):
 
 
 def _wait_for_lock_of(pid, lock_file, proc, log, timeout=240):
+    """Wait until ``proc`` holds the lock and has written its log folder
+    (its runner is built)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -41,10 +43,14 @@ def _wait_for_lock_of(pid, lock_file, proc, log, timeout=240):
                 'the first run ended early:\n'
                 + Path(log.name).read_text()[-3000:]
             )
-        if lock_file.is_file() and lock_file.read_text().strip() == str(pid):
+        if (
+            lock_file.is_file()
+            and lock_file.read_text().strip() == str(pid)
+            and any(p.is_dir() for p in lock_file.parent.iterdir())
+        ):
             return
         time.sleep(0.2)
-    pytest.fail(f'the first run never took {lock_file}')
+    pytest.fail(f'the first run never took {lock_file} and began its log')
 
 
 def test_second_training_on_a_work_dir_in_use_stops(
@@ -64,6 +70,10 @@ def test_second_training_on_a_work_dir_in_use_stops(
     )
     try:
         _wait_for_lock_of(first.pid, work_dir / LOCK_NAME, first, log)
+        # Stopped, the first run stays alive and holds its lock, and leaves
+        # the cores to the second run (its training would only slow that
+        # run's start down).
+        first.send_signal(signal.SIGSTOP)
         second = subprocess.run(
             _train_argv(
                 work_dir,
@@ -82,6 +92,7 @@ def test_second_training_on_a_work_dir_in_use_stops(
             'logs. Wait for that run to end, stop it, or pass another '
             '--work-dir.'
         ]
+        first.send_signal(signal.SIGCONT)
         assert first.poll() is None  # untouched, still training
         # The second run wrote nothing: one run's log folder only.
         logs = [p for p in work_dir.iterdir() if p.is_dir()]

@@ -594,9 +594,11 @@ def test_report_only_without_runs_keeps_committed_results(
     assert {name: (folder / name).read_bytes() for name in before} == before
 
 
-def test_a_seeded_run_reproduces(tmp_path, tool_env):
+def test_a_seeded_run_reproduces(tmp_path, tool_env, norm_study):
     """The same classification run twice (one thread, deterministic, data
-    loaded in the training process): the same curve, bit for bit."""
+    loaded in the training process): the same curve, bit for bit. The study
+    runs in this process (its command line is the killed study's test),
+    each training in a real process as always."""
     from dn_mmdet.analysis.study import read_curve
     from dn_mmdet.datasets.shapes_cls_generator import (
         generate_shapes_cls_dataset,
@@ -631,14 +633,10 @@ def test_a_seeded_run_reproduces(tmp_path, tool_env):
     spec.write_text('\n'.join(lines) + '\n')
     curves, losses = [], []
     for out in ('a', 'b'):
-        done = subprocess.run(
-            _study_cmd(spec, tmp_path / out),
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env=tool_env,
+        runner = norm_study.StudyRunner(
+            norm_study.Study(str(spec)), str(tmp_path / out), env=tool_env
         )
-        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        assert runner.run() == 0  # no run failed
         run_dir = str(tmp_path / out / 'runs' / 'dnb-r16-g1_bs4_lr1x_seed0')
         curves.append(read_curve(run_dir, 'accuracy/top1'))
         losses.append(read_curve(run_dir, 'loss'))
