@@ -2,40 +2,53 @@
 compiles the model's ``train_step`` and the tool trains (a real process).
 
 A module of its own, apart from the DN compile tests
-(tests/test_norm/test_dynamic_norm_compile.py): the suite's workers take a
-module at a time, and this is its longest test."""
+(tests/test_norm/test_dynamic_norm_compile.py, which hold the compiled
+shapes detector to eager): the suite's workers take a module at a time, and
+this is one of its longest tests."""
 
 import subprocess
 import sys
 
 from helpers import REPO
 
+from dn_mmdet.datasets.shapes_cls_generator import generate_shapes_cls_dataset
 
-def test_compile_true_in_a_config_trains_through_train_py(
-    tmp_path, tool_env, shapes_data, shapes_options, shapes_config
-):
-    """``compile=...`` in a DN config: mmengine's runner compiles the
-    model's ``train_step`` (forward, loss, backward, optimizer step) and
-    tools/train.py trains an epoch. The eager backend: dynamo captures the
-    whole step as with inductor (where compiling a training step fails),
-    without inductor's code generation of a detector (many minutes here);
-    the DN ops' autograd under AOT tracing is the in-process tests'."""
-    config = tmp_path / 'compiled.py'
-    # SGD over the config's plain parameter groups: dynamo traces its step
-    # in about a third of AdamW's operations (one group a parameter here);
-    # AdamW's compiled step over such groups is
-    # tests/test_engine/test_plain_param_groups_constructor.py's.
-    config.write_text(
-        f"_base_ = '{shapes_config('dn')}'\n"
-        "compile = dict(backend='eager')\n"
-        'optim_wrapper = dict(optimizer=dict(_delete_=True, '
-        "type='SGD', lr=5e-3, momentum=0.9, weight_decay=1e-4))\n"
+CLS_DNB = (
+    REPO / 'configs/mobilenet_v2/'
+    'mobilenet-v2-dnb-r16-goup_1xb32-cpu_shapes-cls.py'
+)
+
+
+def test_compile_true_in_a_config_trains_through_train_py(tmp_path, tool_env):
+    """``compile=...`` in the DN-B classifier config (MobileNetV2-DN, its
+    AdamW): mmengine's runner compiles the model's ``train_step`` (forward,
+    loss, backward, optimizer step) and tools/train.py trains an epoch. The
+    eager backend: dynamo captures the whole step as with inductor, without
+    inductor's code generation; the DN ops' autograd under AOT tracing and
+    inductor are the in-process tests'. (The classifier, not the detector:
+    dynamo's capture of SSDLite's anchor matching and losses costs minutes
+    and tests nothing of dn_mmdet's.)"""
+    root = tmp_path / 'shapes_cls'
+    generate_shapes_cls_dataset(
+        str(root), num_train=2, num_val=2, seed=0, size=32
     )
-    # One iteration of two images: one graph to capture (each new count of
-    # boxes would capture the loss's graph again).
-    options = shapes_options(
-        shapes_data, max_epochs=1, validate=False, input_size=64
-    ) + ['train_dataloader.dataset.indices=2']
+    config = tmp_path / 'compiled.py'
+    config.write_text(
+        f"_base_ = '{CLS_DNB}'\ncompile = dict(backend='eager')\n"
+    )
+    options = [
+        'train_dataloader.batch_size=2',
+        'train_cfg.max_epochs=1',
+        'train_cfg.val_interval=2',
+        'default_hooks.logger.interval=1',
+        'randomness.seed=0',
+    ]
+    for loader in ('train', 'val', 'test'):
+        options += [
+            f'{loader}_dataloader.dataset.data_root={root}/',
+            f'{loader}_dataloader.dataset.classes={root}/meta/classes.txt',
+            f'{loader}_dataloader.num_workers=0',
+        ]
     proc = subprocess.run(
         [
             sys.executable,
