@@ -71,8 +71,7 @@ class DynamicNorm2d(BatchNormChildLayer):
     ``dn_mmdet::normalize_affine`` around the SC-Module in torch (any device,
     dtype and memory format, DN-C, synchronised statistics, eval with
     autograd, ``torch.jit`` tracing); ``'auto'`` (the default) takes the op
-    where it applies (in eval under ``torch.compile``, the composite: see
-    :meth:`implementation`). Both are registered ops, so that the profiler,
+    where it applies. Both are registered ops, so that the profiler,
     ``torch.compile`` and ``torch.export`` see them.
     :meth:`forward_clamped` applies a following clamp activation in the same
     pass (see :func:`~dn_mmdet.norm.fuse_norm_act`). An empty batch (N = 0)
@@ -197,24 +196,8 @@ class DynamicNorm2d(BatchNormChildLayer):
         """Which implementation computes ``self(x)`` now: ``'op'`` or
         ``'composite'`` (see the class docstring); the one place that
         chooses. With ``impl='op'``, a forward the op cannot compute raises
-        a ``ValueError`` saying why.
-
-        ``'auto'`` under ``torch.compile`` (not ``torch.export``) takes the
-        composite with running statistics: there it is a pooling reduction
-        and pointwise ops that inductor fuses, the clamp and the dtype
-        conversions included, into one pass over ``x`` beside the pooling
-        pass, as it fuses BN with its activation; the op would stay one
-        opaque call that fuses with nothing. In training the op stays: its
-        two passes forward and two backward are what inductor makes of the
-        composite too, and the composite's backward takes many times longer
-        to compile. An exported program keeps the op, one node for a
-        runtime to implement."""
-        if self.impl == 'composite' or (
-            self.impl == 'auto'
-            and torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting()
-            and not self.uses_batch_statistics
-        ):
+        a ``ValueError`` saying why."""
+        if self.impl == 'composite':
             return 'composite'
         refusal = self._op_refusal(x)
         if refusal is None:

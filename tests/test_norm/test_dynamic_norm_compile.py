@@ -124,39 +124,6 @@ def test_inductor_compiles_a_dn_model_in_training_and_eval():
     )
 
 
-def compiled_targets(model, x):
-    """The ops of the graphs ``torch.compile(fullgraph=True)`` captures of
-    ``model(x)`` (a backend that records them and runs the graph as is),
-    and its output."""
-    targets = []
-
-    def record(gm, example_inputs):
-        targets.extend(str(n.target) for n in gm.graph.nodes)
-        return gm.forward
-
-    y = torch.compile(model, fullgraph=True, backend=record)(x)
-    return targets, y
-
-
-def test_compile_takes_the_composite_in_eval_and_the_op_in_training():
-    """In eval, inductor can fuse the composite's normalise-affine-clamp;
-    the op would be an opaque call (before: ``dn_b_inference`` in the
-    graph). Training keeps the op; ``torch.export`` keeps it in eval (see
-    the export test). Both compute what eager DN does."""
-    model = dn_conv_module()
-    fuse_norm_act(model)
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        targets, y = compiled_targets(model, x)
-        torch.testing.assert_close(y, model(x))
-    assert any('dn_mmdet.normalize_affine' in t for t in targets)
-    assert not any('dn_b_inference' in t for t in targets)
-    torch._dynamo.reset()
-    model.train()
-    targets, _ = compiled_targets(model, x)
-    assert any('dn_mmdet.dn_b_train' in t for t in targets)
-
-
 def dn_conv_module():
     torch.manual_seed(0)
     model = nn.Sequential(
