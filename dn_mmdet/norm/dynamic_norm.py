@@ -430,28 +430,11 @@ class DynamicNorm2d(BatchNormChildLayer):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         record_options(destination, prefix, self.function_options())
 
-    def _load_from_state_dict(
-        self,
-        state_dict,
-        prefix,
-        local_metadata,
-        strict,
-        missing_keys,
-        unexpected_keys,
-        error_msgs,
-    ):
+    def _load_from_state_dict(self, state_dict, prefix, metadata, *rest):
         check_recorded_options(
-            local_metadata, prefix, self.function_options(), self.describe()
+            metadata, prefix, self.function_options(), self.describe()
         )
-        super()._load_from_state_dict(
-            state_dict,
-            prefix,
-            local_metadata,
-            strict,
-            missing_keys,
-            unexpected_keys,
-            error_msgs,
-        )
+        super()._load_from_state_dict(state_dict, prefix, metadata, *rest)
 
     # ------------------------------------------------------------------ #
     # Converters (dn_mmdet/norm/converters.py)

@@ -145,6 +145,19 @@ def test_layer_timer_counts_a_layer_with_the_activation_after_it():
     assert len(calls) == 1 and timer.seconds == [2, 1]
 
 
+def test_layer_timer_counts_an_unfused_dn_layer_once():
+    """DN's ``forward`` calls its ``forward_clamped``, both wrapped: the
+    layer's call lasts one tick, not the outer call's two plus the
+    inner's one (before: 3, DN's Python share overstated by its op)."""
+    from dn_mmdet.norm import DynamicNorm2d
+
+    ticks = iter(range(1000))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), DynamicNorm2d(4))
+    timer = in_model.NormLayerTimer(model, clock=lambda: next(ticks))
+    model(torch.randn(2, 3, 5, 5))
+    assert timer.seconds == [1]
+
+
 def test_norm_layers_leave_out_dn_parts():
     from dn_mmdet.norm import DynamicNorm2d
 

@@ -69,7 +69,6 @@ The measuring is done by :mod:`dn_mmdet.analysis.benchmark`.
 """
 
 import argparse
-import json
 import os.path as osp
 import sys
 
@@ -84,11 +83,10 @@ from dn_mmdet.analysis.benchmark import (
     WorkerError,
     WorkerSettings,
     dn_kernel_status,
-    format_before_after,
-    format_table,
-    median_over_runs,
+    format_sweep,
+    parse_dims,
     run_sweep,
-    summarise,
+    write_json,
 )
 from dn_mmdet.utils.cli_args import nonnegative_int, positive_int
 
@@ -232,13 +230,8 @@ def check_args(parser, args):
         parser.error(f'--config {args.config}: no such file')
     if args.cases:
         try:
-            cases = [
-                tuple(int(v) for v in case.lower().split('x'))
-                for case in args.cases
-            ]
+            cases = [parse_dims(case, 2) for case in args.cases]
         except ValueError:
-            cases = [()]
-        if any(len(case) != 2 for case in cases):
             parser.error(
                 f'--cases must look like 4x224 (batch x size), got '
                 f'{" ".join(args.cases)}'
@@ -297,34 +290,10 @@ def main(argv=None):
         runs = run_sweep(sweep, log=lambda line: print(line, flush=True))
     except WorkerError as error:
         sys.exit(str(error))
-    trees = {}
-    for r in runs:  # the JSON's runs keep their tree
-        rest = {k: v for k, v in r.items() if k != 'tree'}
-        trees.setdefault(r['tree'], []).append(rest)
-    results = median_over_runs(trees['after'])
-    table = format_table(results, sweep, kernel_status)
-    if 'before' in trees:
-        before = median_over_runs(trees['before'])
-        table += (
-            f'\n\nBefore ({args.before}):\n'
-            + format_table(before, sweep, 'as that checkout chooses')
-            + '\n\nRatios to BN, before and after:\n'
-            + format_before_after(before, results)
-        )
+    results, table = format_sweep(runs, sweep, kernel_status)
     print(table)
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(
-                dict(
-                    args=vars(args),
-                    results=results,
-                    runs=runs,
-                    summary=summarise(results, args.models, args.variants),
-                    table=table,
-                ),
-                f,
-                indent=2,
-            )
+        write_json(args.out, vars(args), runs, results, sweep, table)
 
 
 if __name__ == '__main__':

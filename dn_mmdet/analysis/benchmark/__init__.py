@@ -32,10 +32,12 @@ from .cases import (
 from .report import (
     format_before_after,
     format_summary_line,
+    format_sweep,
     format_table,
     median_over_runs,
     ratio_of,
     summarise,
+    write_json,
 )
 from .sweep import (
     Sweep,
@@ -64,10 +66,12 @@ __all__ = [
     'parse_dims',
     'format_before_after',
     'format_summary_line',
+    'format_sweep',
     'format_table',
     'median_over_runs',
     'ratio_of',
     'summarise',
+    'write_json',
     'Sweep',
     'WorkerError',
     'dn_kernel_status',

@@ -86,6 +86,7 @@ class NormLayerTimer:
         self.replacements = [None] * len(self.layers)
         self.replace = False
         self._last = None  # the layer whose output the next module may take
+        self._inside = None  # the norm layer being timed now
         for index, layer in enumerate(self.layers):
             self._wrap(layer, index)
             if isinstance(layer, DynamicNorm2d):
@@ -109,11 +110,19 @@ class NormLayerTimer:
         forward = getattr(module, method)
 
         def timed(*args, **kwargs):
+            if role == self._inside:
+                # DN's forward calling its (wrapped) forward_clamped: the
+                # outer call times both.
+                return forward(*args, **kwargs)
             run = forward
             if self.replace and isinstance(role, int):
                 run = self.replacements[role] or forward
+            self._inside = role if isinstance(role, int) else None
             start = self.clock()
-            out = run(*args, **kwargs)
+            try:
+                out = run(*args, **kwargs)
+            finally:
+                self._inside = None
             elapsed = self.clock() - start
             if role == 'activation':
                 if self._last is not None:

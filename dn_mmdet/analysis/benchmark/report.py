@@ -1,6 +1,7 @@
 """The benchmark's results: medians over runs, ratios to BN, the tables
 and the summary of the worst ratios."""
 
+import json
 import statistics
 
 from .cases import DN_VARIANTS, MODELS
@@ -204,3 +205,49 @@ def format_before_after(before, after):
             f'{r["variant"]} | ' + ' | '.join(cells) + ' |'
         )
     return '\n'.join(lines)
+
+
+def format_sweep(runs, sweep, kernel_status):
+    """The medians over runs of a sweep's runs and the tables printed of
+    them: this checkout's (``tree='after'``) and, where the sweep ran
+    another checkout too (``sweep.before``), that one's and the ratios to
+    BN of both, side by side.
+
+    Returns:
+        tuple: ``(results, table)``, this checkout's results and the text.
+    """
+    trees = {}
+    for r in runs:
+        trees.setdefault(r['tree'], []).append(
+            {k: v for k, v in r.items() if k != 'tree'}
+        )
+    results = median_over_runs(trees['after'])
+    table = format_table(results, sweep, kernel_status)
+    if 'before' in trees:
+        before = median_over_runs(trees['before'])
+        table += (
+            f'\n\nBefore ({sweep.before}):\n'
+            + format_table(before, sweep, 'as that checkout chooses')
+            + '\n\nRatios to BN, before and after:\n'
+            + format_before_after(before, results)
+        )
+    return results, table
+
+
+def write_json(path, args, runs, results, sweep, table):
+    """Write a sweep to ``path`` as JSON: the tool's ``args``, every run
+    (with its tree), the results (:func:`format_sweep`), their
+    :func:`summarise` and the printed ``table``."""
+    summary = summarise(results, sweep.models, sweep.variants)
+    with open(path, 'w') as f:
+        json.dump(
+            dict(
+                args=args,
+                results=results,
+                runs=runs,
+                summary=summary,
+                table=table,
+            ),
+            f,
+            indent=2,
+        )
