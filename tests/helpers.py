@@ -142,3 +142,24 @@ def cfg_options_dict(items: Sequence[str]) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction)
     return parser.parse_args(['--cfg-options', *items]).cfg_options
+
+
+def cls_options(root: PathLike, batch_size: int = 4) -> list:
+    """``--cfg-options`` pointing the CPU classifier configs
+    (configs/mobilenet_v2/*_shapes-cls.py) at the shape crops in ``root``:
+    batches of ``batch_size``, one epoch, no worker processes, one log line
+    an iteration, seed 0."""
+    options = [
+        f'train_dataloader.batch_size={batch_size}',
+        'train_cfg.max_epochs=1',
+        'default_hooks.logger.interval=1',
+        'randomness.seed=0',
+    ]
+    for loader in ('train', 'val', 'test'):
+        options += [
+            f'{loader}_dataloader.dataset.data_root={root}/',
+            f'{loader}_dataloader.dataset.classes={root}/meta/classes.txt',
+            f'{loader}_dataloader.num_workers=0',
+            f'{loader}_dataloader.batch_size={batch_size}',
+        ]
+    return options

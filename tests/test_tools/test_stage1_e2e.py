@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, cls_options
 from mmengine.config import Config
 from mmengine.fileio import load
 from mmengine.registry import MODELS, init_default_scope
@@ -31,25 +31,6 @@ DET_BN = (
     REPO / 'configs/ssdlite/'
     'ssdlite_mobilenetv2-bn_1xb16-cpu-pretrained_shapes.py'
 )
-
-
-def cls_options(root):
-    """``--cfg-options`` pointing the CPU classifier configs at ``root``:
-    batches of 4, no worker processes, one log line an iteration."""
-    options = [
-        'train_dataloader.batch_size=4',
-        'train_cfg.max_epochs=1',
-        'default_hooks.logger.interval=1',
-        'randomness.seed=0',
-    ]
-    for loader in ('train', 'val', 'test'):
-        options += [
-            f'{loader}_dataloader.dataset.data_root={root}/',
-            f'{loader}_dataloader.dataset.classes={root}/meta/classes.txt',
-            f'{loader}_dataloader.num_workers=0',
-            f'{loader}_dataloader.batch_size=4',
-        ]
-    return options
 
 
 @pytest.fixture(scope='module')
