@@ -32,6 +32,7 @@ from dn_mmdet.utils.compat import safe_checkpoint_loading  # noqa: E402
 from dn_mmdet.utils.launch import (  # noqa: E402
     CHECKPOINT_ERRORS,
     add_test_args,
+    destroy_process_group_on_exit,
     print_test_metrics,
     setup_cpu_distributed,
 )
@@ -86,38 +87,40 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     # As mmdet: honour DYNAMO_CACHE_SIZE_LIMIT for torch.compile'd models.
     setup_cache_size_limit_of_dynamo()
-    try:
-        cfg = build_config(args)
-        setup_cpu_distributed(cfg, args.launcher)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        sys.exit(f'tools/test.py: error: {err}')
-
-    from mmdet.evaluation import DumpDetResults
-    from mmengine.evaluator import DumpResults
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
-    if args.out is not None:
-        dump = DumpDetResults if is_detector(cfg) else DumpResults
-        runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
-    with safe_checkpoint_loading():
+    # Gloo can abort a finished process at exit unless its group is gone.
+    with destroy_process_group_on_exit():
         try:
-            metrics = runner.test()
-        except CHECKPOINT_ERRORS as err:  # names the file and what to do
+            cfg = build_config(args)
+            setup_cpu_distributed(cfg, args.launcher)
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
             sys.exit(f'tools/test.py: error: {err}')
 
-    if runner.rank == 0:
-        score_thr = (cfg.model.get('test_cfg') or {}).get('score_thr')
-        print_test_metrics(
-            metrics,
-            'Test results:',
-            f'model.test_cfg.score_thr={score_thr}',
-        )
-    return metrics
+        from mmdet.evaluation import DumpDetResults
+        from mmengine.evaluator import DumpResults
+        from mmengine.registry import RUNNERS
+        from mmengine.runner import Runner
+
+        if 'runner_type' in cfg:
+            runner = RUNNERS.build(cfg)
+        else:
+            runner = Runner.from_cfg(cfg)
+        if args.out is not None:
+            dump = DumpDetResults if is_detector(cfg) else DumpResults
+            runner.test_evaluator.metrics.append(dump(out_file_path=args.out))
+        with safe_checkpoint_loading():
+            try:
+                metrics = runner.test()
+            except CHECKPOINT_ERRORS as err:  # names the file and what to do
+                sys.exit(f'tools/test.py: error: {err}')
+
+        if runner.rank == 0:
+            score_thr = (cfg.model.get('test_cfg') or {}).get('score_thr')
+            print_test_metrics(
+                metrics,
+                'Test results:',
+                f'model.test_cfg.score_thr={score_thr}',
+            )
+        return metrics
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ from dn_mmdet.utils.compat import safe_checkpoint_loading
 from dn_mmdet.utils.launch import (
     CHECKPOINT_ERRORS,
     CfgOptionsAction,
+    destroy_process_group_on_exit,
     is_main_process,
     setup_cpu_distributed,
 )
@@ -103,38 +104,40 @@ def main(argv=None):
     args = parse_args(argv)
     # As mmdet: honour DYNAMO_CACHE_SIZE_LIMIT for torch.compile'd models.
     setup_cache_size_limit_of_dynamo()
-    try:
-        cfg = build_config(args)
-        setup_cpu_distributed(cfg, args.launcher)
-    except (
-        FileNotFoundError,
-        ValueError,
-        RuntimeError,
-        pickle.UnpicklingError,
-    ) as err:
-        sys.exit(f'tools/train.py: error: {err}')
-
-    # One run per work dir, held until this process ends; the other ranks
-    # of a distributed run share the work dir of rank 0.
-    lock = WorkDirLock(cfg.work_dir) if is_main_process() else None
-    try:
-        if lock is not None:
-            lock.acquire()
-    except WorkDirInUseError as err:
-        sys.exit(f'tools/train.py: error: {err}')
-
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    with lock or contextlib.nullcontext(), safe_checkpoint_loading():
-        if 'runner_type' in cfg:
-            runner = RUNNERS.build(cfg)
-        else:
-            runner = Runner.from_cfg(cfg)
+    # Gloo can abort a finished process at exit unless its group is gone.
+    with destroy_process_group_on_exit():
         try:
-            runner.train()
-        except CHECKPOINT_ERRORS as err:  # load_from / resume: named file
+            cfg = build_config(args)
+            setup_cpu_distributed(cfg, args.launcher)
+        except (
+            FileNotFoundError,
+            ValueError,
+            RuntimeError,
+            pickle.UnpicklingError,
+        ) as err:
             sys.exit(f'tools/train.py: error: {err}')
+
+        # One run per work dir, held until this process ends; the other ranks
+        # of a distributed run share the work dir of rank 0.
+        lock = WorkDirLock(cfg.work_dir) if is_main_process() else None
+        try:
+            if lock is not None:
+                lock.acquire()
+        except WorkDirInUseError as err:
+            sys.exit(f'tools/train.py: error: {err}')
+
+        from mmengine.registry import RUNNERS
+        from mmengine.runner import Runner
+
+        with lock or contextlib.nullcontext(), safe_checkpoint_loading():
+            if 'runner_type' in cfg:
+                runner = RUNNERS.build(cfg)
+            else:
+                runner = Runner.from_cfg(cfg)
+            try:
+                runner.train()
+            except CHECKPOINT_ERRORS as err:  # load_from / resume: named file
+                sys.exit(f'tools/train.py: error: {err}')
 
 
 if __name__ == '__main__':

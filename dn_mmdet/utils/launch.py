@@ -8,6 +8,7 @@ without CUDA (gloo instead of nccl).
 """
 
 import argparse
+import contextlib
 import datetime
 import glob
 import logging
@@ -37,6 +38,7 @@ __all__ = [
     'find_resume_checkpoint',
     'checkpoint_seed',
     'setup_cpu_distributed',
+    'destroy_process_group_on_exit',
     'cpu_has_native_bf16',
     'is_main_process',
     'CHECKPOINT_ERRORS',
@@ -335,3 +337,21 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
         )
     else:
         wrapper.setdefault('device_ids', None)
+
+
+@contextlib.contextmanager
+def destroy_process_group_on_exit():
+    """Destroy the default process group when the block ends, however it ends.
+
+    A process that exits with a gloo group alive can die in the interpreter's
+    teardown (``terminate called without an active exception``, SIGABRT)
+    after its work is done, because gloo's worker threads still hold tensors
+    then (pytorch/pytorch#190489): torchrun then reports the whole run as
+    failed. Destroying the group while Python is alive avoids it. Nothing
+    happens in a process without a process group.
+    """
+    try:
+        yield
+    finally:
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
