@@ -26,6 +26,16 @@ fi
 
 bash tools/setup_env.sh
 PY="$VENV/bin/python"
+# As many torch threads as the cores other processes leave idle now (at
+# least one): a thread that shares its core with a busy process stalls every
+# parallel region (docs/en/get_started.md has the measurements).
+if [[ -z ${OMP_NUM_THREADS:-} ]]; then
+  OMP_NUM_THREADS=$("$PY" -c \
+    'from dn_mmdet.utils.launch import idle_cores; print(idle_cores())')
+  export OMP_NUM_THREADS
+  echo "quickstart: $OMP_NUM_THREADS torch thread(s), one a core idle now" \
+    "(set OMP_NUM_THREADS to choose)"
+fi
 start=$(date +%s)
 "$PY" tools/misc/make_shapes_dataset.py --out data/shapes
 "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR"

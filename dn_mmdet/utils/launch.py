@@ -16,7 +16,8 @@ import os
 import os.path as osp
 import pickle
 import re
-from typing import Optional
+import time
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -40,6 +41,7 @@ __all__ = [
     'setup_cpu_distributed',
     'destroy_process_group_on_exit',
     'cpu_has_native_bf16',
+    'idle_cores',
     'is_main_process',
     'CHECKPOINT_ERRORS',
 ]
@@ -287,6 +289,46 @@ def cpu_has_native_bf16() -> bool:
     probes = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')
     found = [getattr(torch.cpu, name, None) for name in probes]
     return any(probe is None or probe() for probe in found)
+
+
+def _cpu_times(stat_path: str) -> Sequence[int]:
+    with open(stat_path) as f:
+        return [int(v) for v in f.readline().split()[1:]]
+
+
+def idle_cores(interval: float = 1.0, stat_path: str = '/proc/stat') -> int:
+    """How many of this process's cores no other process used just now.
+
+    Samples the kernel's CPU time counters ``interval`` seconds apart (idle
+    and iowait against the total, as ``top`` does) and rounds the idle share
+    of the cores this process may run on; at least 1. Without
+    ``stat_path`` (not Linux) it is every core this process may use.
+    ``tools/quickstart.sh`` gives torch this many threads: an OpenMP thread
+    that shares its core with a busy process stalls every parallel region,
+    so on a 2-core machine with one busy core one thread trains faster than
+    two (docs/en/get_started.md has the measurements).
+
+    Args:
+        interval (float): Seconds between the two samples.
+        stat_path (str): The kernel's counters (``/proc/stat`` format).
+
+    Returns:
+        int: Between 1 and the number of usable cores.
+    """
+    cores = len(os.sched_getaffinity(0))
+    try:
+        before = _cpu_times(stat_path)
+        time.sleep(interval)
+        after = _cpu_times(stat_path)
+    except (OSError, ValueError):
+        return cores
+    spent = [b - a for a, b in zip(before, after)]
+    total = sum(spent[:8])  # user .. steal; guest time is inside user
+    if total <= 0:
+        return cores
+    idle_share = (spent[3] + spent[4]) / total  # idle, iowait
+    online = os.cpu_count() or cores
+    return max(1, min(cores, round(idle_share * online)))
 
 
 def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
