@@ -8,7 +8,9 @@ gradient and statistics to ``<out>/<case>_rank<r>.pt``.
 """
 
 import argparse
+import os
 import os.path as osp
+import sys
 
 import torch
 import torch.distributed as dist
@@ -65,6 +67,13 @@ def main() -> None:
             osp.join(args.out, f'{case}_rank{rank}.pt'),
         )
     dist.destroy_process_group()
+    # The results are saved: leave without the interpreter's teardown, in
+    # which gloo can still abort a finished rank (SIGABRT, 'terminate called
+    # without an active exception', pytorch/pytorch#190489) and torchrun then
+    # fails the run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == '__main__':

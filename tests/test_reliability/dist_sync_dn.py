@@ -14,7 +14,9 @@ code on CPU and GPU.
 """
 
 import argparse
+import os
 import os.path as osp
+import sys
 
 import torch
 import torch.distributed as dist
@@ -91,6 +93,13 @@ def main() -> None:
         )
         torch.save(stats, osp.join(args.out, f'{phase}_rank{rank}.pt'))
     dist.destroy_process_group()
+    # The results are saved: leave without the interpreter's teardown, in
+    # which gloo can still abort a finished rank (SIGABRT, 'terminate called
+    # without an active exception', pytorch/pytorch#190489) and torchrun then
+    # fails the run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,9 @@ input and parameters to ``<out>/<phase>_rank<r>.pt``.
 """
 
 import argparse
+import os
 import os.path as osp
+import sys
 
 import torch
 import torch.distributed as dist
@@ -77,6 +79,13 @@ def main() -> None:
         result['synced_processes'] = model[0].sn.synced_processes()
         torch.save(result, osp.join(args.out, f'{phase}_rank{rank}.pt'))
     dist.destroy_process_group()
+    # The results are saved: leave without the interpreter's teardown, in
+    # which gloo can still abort a finished rank (SIGABRT, 'terminate called
+    # without an active exception', pytorch/pytorch#190489) and torchrun then
+    # fails the run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == '__main__':
