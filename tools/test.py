@@ -33,6 +33,7 @@ from dn_mmdet.utils.launch import (  # noqa: E402
     CHECKPOINT_ERRORS,
     add_test_args,
     destroy_process_group_on_exit,
+    exit_finished_rank,
     print_test_metrics,
     setup_cpu_distributed,
 )
@@ -125,3 +126,4 @@ def main(argv=None) -> dict:
 
 if __name__ == '__main__':
     main()
+    exit_finished_rank()

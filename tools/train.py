@@ -27,6 +27,7 @@ from dn_mmdet.utils.launch import (
     CHECKPOINT_ERRORS,
     CfgOptionsAction,
     destroy_process_group_on_exit,
+    exit_finished_rank,
     is_main_process,
     setup_cpu_distributed,
 )
@@ -142,3 +143,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+    exit_finished_rank()

@@ -16,6 +16,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -40,6 +41,7 @@ __all__ = [
     'checkpoint_seed',
     'setup_cpu_distributed',
     'destroy_process_group_on_exit',
+    'exit_finished_rank',
     'cpu_has_native_bf16',
     'idle_cores',
     'is_main_process',
@@ -397,3 +399,24 @@ def destroy_process_group_on_exit():
     finally:
         if torch_dist.is_available() and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def exit_finished_rank() -> None:
+    """End a rank of a distributed run that finished its work, skipping the
+    interpreter's teardown; do nothing in a process that is not one.
+
+    With gloo, a rank can still abort in that teardown after its process
+    group is destroyed (SIGABRT, ``terminate called without an active
+    exception``: threads of torch's distributed runtime that outlive
+    Python's objects, pytorch/pytorch#190489), and torchrun then fails the
+    whole run although every rank finished. ``tools/train.py`` and
+    ``tools/test.py`` call this after a successful ``main()``: logging and
+    the standard streams are flushed, and the process exits with status 0.
+    A rank is a process started with ``WORLD_SIZE`` above 1.
+    """
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -8,9 +8,7 @@ gradient and statistics to ``<out>/<case>_rank<r>.pt``.
 """
 
 import argparse
-import os
 import os.path as osp
-import sys
 
 import torch
 import torch.distributed as dist
@@ -19,6 +17,7 @@ from dn_helpers import randomize
 from mmengine.model import convert_sync_batchnorm
 
 from dn_mmdet.norm import DynamicNorm2d
+from dn_mmdet.utils.launch import exit_finished_rank
 
 #: case: the (N, H, W) of rank 0's and rank 1's inputs.
 CASES = {
@@ -67,13 +66,7 @@ def main() -> None:
             osp.join(args.out, f'{case}_rank{rank}.pt'),
         )
     dist.destroy_process_group()
-    # The results are saved: leave without the interpreter's teardown, in
-    # which gloo can still abort a finished rank (SIGABRT, 'terminate called
-    # without an active exception', pytorch/pytorch#190489) and torchrun then
-    # fails the run.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_finished_rank()  # as the tools: no teardown for gloo to abort in
 
 
 if __name__ == '__main__':

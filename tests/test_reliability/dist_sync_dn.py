@@ -14,9 +14,7 @@ code on CPU and GPU.
 """
 
 import argparse
-import os
 import os.path as osp
-import sys
 
 import torch
 import torch.distributed as dist
@@ -26,6 +24,7 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModel, convert_sync_batchnorm
 
 import dn_mmdet  # noqa: F401
+from dn_mmdet.utils.launch import exit_finished_rank
 
 NUM_SAMPLES = 8
 
@@ -93,13 +92,7 @@ def main() -> None:
         )
         torch.save(stats, osp.join(args.out, f'{phase}_rank{rank}.pt'))
     dist.destroy_process_group()
-    # The results are saved: leave without the interpreter's teardown, in
-    # which gloo can still abort a finished rank (SIGABRT, 'terminate called
-    # without an active exception', pytorch/pytorch#190489) and torchrun then
-    # fails the run.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_finished_rank()  # as the tools: no teardown for gloo to abort in
 
 
 if __name__ == '__main__':

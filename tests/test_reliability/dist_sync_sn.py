@@ -9,9 +9,7 @@ input and parameters to ``<out>/<phase>_rank<r>.pt``.
 """
 
 import argparse
-import os
 import os.path as osp
-import sys
 
 import torch
 import torch.distributed as dist
@@ -21,6 +19,7 @@ from mmengine.model import convert_sync_batchnorm
 
 import dn_mmdet  # noqa: F401
 from dn_mmdet.norm import SwitchNorm2d
+from dn_mmdet.utils.launch import exit_finished_rank
 
 NUM_SAMPLES = 8
 
@@ -79,13 +78,7 @@ def main() -> None:
         result['synced_processes'] = model[0].sn.synced_processes()
         torch.save(result, osp.join(args.out, f'{phase}_rank{rank}.pt'))
     dist.destroy_process_group()
-    # The results are saved: leave without the interpreter's teardown, in
-    # which gloo can still abort a finished rank (SIGABRT, 'terminate called
-    # without an active exception', pytorch/pytorch#190489) and torchrun then
-    # fails the run.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_finished_rank()  # as the tools: no teardown for gloo to abort in
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import torch
-from helpers import REPO, free_port
+from helpers import REPO, free_port, run_python, subprocess_env
 
 from dn_mmdet.utils import load_from_local
 
@@ -111,3 +111,36 @@ def test_the_tools_destroy_their_process_group(raises):
     for tool in ('train.py', 'test.py'):
         source = (REPO / 'tools' / tool).read_text()
         assert 'with destroy_process_group_on_exit():' in source, tool
+        assert source.endswith('    main()\n    exit_finished_rank()\n')
+
+
+# A rank's last words, then an exit handler that would run in the
+# interpreter's teardown.
+_RANK = (
+    'import atexit, logging\n'
+    'from dn_mmdet.utils.launch import exit_finished_rank\n'
+    'atexit.register(print, "teardown ran")\n'
+    'logging.basicConfig(filename="rank.log", level=logging.INFO)\n'
+    'logging.info("logged")\n'
+    'print("work done")\n'
+    'exit_finished_rank()\n'
+    'print("not a rank")\n'
+)
+
+
+@pytest.mark.parametrize('world_size', ['2', '1', None])
+def test_a_finished_rank_exits_without_the_teardown(world_size, tmp_path):
+    # Even with its group destroyed, a gloo rank aborted in the teardown
+    # once under load (tests/test_norm/test_dynamic_norm_edges.py's run),
+    # so the tools end a finished rank before it.
+    env = subprocess_env()
+    env.pop('WORLD_SIZE', None)
+    if world_size is not None:
+        env['WORLD_SIZE'] = world_size
+    proc = run_python(['-c', _RANK], env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert 'logged' in (tmp_path / 'rank.log').read_text()  # flushed
+    if world_size == '2':
+        assert proc.stdout == 'work done\n'
+    else:
+        assert proc.stdout == 'work done\nnot a rank\nteardown ran\n'
