@@ -5,6 +5,7 @@ embedded shapes data with the one way to shrink a shapes config."""
 # beside CPU torch (dn_mmdet/utils/torchvision_compat.py), which
 # ``import mmdet.models`` needs now that mmpretrain is installed.
 import dn_mmdet  # noqa: F401, I001
+import collections
 import uuid
 
 import pytest
@@ -16,6 +17,31 @@ from helpers import (
     load_module,
     subprocess_env,
 )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers',
+        'slow: takes seconds (a real process, a training or a compile); '
+        "`-m 'not slow'` runs the rest in about a minute",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests first, those with the most slow test
+    functions first; the order within a module kept.
+
+    The workers take a module at a time in this order
+    (``--dist loadscope --no-loadscope-reorder``, as tools/run_tests.sh runs
+    them): with the long modules dealt out first, the many short ones even
+    out the two workers' ends, where a long module dealt out last kept one
+    worker busy after the other had finished.
+    """
+    slow = collections.defaultdict(set)  # a parametrized test counts once
+    for item in items:
+        if item.get_closest_marker('slow') is not None:
+            slow[item.path].add(item.originalname)
+    items.sort(key=lambda item: -len(slow[item.path]))
 
 
 def _load_tool(path: str):

@@ -19,4 +19,4 @@ PY="$VENV/bin/python"
 # on one worker (loadscope), so a module-scoped fixture, such as one
 # training run that several tests read, is built once. A later -n in the
 # arguments wins (-n 0: no workers).
-exec "$PY" -m pytest tests -n 2 --dist loadscope "$@"
+exec "$PY" -m pytest tests -n 2 --dist loadscope --no-loadscope-reorder "$@"

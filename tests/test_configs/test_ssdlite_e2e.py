@@ -88,6 +88,7 @@ def trained(coco_root, tmp_path_factory):
 
 
 @pytest.mark.parametrize('name', list(CONFIGS))
+@pytest.mark.slow
 def test_coco_config_trains_and_evaluates(trained, name):
     _, records = _records(trained[name])
     train = [r for r in records if 'loss' in r]
@@ -98,6 +99,7 @@ def test_coco_config_trains_and_evaluates(trained, name):
     assert osp.isfile(osp.join(trained[name], 'epoch_2.pth'))
 
 
+@pytest.mark.slow
 def test_plot_map_from_real_runs(trained, tmp_path, load_tool):
     plot_map = load_tool('analysis/plot_map')
 

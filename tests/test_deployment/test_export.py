@@ -34,6 +34,7 @@ def _assert_close(onnx_outputs, torch_outputs):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_dn_b_exports_as_standard_onnx_ops(dn_onnx, dn_detector):
     graph = onnx.load(dn_onnx['path']).graph
     ops = [node.op_type for node in graph.node]
@@ -51,6 +52,7 @@ def test_dn_b_exports_as_standard_onnx_ops(dn_onnx, dn_detector):
     assert [i.name for i in graph.input] == [INPUT_NAME]
 
 
+@pytest.mark.slow
 def test_dn_layers_built_for_the_cpp_op_export_as_composite(
     seeded_detector, shapes_config, tmp_path, monkeypatch
 ):
@@ -98,6 +100,7 @@ def test_onnxruntime_computes_pytorchs_outputs(dn_onnx, dn_detector):
     _assert_close(_run(dn_onnx['path'], image), want)
 
 
+@pytest.mark.slow
 def test_dynamic_batch_is_per_sample(dn_detector, tmp_path):
     path = str(tmp_path / 'dyn.onnx')
     export_detector(dn_detector, path, (96, 64), dynamic_batch=True)
@@ -182,6 +185,7 @@ def test_batch_statistics_in_eval_write_nothing(
     assert not path.exists()
 
 
+@pytest.mark.slow
 def test_latency_rows_and_json(dn_detector, tmp_path):
     # The timings themselves are not asserted (machine load); the ratios
     # are over the last model, here the only one, so exactly 1.

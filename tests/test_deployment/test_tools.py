@@ -46,6 +46,7 @@ def exported(tools, shapes_config, dn_checkpoint, options, tmp_path_factory):
     return dict(path=str(path), report=report)
 
 
+@pytest.mark.slow
 def test_export_verifies_on_a_real_image(exported):
     report = exported['report']
     assert report['ok']
@@ -54,6 +55,7 @@ def test_export_verifies_on_a_real_image(exported):
     assert diff.count == 10 and diff.unmatched == 0
 
 
+@pytest.mark.slow
 def test_onnxruntime_evaluation_equals_pytorchs(
     tools,
     test_tool,

@@ -290,6 +290,7 @@ def test_count_madds_by_hand(get_flops):
     assert get_flops.count_params(net) == 216 + 72 + 8 + 1280 + 10
 
 
+@pytest.mark.slow
 def test_get_flops_cli():
     proc = run_python(
         ['tools/analysis/get_flops.py', BN_CFG, '--shape', '320'], cwd=REPO

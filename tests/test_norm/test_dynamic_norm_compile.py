@@ -60,6 +60,7 @@ def assert_compiled_equals_eager(model, x, backend='aot_eager'):
             torch.testing.assert_close(y_c, y, **tol)
 
 
+@pytest.mark.slow
 def test_compiled_mmdet_resnet18_with_dn_equals_eager():
     torch.manual_seed(0)
     init_default_scope('mmdet')
@@ -77,6 +78,7 @@ def test_compiled_mmdet_resnet18_with_dn_equals_eager():
     assert_compiled_equals_eager(model, torch.randn(2, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_compiled_ssdlite_shapes_detector_equals_eager():
     """The shapes SSDLite: MobileNetV2DN (fused by construction), SSD neck,
     FNA head; its whole tensor forward (MobileNetV2DN's compile test too:
@@ -105,6 +107,7 @@ def test_compiled_ssdlite_shapes_detector_equals_eager():
     )
 
 
+@pytest.mark.slow
 def test_inductor_compiles_a_dn_model_in_training_and_eval():
     torch.manual_seed(0)
     model = nn.Sequential(

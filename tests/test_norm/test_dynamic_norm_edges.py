@@ -127,6 +127,7 @@ def empty_batch_results():
 @pytest.mark.parametrize(
     'case', EMPTY_BATCH_CASES, ids=[case[0] for case in EMPTY_BATCH_CASES]
 )
+@pytest.mark.slow
 def test_empty_batch_on_every_path(case, empty_batch_results):
     """As BatchNorm: an empty output, the running statistics (and
     num_batches_tracked) untouched, and a backward that works (zero
@@ -200,6 +201,7 @@ def synced_results(tmp_path_factory):
 @pytest.mark.parametrize(
     'case', ['one_rank_empty', 'one_value_per_rank', 'all_ranks_empty']
 )
+@pytest.mark.slow
 def test_synced_statistics_on_shape_edges(case, synced_results):
     """One process with an empty batch still joins the all-reduce (else the
     other would wait forever) and keeps its statistics equal to the

@@ -94,6 +94,7 @@ def test_every_implementation_equals_the_reference(
             )
 
 
+@pytest.mark.slow
 def test_global_hook_registries_stay_empty_in_a_fresh_process():
     """``import dn_mmdet`` and a DN model's forward and backward (train and
     eval) add nothing to torch's process-wide hooks (on main, the import

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from dn_mmdet.ops.ext_loader import ExtensionSpec
@@ -97,6 +98,7 @@ def test_build_name_follows_what_the_binary_depends_on(tmp_path, monkeypatch):
     assert ExtensionSpec('dn_cpu', SOURCE).name != base.name
 
 
+@pytest.mark.slow
 def test_killed_build_never_blocks_later_runs(tmp_path):
     """SIGKILL a process (and its compiler) while it builds an extension;
     the next process builds it within the timeout (torch's own build lock,
@@ -143,6 +145,7 @@ def test_killed_build_never_blocks_later_runs(tmp_path):
     assert 'building' not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_install_time_build_is_loaded_and_guarded(tmp_path):
     """``setup.py`` compiles the kernel as mmcv compiles its ops; the run
     time loads that build (nothing is compiled then), and would not load it

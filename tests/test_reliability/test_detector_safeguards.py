@@ -43,6 +43,7 @@ def test_configs_enable_safeguards_by_default(
     assert types.index(NonFiniteCheckHook) < types.index(CheckpointHook)
 
 
+@pytest.mark.slow
 def test_fault_in_dn_layer_stops_training_and_keeps_checkpoint(
     shapes_cfg, shapes_data, tmp_path, toy
 ):
@@ -64,6 +65,7 @@ def test_fault_in_dn_layer_stops_training_and_keeps_checkpoint(
         load_checkpoint(MODELS.build(cfg.model), str(latest), strict=True)
 
 
+@pytest.mark.slow
 def test_control_fault_without_the_hook_trains_through(
     shapes_cfg, shapes_data, tmp_path, toy
 ):

@@ -14,6 +14,7 @@ import os.path as osp
 from pathlib import Path
 from typing import Callable, Dict
 
+import pytest
 import torch
 from helpers import free_port, load_module, output_tail, run_python
 
@@ -52,6 +53,7 @@ def _run_two_ranks(
     return load
 
 
+@pytest.mark.slow
 def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
     worker = _load_worker()
     torch.manual_seed(0)
@@ -87,6 +89,7 @@ def test_dn_statistics_synchronised_with_sync_bn(tmp_path, tool_env):
         assert not torch.allclose(local0[key], reference[key]), key
 
 
+@pytest.mark.slow
 def test_sn_batch_scope_synchronised_with_sync_bn(tmp_path, tool_env):
     """Two gloo ranks with ``sync_bn``: SN's batch scope, running
     estimates and gradients are those of one process seeing both halves

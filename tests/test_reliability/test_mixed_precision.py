@@ -26,6 +26,7 @@ STEPS = 3
 
 
 @pytest.mark.parametrize('kind', ['bn', 'dn'])
+@pytest.mark.slow
 def test_bf16_autocast_training_steps_stay_finite(
     shapes_cfg, shapes_data, tmp_path, kind
 ):
@@ -95,6 +96,7 @@ class _ValidationPrecision(Hook):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU --amp path')
+@pytest.mark.slow
 def test_validation_after_amp_training_runs_in_float32(
     shapes_cfg, shapes_data, tmp_path
 ):
@@ -120,6 +122,7 @@ def test_validation_after_amp_training_runs_in_float32(
 
 
 @pytest.mark.parametrize('kind', ['bn', 'dn'])
+@pytest.mark.slow
 def test_train_py_amp(
     shapes_config, shapes_data, shapes_options, tool_env, tmp_path, kind
 ):

@@ -40,6 +40,7 @@ def _losses(work_dir):
 
 
 @pytest.mark.parametrize('name', NAMES)
+@pytest.mark.slow
 def test_trains_end_to_end(shapes_cfg, shapes_data, tmp_path, name):
     cfg = shapes_cfg(name, shapes_data, tmp_path, max_epochs=2, input_size=64)
     # Its own visualizer: mmengine keeps them as named global instances.
@@ -72,6 +73,7 @@ def test_trains_end_to_end(shapes_cfg, shapes_data, tmp_path, name):
         )
 
 
+@pytest.mark.slow
 def test_mabn_resume_mid_window_equals_uninterrupted(
     shapes_cfg, shapes_data, tmp_path
 ):

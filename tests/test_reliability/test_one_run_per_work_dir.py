@@ -53,6 +53,7 @@ def _wait_for_lock_of(pid, lock_file, proc, log, timeout=240):
     pytest.fail(f'the first run never took {lock_file} and began its log')
 
 
+@pytest.mark.slow
 def test_second_training_on_a_work_dir_in_use_stops(
     tmp_path, tool_env, shapes_data, shapes_options
 ):
@@ -107,6 +108,7 @@ def test_second_training_on_a_work_dir_in_use_stops(
         assert (work_dir / LOCK_NAME).read_text().strip() == str(os.getpid())
 
 
+@pytest.mark.slow
 def test_lock_is_exclusive_between_processes(tmp_path):
     """A live holder in another process is named; once it ends, the lock
     is free again (the file, with its dead pid, stays)."""

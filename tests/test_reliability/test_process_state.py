@@ -137,6 +137,7 @@ print(json.dumps(dict(before=before, after=after, stand_ins=stand_ins,
 """
 
 
+@pytest.mark.slow
 def test_importing_dn_mmdet_only_registers():
     """In a fresh process: mmengine's checkpoint loaders and HistoryBuffer's
     table are as before ``import dn_mmdet``, torch's allow-list gains no

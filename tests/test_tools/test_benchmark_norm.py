@@ -64,6 +64,7 @@ def bench(tmp_path_factory, tool_env):
     )
 
 
+@pytest.mark.slow
 def test_benchmark_prints_a_finite_row_for_every_case(bench):
     stdout, result = bench
     assert (
@@ -97,6 +98,7 @@ def test_benchmark_prints_a_finite_row_for_every_case(bench):
     )
 
 
+@pytest.mark.slow
 def test_summary_line_per_model_names_the_worst_ratio_of_the_json(bench):
     stdout, result = bench
     for model in E2E_MODELS:
@@ -485,6 +487,7 @@ def test_interleave_times_all_variants_in_one_worker():
     assert row.split(' | ')[5] == '-'  # no peak memory, no ratio
 
 
+@pytest.mark.slow
 def test_before_runs_each_worker_again_with_the_other_checkout(
     tmp_path, tool_env
 ):
@@ -562,6 +565,7 @@ print(mem.peak_mib)
 """
 
 
+@pytest.mark.slow
 def test_peak_memory_counts_what_a_block_allocates():
     # In a fresh process, as the benchmark's workers measure: in the test
     # worker, memory freed by earlier tests may serve the block without

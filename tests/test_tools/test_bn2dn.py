@@ -60,6 +60,7 @@ def bn2dn(monkeypatch, *args):
     return None
 
 
+@pytest.mark.slow
 def test_bn_checkpoint_converts_to_an_equivalent_dn_checkpoint(tmp_path):
     """A BN model's checkpoint, converted, loads strictly into the DN model,
     which then computes what the BN model did."""

@@ -88,6 +88,7 @@ def test_train_tool_refuses_to_resume_another_configs_checkpoint(
         )
 
 
+@pytest.mark.slow
 def test_partial_load_on_request(
     train_tool,
     shapes_config,

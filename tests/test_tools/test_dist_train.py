@@ -30,6 +30,7 @@ def _run(script, args, env, cwd):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU path')
+@pytest.mark.slow
 def test_dist_train_and_test_from_a_plain_shell(
     shapes_data, shapes_config, shapes_options, tool_env, tmp_path
 ):
@@ -129,6 +130,7 @@ _RANK = (
 
 
 @pytest.mark.parametrize('world_size', ['2', '1', None])
+@pytest.mark.slow
 def test_a_finished_rank_exits_without_the_teardown(world_size, tmp_path):
     # Even with its group destroyed, a gloo rank aborted in the teardown
     # once under load (tests/test_norm/test_dynamic_norm_edges.py's run),

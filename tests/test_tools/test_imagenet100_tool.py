@@ -195,6 +195,7 @@ def test_flat_val_gives_the_same_test_split(
     assert all(p.startswith('val/ILSVRC2012_val_') for p, _ in flat_test)
 
 
+@pytest.mark.slow
 def test_cli_prints_counts(foldered, tmp_path, tool_env):
     out = tmp_path / 'cli'
     proc = subprocess.run(

@@ -157,6 +157,7 @@ def study(tiny, tool_env, tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_without_redoing_runs(study):
     assert study['orphans'] == []
     assert 'run 1/2: bn_bs2_lr1x_seed0 finished' in study['first_output']
@@ -202,6 +203,7 @@ def _scalars(run_dir: Path, metric: str) -> dict:
     return values
 
 
+@pytest.mark.slow
 def test_results_record_each_run(study):
     results = json.loads((study['out'] / 'results.json').read_text())
     assert results['study']['norms'] == {
@@ -236,6 +238,7 @@ def test_results_record_each_run(study):
     assert len(csv_lines) == 3 and csv_lines[0].startswith('name,norm,')
 
 
+@pytest.mark.slow
 def test_runs_train_the_configured_normaliser(study):
     """The run's config (mmengine dumps it into the work dir) has exactly the
     normaliser's norm_cfg, none of the base's BN keys, and the run's batch,
@@ -248,6 +251,7 @@ def test_runs_train_the_configured_normaliser(study):
     assert dumped.randomness.deterministic is True
 
 
+@pytest.mark.slow
 def test_table_and_plots(study):
     table = (study['out'] / 'table.md').read_text()
     results = json.loads((study['out'] / 'results.json').read_text())
@@ -501,6 +505,7 @@ def test_one_study_directory_one_study(tmp_path, tiny, norm_study):
 # ---------------------------------------------------------------------- #
 # Processes: a two-process study killed, a run still alive, lost results
 # ---------------------------------------------------------------------- #
+@pytest.mark.slow
 def test_sigkill_of_a_two_process_study_leaves_no_training(
     tmp_path, tiny, tool_env
 ):
@@ -594,6 +599,7 @@ def test_report_only_without_runs_keeps_committed_results(
     assert {name: (folder / name).read_bytes() for name in before} == before
 
 
+@pytest.mark.slow
 def test_a_seeded_run_reproduces(tmp_path, tool_env, norm_study):
     """The same classification run twice (one thread, deterministic, data
     loaded in the training process): the same curve, bit for bit. The study

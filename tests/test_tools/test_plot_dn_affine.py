@@ -78,6 +78,7 @@ def model_and_dataset(dn_run):
     )
 
 
+@pytest.mark.slow
 def test_records_first_and_last_dn_per_class(
     dn_run, model_and_dataset, tmp_path, tool_env
 ):
@@ -153,6 +154,7 @@ def test_records_first_and_last_dn_per_class(
     assert f'{first} (' in printed and 'between-class std' in printed
 
 
+@pytest.mark.slow
 def test_images_go_to_their_dominant_class(model_and_dataset):
     _, dataset = model_and_dataset
     classes = list(dataset.metainfo['classes'])
@@ -171,6 +173,7 @@ def test_images_go_to_their_dominant_class(model_and_dataset):
     assert all(c in classes for c in assigned)
 
 
+@pytest.mark.slow
 def test_bad_layer_and_class_are_named(model_and_dataset):
     model, dataset = model_and_dataset
     with pytest.raises(ValueError, match="'neck.nope' is not a DN-B layer"):

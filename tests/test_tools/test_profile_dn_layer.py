@@ -30,6 +30,7 @@ def _cells(line):
     return [float(c) for c in line.strip('| ').split(' | ')[1:]]
 
 
+@pytest.mark.slow
 def test_profile_cli_prints_a_row_per_shape(tool_env):
     proc = subprocess.run(
         [

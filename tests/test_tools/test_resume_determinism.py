@@ -83,6 +83,7 @@ def _final_val_metrics(work_dir):
     raise AssertionError(f'no epoch-{MAX_EPOCHS} validation in {work_dir}')
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
     train, tool_env, tmp_path
 ):

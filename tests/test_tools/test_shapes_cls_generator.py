@@ -175,6 +175,7 @@ def test_cli_rejects_bad_arguments(cli, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_users_annotation_files_are_not_overwritten(cli, tmp_path, tool_env):
     """Issue 25: ``--out DIR`` overwrote a user's ``meta/train.txt`` and
     ``meta/classes.txt`` without ``--force``. Now a real run of the tool

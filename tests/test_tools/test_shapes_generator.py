@@ -266,6 +266,7 @@ def test_ensure_does_not_overwrite_foreign_annotations(tmp_path):
     assert ensure(str(root), 3, 2, coco_layout=True)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, tool_env, capsys):
     """The command line, once in a real process: writes, is idempotent,
     takes the COCO layout; bad arguments are usage errors."""

@@ -57,6 +57,7 @@ def stage1(train_tool, tmp_path_factory):
     return dict(tmp=tmp, root=root, work_dir=work_dir, log=log)
 
 
+@pytest.mark.slow
 def test_classifier_trains_with_progress_and_keeps_best(stage1):
     work_dir, log = stage1['work_dir'], stage1['log']
     assert re.search(r'Epoch\(train\) +\[1\]\[1/4\].*loss: ', log)

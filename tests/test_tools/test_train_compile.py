@@ -9,6 +9,7 @@ this is one of its longest tests."""
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO, cls_options
 
 from dn_mmdet.datasets.shapes_cls_generator import generate_shapes_cls_dataset
@@ -19,6 +20,7 @@ CLS_DNB = (
 )
 
 
+@pytest.mark.slow
 def test_compile_true_in_a_config_trains_through_train_py(tmp_path, tool_env):
     """``compile=...`` in the DN-B classifier config (MobileNetV2-DN, its
     AdamW): mmengine's runner compiles the model's ``train_step`` (forward,

@@ -66,6 +66,7 @@ def trained(run, options, shapes_config, tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoint_and_shows_progress(trained):
     work_dir = trained['work_dir']
     ckpt = work_dir / 'epoch_1.pth'
@@ -85,6 +86,7 @@ def test_training_writes_checkpoint_and_shows_progress(trained):
     assert 0.0 <= info['best_score'] <= 1.0
 
 
+@pytest.mark.slow
 def test_test_tool_prints_map_dumps_and_paints(trained, run, options):
     tmp, work_dir = trained['tmp'], trained['work_dir']
     out, show_dir = tmp / 'results.pkl', tmp / 'painted'
@@ -119,6 +121,7 @@ def test_test_tool_prints_map_dumps_and_paints(trained, run, options):
     assert len(painted) == 4
 
 
+@pytest.mark.slow
 def test_test_tool_reports_zero_map_without_detections(trained, run, options):
     """No box above the score threshold: mAP 0 with the reason, not a
     silently missing figure."""
@@ -145,6 +148,7 @@ def test_test_tool_reports_zero_map_without_detections(trained, run, options):
     ), proc.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_test_tool_refuses_pickled_callable(trained, run, options):
     """A checkpoint whose pickle calls os.system is refused by name, and
     the command does not run."""
@@ -177,6 +181,7 @@ def test_test_tool_refuses_pickled_callable(trained, run, options):
     assert 'Traceback' not in proc.stderr  # one line, as for a broken file
 
 
+@pytest.mark.slow
 def test_test_tool_names_an_empty_checkpoint_in_one_line(
     trained, run, options
 ):

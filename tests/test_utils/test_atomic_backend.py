@@ -54,6 +54,7 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     assert _temps(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_killed_writer_leaves_previous_file(tmp_path):
     """A process killed after writing the data but before the rename leaves
     the old file; the next write removes the dead writer's temp file."""
@@ -94,6 +95,7 @@ build_runner({work_dir!r}, max_epochs=3).train()
 """
 
 
+@pytest.mark.slow
 def test_crash_during_checkpoint_save_is_resumable(tmp_path, toy, tool_env):
     work_dir = tmp_path / 'crashed'
     # The toy runner imported as the ``toy`` fixture imports it: from the

@@ -66,6 +66,7 @@ def checks():
     return records, f'exit status {proc.returncode}\n{proc.stderr[-3000:]}'
 
 
+@pytest.mark.slow
 def test_mmdet_and_mmpretrain_models_import_after_dn_mmdet(checks):
     records, stderr = checks
     assert 'models_import' in records, stderr
