@@ -23,7 +23,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         'markers',
         'slow: takes seconds (a real process, a training or a compile); '
-        "`-m 'not slow'` runs the rest in about a minute",
+        "-m 'not slow' leaves them out",
     )
 
 
