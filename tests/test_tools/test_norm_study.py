@@ -502,6 +502,41 @@ def test_one_study_directory_one_study(tmp_path, tiny, norm_study):
     second.lock().close()
 
 
+def test_a_finished_run_of_another_spec_is_refused(tmp_path, tiny, norm_study):
+    """A finished run whose recorded options differ from what the spec now
+    gives it (another epoch count at its batch size) stops the study before
+    anything trains, naming the run and the options; the same options
+    pass."""
+    spec = write_spec(tmp_path / 'spec.py', tiny, norms=['bn'])
+    runner = norm_study.StudyRunner(
+        norm_study.Study(str(spec)), str(tmp_path / 'out')
+    )
+    run = runner.study.runs()[0]
+    run_dir = Path(runner.run_dir(run))
+    run_dir.mkdir(parents=True)
+    command = norm_study.train_command(
+        runner.study, runner.base, run, str(run_dir), True
+    )
+    state = dict(command=command, result=dict(status='finished'))
+    (run_dir / 'norm_study_run.json').write_text(json.dumps(state))
+    runner.check_finished_runs_match()  # as the spec gives it: passes
+
+    epochs = next(o for o in command if o.startswith('train_cfg.max_epochs='))
+    state['command'] = [
+        'train_cfg.max_epochs=99' if o == epochs else o for o in command
+    ]
+    (run_dir / 'norm_study_run.json').write_text(json.dumps(state))
+    with pytest.raises(
+        norm_study.StudyError,
+        match=r'1 finished run\(s\) trained with options the spec no longer '
+        r'gives them, e.g. bn_bs2_lr1x_seed0: it trained with '
+        rf'train_cfg.max_epochs=99 where the spec now gives {epochs}\. '
+        r'Delete their folders',
+    ):
+        runner.run()
+    assert not (run_dir / 'train.log').exists()
+
+
 # ---------------------------------------------------------------------- #
 # Processes: a two-process study killed, a run still alive, lost results
 # ---------------------------------------------------------------------- #

@@ -22,7 +22,13 @@ import time
 from dataclasses import asdict
 from typing import List, Optional
 
-from .options import BaseConfig, run_lr, train_command
+from .options import (
+    BaseConfig,
+    format_option,
+    run_lr,
+    run_options,
+    train_command,
+)
 from .records import (
     FINAL,
     LOG_FILE,
@@ -159,6 +165,43 @@ class StudyRunner:
                 'results.json with tools/analysis/norm_study_report.py.'
             )
 
+    def check_finished_runs_match(self) -> None:
+        """Raise if a finished run trained with other ``--cfg-options``
+        than the spec now gives it (say, more epochs at a batch size): the
+        study would keep its old result beside new ones as one cell.
+
+        Raises:
+            StudyError: naming the run, both option lists and what to do.
+        """
+        stale = []
+        for run in self.study.runs():
+            state = read_state(self.run_dir(run))
+            recorded = state.get('command')
+            if state.get('result', {}).get('status') not in FINAL or (
+                not recorded or '--cfg-options' not in recorded
+            ):
+                continue
+            then = recorded[recorded.index('--cfg-options') + 1 :]
+            then = [o for o in then if o != '--resume']
+            now = [
+                format_option(k, v)
+                for k, v in run_options(self.study, self.base, run).items()
+            ]
+            if set(then) != set(now):
+                stale.append(
+                    (run.name, set(then) - set(now), set(now) - set(then))
+                )
+        if stale:
+            name, gone, added = stale[0]
+            raise StudyError(
+                f'{len(stale)} finished run(s) trained with options the spec '
+                f'no longer gives them, e.g. {name}: it trained with '
+                f'{" ".join(sorted(gone)) or "-"} where the spec now gives '
+                f'{" ".join(sorted(added)) or "-"}. Delete their folders '
+                f'under {osp.join(self.out_dir, "runs")} to train them again, '
+                'or restore the spec.'
+            )
+
     def write_results(self, plots: bool = False) -> List[dict]:
         """results.json, results.csv, table.md (and the plots).
 
@@ -209,6 +252,7 @@ class StudyRunner:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             self.check_nothing_lost(self.records())
+            self.check_finished_runs_match()
             return self._run_all()
         finally:
             signal.signal(signal.SIGTERM, previous)
