@@ -502,6 +502,25 @@ def test_one_study_directory_one_study(tmp_path, tiny, norm_study):
     second.lock().close()
 
 
+def test_a_runs_epochs_are_its_batch_sizes(tmp_path, tiny, norm_study):
+    """What the progress lines count to: a batch size's own max_epochs,
+    else the spec's (here the tiny options' 2)."""
+    spec = write_spec(
+        tmp_path / 'spec.py',
+        tiny,
+        norms=['bn'],
+        batch_sizes=[2, 1],
+        batch_cfg_options={'1': {'train_cfg.max_epochs': 1}},
+    )
+    study = norm_study.Study(str(spec))
+    base = norm_study.BaseConfig(study)
+    epochs = {
+        run.batch_size: norm_study.run_max_epochs(study, base, run)
+        for run in study.runs()
+    }
+    assert epochs == {2: 2, 1: 1}
+
+
 def test_a_finished_run_of_another_spec_is_refused(tmp_path, tiny, norm_study):
     """A finished run whose recorded options differ from what the spec now
     gives it (another epoch count at its batch size) stops the study before

@@ -13,6 +13,7 @@ from .options import (
     BaseConfig,
     format_option,
     run_lr,
+    run_max_epochs,
     run_options,
     train_command,
 )
@@ -39,6 +40,7 @@ __all__ = [
     'judge',
     'read_curve',
     'run_lr',
+    'run_max_epochs',
     'run_options',
     'run_outcome',
     'table_markdown',

@@ -176,6 +176,13 @@ def run_options(study: Study, base: BaseConfig, run: Run) -> Dict[str, Any]:
     return options
 
 
+def run_max_epochs(study: Study, base: BaseConfig, run: Run):
+    """The epochs ``run`` trains: its ``train_cfg.max_epochs`` option (a
+    batch size's, say), else the base config's (None if it has none)."""
+    options = run_options(study, base, run)
+    return options.get('train_cfg.max_epochs', base.max_epochs)
+
+
 def _normalise(v):
     if isinstance(v, (list, tuple)):
         return [_normalise(x) for x in v]

@@ -26,6 +26,7 @@ from .options import (
     BaseConfig,
     format_option,
     run_lr,
+    run_max_epochs,
     run_options,
     train_command,
 )
@@ -345,7 +346,8 @@ class StudyRunner:
             f'{", resuming from its last checkpoint" if resume else ""}'
             f'; log {osp.join(run_dir, LOG_FILE)}'
         )
-        returncode = self._train(command, run_dir, state, mean_wall)
+        epochs = run_max_epochs(self.study, self.base, run)
+        returncode = self._train(command, run_dir, state, mean_wall, epochs)
         state['segments'][-1][1] = time.time()
         outcome = run_outcome(self.study, run_dir, returncode)
         state['result'] = outcome
@@ -374,6 +376,7 @@ class StudyRunner:
         run_dir: str,
         state: dict,
         mean_wall: Optional[float],
+        epochs: Optional[int],
     ) -> int:
         log_path = osp.join(run_dir, LOG_FILE)
         with open(log_path, 'a') as log:
@@ -397,7 +400,9 @@ class StudyRunner:
             state['pgid'] = proc.pid
             write_state(run_dir, state)
             try:
-                returncode = self._wait(proc, log_path, state, mean_wall)
+                returncode = self._wait(
+                    proc, log_path, state, mean_wall, epochs
+                )
                 state['cpu_s'] = (
                     state.get('cpu_s', 0.0) + _children_cpu() - cpu
                 )
@@ -411,7 +416,12 @@ class StudyRunner:
                 raise
 
     def _wait(
-        self, proc, log_path: str, state: dict, mean_wall: Optional[float]
+        self,
+        proc,
+        log_path: str,
+        state: dict,
+        mean_wall: Optional[float],
+        epochs: Optional[int],
     ) -> int:
         start = state['segments'][-1][0]
         next_report = time.time() + self.progress_interval
@@ -427,7 +437,7 @@ class StudyRunner:
             where = ''
             if progress is not None:
                 epoch, it, per_epoch = progress
-                of = f'/{self.base.max_epochs}' if self.base.max_epochs else ''
+                of = f'/{epochs}' if epochs else ''
                 where = f'epoch {epoch}{of}, iteration {it}/{per_epoch}, '
             self.echo(
                 f'  ... {where}{format_seconds(time.time() - start)} '
