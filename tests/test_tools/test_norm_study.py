@@ -502,6 +502,19 @@ def test_one_study_directory_one_study(tmp_path, tiny, norm_study):
     second.lock().close()
 
 
+def _one_bn_run(tmp_path, tiny, norm_study):
+    """A one-run study (BN) in ``tmp_path/out`` and its run's empty
+    folder: (runner, run, run folder)."""
+    spec = write_spec(tmp_path / 'spec.py', tiny, norms=['bn'])
+    runner = norm_study.StudyRunner(
+        norm_study.Study(str(spec)), str(tmp_path / 'out')
+    )
+    run = runner.study.runs()[0]
+    run_dir = Path(runner.run_dir(run))
+    run_dir.mkdir(parents=True)
+    return runner, run, run_dir
+
+
 def test_a_runs_epochs_are_its_batch_sizes(tmp_path, tiny, norm_study):
     """What the progress lines count to: a batch size's own max_epochs,
     else the spec's (here the tiny options' 2)."""
@@ -526,13 +539,7 @@ def test_a_finished_run_of_another_spec_is_refused(tmp_path, tiny, norm_study):
     gives it (another epoch count at its batch size) stops the study before
     anything trains, naming the run and the options; the same options
     pass."""
-    spec = write_spec(tmp_path / 'spec.py', tiny, norms=['bn'])
-    runner = norm_study.StudyRunner(
-        norm_study.Study(str(spec)), str(tmp_path / 'out')
-    )
-    run = runner.study.runs()[0]
-    run_dir = Path(runner.run_dir(run))
-    run_dir.mkdir(parents=True)
+    runner, run, run_dir = _one_bn_run(tmp_path, tiny, norm_study)
     command = norm_study.train_command(
         runner.study, runner.base, run, str(run_dir), True
     )
@@ -598,13 +605,7 @@ def test_a_run_still_training_is_not_started_beside(
 ):
     """A run whose recorded process group still has a process working in
     its directory is refused, naming the group and its pids."""
-    spec = write_spec(tmp_path / 'spec.py', tiny, norms=['bn'])
-    runner = norm_study.StudyRunner(
-        norm_study.Study(str(spec)), str(tmp_path / 'out')
-    )
-    run = runner.study.runs()[0]
-    run_dir = Path(runner.run_dir(run))
-    run_dir.mkdir(parents=True)
+    runner, run, run_dir = _one_bn_run(tmp_path, tiny, norm_study)
     alive = subprocess.Popen(
         [sys.executable, '-c', 'import time; time.sleep(120)', str(run_dir)],
         start_new_session=True,
