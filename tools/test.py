@@ -29,13 +29,15 @@ from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 
 import dn_mmdet  # noqa: E402,F401  (registers everything)
 from dn_mmdet.utils.compat import safe_checkpoint_loading  # noqa: E402
+from dn_mmdet.utils.distributed import (  # noqa: E402
+    destroy_process_group_on_exit,
+    exit_finished_rank,
+    setup_cpu_distributed,
+)
 from dn_mmdet.utils.launch import (  # noqa: E402
     CHECKPOINT_ERRORS,
     add_test_args,
-    destroy_process_group_on_exit,
-    exit_finished_rank,
     print_test_metrics,
-    setup_cpu_distributed,
 )
 from dn_mmdet.utils.run_config import build_test_cfg, is_detector  # noqa: E402
 

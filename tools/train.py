@@ -23,13 +23,15 @@ from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 import dn_mmdet  # noqa: F401  (registers everything, whatever the config)
 from dn_mmdet.utils.compat import safe_checkpoint_loading
-from dn_mmdet.utils.launch import (
-    CHECKPOINT_ERRORS,
-    CfgOptionsAction,
+from dn_mmdet.utils.distributed import (
     destroy_process_group_on_exit,
     exit_finished_rank,
     is_main_process,
     setup_cpu_distributed,
+)
+from dn_mmdet.utils.launch import (
+    CHECKPOINT_ERRORS,
+    CfgOptionsAction,
 )
 from dn_mmdet.utils.run_config import build_train_cfg
 from dn_mmdet.utils.work_dir_lock import WorkDirInUseError, WorkDirLock

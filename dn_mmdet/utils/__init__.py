@@ -3,9 +3,9 @@ errors that name the file (:mod:`.compat`), the comparison of a checkpoint
 with a model (:mod:`.checkpoint`), atomic checkpoint writes
 (:mod:`.atomic_backend`), seeding for exact resumption (:mod:`.seeding`),
 one run per work dir (:mod:`.work_dir_lock`), the run configs of the tools
-(:mod:`.run_config`) and the launch helpers of
-``tools/`` (:mod:`.launch`). Importing them changes nothing in the process:
-what the tools need is switched on by explicit calls
+(:mod:`.run_config`), the launch helpers of ``tools/`` (:mod:`.launch`) and
+their distributed runs (:mod:`.distributed`). Importing them changes
+nothing in the process: what the tools need is switched on by explicit calls
 (:func:`safe_checkpoint_loading`)."""
 
 from .atomic_backend import AtomicLocalBackend, atomic_write

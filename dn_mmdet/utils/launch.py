@@ -3,25 +3,21 @@ beside them (``tools/deployment/``).
 
 They turn command-line input into a config with errors that name what was
 wrong, give the test tools their common flags and result lines, find the
-checkpoint to resume from, and make distributed runs work on machines
-without CUDA (gloo instead of nccl).
+checkpoint to resume from, and probe the CPU (bf16, idle cores); starting
+and ending distributed runs is :mod:`.distributed`'s.
 """
 
 import argparse
-import contextlib
-import datetime
 import glob
 import logging
 import os
 import os.path as osp
 import pickle
 import re
-import sys
 import time
 from typing import Optional, Sequence
 
 import torch
-import torch.distributed as torch_dist
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import _load_checkpoint
@@ -39,12 +35,8 @@ __all__ = [
     'check_file',
     'find_resume_checkpoint',
     'checkpoint_seed',
-    'setup_cpu_distributed',
-    'destroy_process_group_on_exit',
-    'exit_finished_rank',
     'cpu_has_native_bf16',
     'idle_cores',
-    'is_main_process',
     'CHECKPOINT_ERRORS',
 ]
 
@@ -55,19 +47,6 @@ CHECKPOINT_ERRORS = (
     pickle.UnpicklingError,
     CheckpointMismatchError,
 )
-
-# Where each launcher puts a process's global rank.
-_RANK_VARIABLES = ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK')
-
-
-def is_main_process() -> bool:
-    """Whether this process is rank 0 of its launch (or not launched by
-    torchrun, slurm or mpirun), read from the launcher's environment
-    before any process group exists."""
-    for name in _RANK_VARIABLES:
-        if os.environ.get(name):
-            return os.environ[name] == '0'
-    return True
 
 
 class CfgOptionsAction(DictAction):
@@ -331,92 +310,3 @@ def idle_cores(interval: float = 1.0, stat_path: str = '/proc/stat') -> int:
     idle_share = (spent[3] + spent[4]) / total  # idle, iowait
     online = os.cpu_count() or cores
     return max(1, min(cores, round(idle_share * online)))
-
-
-def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
-    """Make a distributed run work without CUDA.
-
-    mmengine's launchers call ``torch.cuda.set_device`` and wrap the model with
-    ``device_ids=[LOCAL_RANK]``, both of which fail on a CPU-only machine, and
-    the default backend (nccl) needs GPUs. When CUDA is unavailable this
-    switches ``env_cfg.dist_cfg.backend`` to 'gloo', initialises the process
-    group from torchrun's environment itself (mmengine then uses it as is),
-    and wraps the model with ``device_ids=None``. It does nothing when CUDA is
-    available or ``launcher`` is 'none'.
-
-    Args:
-        cfg (Config): The config; modified in place.
-        launcher (str): The ``--launcher`` argument.
-
-    Raises:
-        ValueError: For a launcher other than 'pytorch' without CUDA.
-    """
-    if launcher == 'none' or torch.cuda.is_available():
-        return
-    if launcher != 'pytorch':
-        raise ValueError(
-            f'--launcher {launcher} needs CUDA; on a CPU-only machine launch '
-            'with torchrun and --launcher pytorch (tools/dist_train.sh).'
-        )
-    backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend')
-    if backend != 'gloo':
-        print_log(
-            f"CUDA is not available: using the 'gloo' backend instead of "
-            f'{backend!r}.',
-            logger='current',
-        )
-    cfg.merge_from_dict({'env_cfg.dist_cfg.backend': 'gloo'})
-    if not torch_dist.is_initialized():
-        kwargs = cfg.env_cfg.dist_cfg.to_dict()
-        if kwargs.get('timeout') is not None:
-            kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
-        torch_dist.init_process_group(**kwargs)
-    wrapper = cfg.get('model_wrapper_cfg')
-    if wrapper is None:
-        cfg.model_wrapper_cfg = dict(
-            type='MMDistributedDataParallel',
-            device_ids=None,
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False),
-        )
-    else:
-        wrapper.setdefault('device_ids', None)
-
-
-@contextlib.contextmanager
-def destroy_process_group_on_exit():
-    """Destroy the default process group when the block ends, however it ends.
-
-    A process that exits with a gloo group alive can die in the interpreter's
-    teardown (``terminate called without an active exception``, SIGABRT)
-    after its work is done, because gloo's worker threads still hold tensors
-    then (pytorch/pytorch#190489): torchrun then reports the whole run as
-    failed. Destroying the group while Python is alive avoids it. Nothing
-    happens in a process without a process group.
-    """
-    try:
-        yield
-    finally:
-        if torch_dist.is_available() and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
-
-
-def exit_finished_rank() -> None:
-    """End a rank of a distributed run that finished its work, skipping the
-    interpreter's teardown; do nothing in a process that is not one.
-
-    With gloo, a rank can still abort in that teardown after its process
-    group is destroyed (SIGABRT, ``terminate called without an active
-    exception``: threads of torch's distributed runtime that outlive
-    Python's objects, pytorch/pytorch#190489), and torchrun then fails the
-    whole run although every rank finished. ``tools/train.py`` and
-    ``tools/test.py`` call this after a successful ``main()``: logging and
-    the standard streams are flushed, and the process exits with status 0.
-    A rank is a process started with ``WORLD_SIZE`` above 1.
-    """
-    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
-        return
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

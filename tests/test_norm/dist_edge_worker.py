@@ -17,7 +17,7 @@ from dn_helpers import randomize
 from mmengine.model import convert_sync_batchnorm
 
 from dn_mmdet.norm import DynamicNorm2d
-from dn_mmdet.utils.launch import exit_finished_rank
+from dn_mmdet.utils.distributed import exit_finished_rank
 
 #: case: the (N, H, W) of rank 0's and rank 1's inputs.
 CASES = {

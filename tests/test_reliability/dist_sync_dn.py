@@ -24,7 +24,7 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModel, convert_sync_batchnorm
 
 import dn_mmdet  # noqa: F401
-from dn_mmdet.utils.launch import exit_finished_rank
+from dn_mmdet.utils.distributed import exit_finished_rank
 
 NUM_SAMPLES = 8
 

@@ -19,7 +19,7 @@ from mmengine.model import convert_sync_batchnorm
 
 import dn_mmdet  # noqa: F401
 from dn_mmdet.norm import SwitchNorm2d
-from dn_mmdet.utils.launch import exit_finished_rank
+from dn_mmdet.utils.distributed import exit_finished_rank
 
 NUM_SAMPLES = 8
 

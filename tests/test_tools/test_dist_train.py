@@ -93,7 +93,7 @@ def test_the_tools_destroy_their_process_group(raises):
     # and tools/test.py run inside this context for that reason.
     import torch.distributed as dist
 
-    from dn_mmdet.utils.launch import destroy_process_group_on_exit
+    from dn_mmdet.utils.distributed import destroy_process_group_on_exit
 
     with pytest.raises(RuntimeError) if raises else contextlib.nullcontext():
         with destroy_process_group_on_exit():
@@ -119,7 +119,7 @@ def test_the_tools_destroy_their_process_group(raises):
 # interpreter's teardown.
 _RANK = (
     'import atexit, logging\n'
-    'from dn_mmdet.utils.launch import exit_finished_rank\n'
+    'from dn_mmdet.utils.distributed import exit_finished_rank\n'
     'atexit.register(print, "teardown ran")\n'
     'logging.basicConfig(filename="rank.log", level=logging.INFO)\n'
     'logging.info("logged")\n'
@@ -143,7 +143,7 @@ def test_a_finished_rank_exits_without_the_teardown(tmp_path):
 
 @pytest.mark.parametrize('world_size', ['1', None])
 def test_a_process_that_is_no_rank_goes_on(world_size, monkeypatch):
-    from dn_mmdet.utils.launch import exit_finished_rank
+    from dn_mmdet.utils.distributed import exit_finished_rank
 
     monkeypatch.delenv('WORLD_SIZE', raising=False)
     if world_size is not None:
