@@ -134,6 +134,33 @@ def test_test_tool_names_a_truncated_checkpoint(
     )
 
 
+def test_test_tool_names_an_empty_checkpoint(
+    test_tool, shapes_config, options, tmp_path
+):
+    """A zero-byte checkpoint: one line naming the file and what to do (as
+    tools/train.py --resume)."""
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(SystemExit) as err:
+        test_tool.main(
+            [
+                shapes_config('bn'),
+                str(empty),
+                '--work-dir',
+                str(tmp_path),
+                '--cfg-options',
+                *options,
+            ]
+        )
+    message = str(err.value.code)
+    assert message.startswith(
+        f'tools/test.py: error: Cannot read checkpoint {empty}: the file is '
+        'empty (0 bytes)'
+    )
+    assert 'copy or download it again' in message
+    assert '\n' not in message
+
+
 def test_bn2dn_names_an_empty_checkpoint(load_tool, tmp_path, monkeypatch):
     bn2dn = load_tool('model_converters/bn2dn')
     empty = tmp_path / 'empty.pth'

@@ -218,22 +218,16 @@ def test_cli_prints_counts(foldered, tmp_path, tool_env):
     assert '5 classes (5 drawn with seed 1)' in proc.stdout
     assert 'train      40 images (8-8 a class)' in proc.stdout
     assert 'test       15 images (3-3 a class)' in proc.stdout
-    # a malformed tree: the error names the folder, the exit status is 1
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / 'tools/dataset_converters/imagenet100.py'),
-            str(tmp_path / 'nowhere'),
-            '--out',
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=tool_env,
-    )
-    assert proc.returncode == 1
-    assert (
-        f'{tmp_path / "nowhere"}: ImageNet root is not a folder' in proc.stderr
+
+
+def test_cli_names_a_malformed_tree(load_tool, tmp_path):
+    """The error names the folder, in one line (sys.exit: exit status 1)."""
+    cli = load_tool('dataset_converters/imagenet100')
+    with pytest.raises(SystemExit) as err:
+        cli.main([str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'o')])
+    assert str(err.value.code) == (
+        f'imagenet100: error: {tmp_path / "nowhere"}: ImageNet root is not '
+        'a folder'
     )
 
 
