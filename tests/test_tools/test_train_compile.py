@@ -29,7 +29,9 @@ def test_compile_true_in_a_config_trains_through_train_py(tmp_path, tool_env):
     inductor's code generation; the DN ops' autograd under AOT tracing and
     inductor are the in-process tests'. (The classifier, not the detector:
     dynamo's capture of SSDLite's anchor matching and losses costs minutes
-    and tests nothing of dn_mmdet's.)"""
+    and tests nothing of dn_mmdet's.) Its loss is plain cross-entropy:
+    mmpretrain's LabelSmoothLoss checks the labels with ``.item()``, a
+    graph break after which dynamo traces the network again."""
     root = tmp_path / 'shapes_cls'
     generate_shapes_cls_dataset(
         str(root), num_train=2, num_val=2, seed=0, size=32
@@ -37,6 +39,8 @@ def test_compile_true_in_a_config_trains_through_train_py(tmp_path, tool_env):
     config = tmp_path / 'compiled.py'
     config.write_text(
         f"_base_ = '{CLS_DNB}'\ncompile = dict(backend='eager')\n"
+        'model = dict(head=dict(loss=dict(_delete_=True, '
+        "type='CrossEntropyLoss')))\n"
     )
     # No validation: the epoch's training step is what is compiled.
     options = [*cls_options(root, batch_size=2), 'train_cfg.val_interval=2']
