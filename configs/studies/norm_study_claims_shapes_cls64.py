@@ -37,7 +37,7 @@ norms = [
     'dnc1-r16',
     'dnc2-r16',
 ]
-# The reference batch 32 (lr 0.025: see the base config), and the
+# The reference batch 32 (lr 0.1: see the base config), and the
 # small batches of DN Tables 3 and 4.
 batch_sizes = [32, 8, 4]
 # DN Table 8's high lr: 0.5 against the recipe's 0.2, x2.5.
