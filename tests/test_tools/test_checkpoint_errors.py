@@ -25,23 +25,33 @@ def options(shapes_data, shapes_options):
     return shapes_options(shapes_data, validate=True)
 
 
+def exit_message_of_test_py(
+    test_tool, config, checkpoint, options, work_dir
+) -> str:
+    """tools/test.py's exit message for ``checkpoint`` (it must exit with
+    one: a message, not a traceback)."""
+    with pytest.raises(SystemExit) as err:
+        test_tool.main(
+            [
+                config,
+                str(checkpoint),
+                '--work-dir',
+                str(work_dir),
+                '--cfg-options',
+                *options,
+            ]
+        )
+    return str(err.value.code)
+
+
 def test_test_tool_refuses_a_bn_checkpoint_for_the_dn_config(
     test_tool, shapes_config, bn_checkpoint, options, tmp_path
 ):
     # Before: mmengine loaded the matching half, and test.py printed the
     # mAP of a partly random model.
-    with pytest.raises(SystemExit) as err:  # the message, no traceback
-        test_tool.main(
-            [
-                shapes_config('dn'),
-                str(bn_checkpoint),
-                '--work-dir',
-                str(tmp_path),
-                '--cfg-options',
-                *options,
-            ]
-        )
-    msg = str(err.value.code)
+    msg = exit_message_of_test_py(
+        test_tool, shapes_config('dn'), bn_checkpoint, options, tmp_path
+    )
     assert msg.startswith(
         f'tools/test.py: error: Checkpoint {bn_checkpoint}'
         ' does not fit the model'
@@ -117,18 +127,10 @@ def test_test_tool_names_a_truncated_checkpoint(
 ):
     broken = tmp_path / 'broken.pth'
     broken.write_bytes(bn_checkpoint.read_bytes()[:4096])
-    with pytest.raises(SystemExit) as err:
-        test_tool.main(
-            [
-                shapes_config('bn'),
-                str(broken),
-                '--work-dir',
-                str(tmp_path),
-                '--cfg-options',
-                *options,
-            ]
-        )
-    assert str(err.value.code).startswith(
+    msg = exit_message_of_test_py(
+        test_tool, shapes_config('bn'), broken, options, tmp_path
+    )
+    assert msg.startswith(
         f'tools/test.py: error: Cannot read checkpoint {broken}: the file '
         '(4096 bytes) is truncated or corrupt'
     )
@@ -141,18 +143,9 @@ def test_test_tool_names_an_empty_checkpoint(
     tools/train.py --resume)."""
     empty = tmp_path / 'empty.pth'
     empty.write_bytes(b'')
-    with pytest.raises(SystemExit) as err:
-        test_tool.main(
-            [
-                shapes_config('bn'),
-                str(empty),
-                '--work-dir',
-                str(tmp_path),
-                '--cfg-options',
-                *options,
-            ]
-        )
-    message = str(err.value.code)
+    message = exit_message_of_test_py(
+        test_tool, shapes_config('bn'), empty, options, tmp_path
+    )
     assert message.startswith(
         f'tools/test.py: error: Cannot read checkpoint {empty}: the file is '
         'empty (0 bytes)'
