@@ -158,7 +158,11 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
 
     Returns:
         Config: The merged config, without ``default_hooks`` set to None
-        (see :func:`drop_disabled_hooks`).
+        (see :func:`drop_disabled_hooks`), whose text (``pretty_text``:
+        the log's config, the work dir's copy, every checkpoint's
+        ``meta['cfg']``) is written without yapf's formatting
+        (``format_python_code=False``): the same config, one key a line;
+        yapf takes about a second a write.
 
     Raises:
         FileNotFoundError: If the config file does not exist.
@@ -175,7 +179,15 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
                 f'into {path}: {err}'
             ) from err
     drop_disabled_hooks(cfg)
-    return cfg
+    # Config.fromfile passes format_python_code on only for lazy-import
+    # (pure Python) configs, so set it here.
+    return Config(
+        cfg.to_dict(),
+        cfg_text=cfg.text,
+        filename=cfg.filename,
+        env_variables=cfg.env_variables,
+        format_python_code=False,
+    )
 
 
 def drop_disabled_hooks(cfg: Config) -> None:

@@ -104,8 +104,13 @@ def test_a_run_stopped_while_loading_puts_nothing_back_later():
 
 _IMPORT_STATE = """
 import json, sys, torch
+import torch.nn.modules.module as module_globals
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
+
+def hook_registries():
+    return {k: len(v) for k, v in vars(module_globals).items()
+            if k.startswith('_global_') and isinstance(v, dict)}
 
 def state():
     return dict(
@@ -119,9 +124,17 @@ def entry_module(entry):
     return entry.__module__
 
 allowed_before = set(torch.serialization.get_safe_globals())
-before = state()
+before, hooks_before = state(), hook_registries()
 import dn_mmdet
 after = state()
+# A DN model's forward and backward (train and eval) install no hooks either.
+from mmcv.cnn import ConvModule
+model = ConvModule(3, 8, 3, norm_cfg=dict(type='DN'),
+                   act_cfg=dict(type='ReLU6'))
+model(torch.randn(2, 3, 8, 8)).sum().backward()
+with torch.no_grad():
+    model.eval()(torch.randn(2, 3, 8, 8))
+hooks_after = hook_registries()
 # torch's own modules (dynamo, DTensor) allow their types when mmdet imports
 # them; anything else would come from dn_mmdet.
 allowed = sorted(entry_module(e) for e in
@@ -133,7 +146,8 @@ stand_ins = sorted(
                               'mmengine', 'dn_mmdet')
     and not getattr(module, '__file__', None))
 print(json.dumps(dict(before=before, after=after, stand_ins=stand_ins,
-                      allowed=allowed)))
+                      allowed=allowed, hooks_before=hooks_before,
+                      hooks_after=hooks_after)))
 """
 
 
@@ -142,7 +156,10 @@ def test_importing_dn_mmdet_only_registers():
     """In a fresh process: mmengine's checkpoint loaders and HistoryBuffer's
     table are as before ``import dn_mmdet``, torch's allow-list gains no
     global of dn_mmdet's (before: the whole SAFE_GLOBALS, and the loader
-    replaced), and no stand-in module is put in sys.modules."""
+    replaced), and no stand-in module is put in sys.modules; torch's
+    process-wide module hooks are as before the import and a DN model's
+    forward and backward, in train and eval (the import once added three
+    registration hooks and the first forward a pre-hook)."""
     proc = subprocess.run(
         [sys.executable, '-c', _IMPORT_STATE],
         capture_output=True,
@@ -162,3 +179,6 @@ def test_importing_dn_mmdet_only_registers():
         == 'mmengine.runner.checkpoint.load_from_local'
     )
     assert record['stand_ins'] == []
+    assert record['hooks_after'] == record['hooks_before']
+    assert '_global_forward_pre_hooks' in record['hooks_before']
+    assert len(record['hooks_before']) >= 6

@@ -76,6 +76,25 @@ def test_cfg_options_merge():
     assert cfg.model.bbox_head.anchor_generator.ratios == [[2], [3]]
 
 
+def test_config_text_is_the_config_without_yapf(tmp_path):
+    """The text a run writes (its log, its work dir's copy, each
+    checkpoint's meta) reads back as the same config, merged options
+    included; it is mmengine's unformatted text, not yapf's."""
+    from mmengine.config import Config
+
+    cfg = _cfg('train_dataloader.batch_size=3', work_dir=str(tmp_path))
+    dumped = tmp_path / 'dumped.py'
+    cfg.dump(str(dumped))
+    assert dumped.read_text() == cfg.pretty_text
+    assert Config.fromfile(str(dumped)).to_dict() == cfg.to_dict()
+    assert cfg.train_dataloader.batch_size == 3
+    assert cfg.filename == str(CONFIG)
+    assert cfg.text == Config.fromfile(str(CONFIG)).text
+    yapf_text = Config(cfg.to_dict()).pretty_text
+    assert cfg.pretty_text != yapf_text
+    assert Config.fromstring(yapf_text, '.py').to_dict() == cfg.to_dict()
+
+
 @pytest.mark.parametrize('item', ['train_dataloader.batch_size', '=3'])
 def test_malformed_cfg_option_is_a_usage_error(train_tool, capsys, item):
     with pytest.raises(SystemExit) as info:
