@@ -5,6 +5,7 @@ report's arithmetic on known records: tests/test_analysis/
 test_study_report.py)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -101,18 +102,52 @@ def _processes_writing(path) -> list:
     return pids
 
 
+# A hook the killed study's runs import: the DN run's first segment stops
+# at the start of its second epoch, says so, and waits to be killed (a run
+# of a few tenths of a second an epoch outran the kill: it had saved its
+# second epoch's checkpoint by the time the signal came).
+STALL_HOOK = """
+import time
+from pathlib import Path
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class StallOnceHook(Hook):
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        marker = Path(__file__).with_name('stall_once')
+        first_dn_segment = 'dnb' in runner.work_dir and marker.exists()
+        if runner.epoch == 1 and batch_idx == 0 and first_dn_segment:
+            marker.unlink()
+            print('stalled at epoch 2', flush=True)
+            time.sleep(600)
+"""
+
+
 @pytest.fixture(scope='module')
 def study(tiny, tool_env, tmp_path_factory):
     """A 2-run study (BN, DN-B), killed (SIGKILL) while the second run
     trains its second epoch, then run again to the end."""
     tmp = tmp_path_factory.mktemp('norm_study')
-    spec = write_spec(tmp / 'spec.py', tiny)
+    (tmp / 'stall_once_hook.py').write_text(STALL_HOOK)
+    config = tmp / 'stall_once_config.py'
+    config.write_text(
+        f"_base_ = '{CONFIG}'\n"
+        "custom_imports = dict(imports=['dn_mmdet', 'stall_once_hook'])\n"
+        "custom_hooks = [dict(type='StallOnceHook')]\n"
+    )
+    spec = write_spec(tmp / 'spec.py', tiny, base_config=str(config))
+    tool_env = dict(
+        tool_env, PYTHONPATH=f'{tmp}{os.pathsep}{tool_env["PYTHONPATH"]}'
+    )
     out = tmp / 'study'
     runs = out / 'runs'
     bn_dir, dn_dir = (
         runs / 'bn_bs2_lr1x_seed0',
         runs / 'dnb-r16-goup_bs2_lr1x_seed0',
     )
+    (tmp / 'stall_once').touch()
     first = subprocess.Popen(
         _study_cmd(spec, out),
         stdout=subprocess.PIPE,
@@ -123,7 +158,7 @@ def study(tiny, tool_env, tmp_path_factory):
     )
     deadline = time.time() + 300
     log = dn_dir / 'train.log'
-    while not (log.is_file() and 'Epoch(train) [2][1/' in log.read_text()):
+    while not (log.is_file() and 'stalled at epoch 2' in log.read_text()):
         assert first.poll() is None, first.stdout.read()[-3000:]
         assert time.time() < deadline, 'the second run did not reach epoch 2'
         time.sleep(0.1)
@@ -243,7 +278,10 @@ def test_runs_train_the_configured_normaliser(study):
     """The run's config (mmengine dumps it into the work dir) has exactly the
     normaliser's norm_cfg, none of the base's BN keys, and the run's batch,
     lr and seed."""
-    dumped = Config.fromfile(str(study['dn_dir'] / CONFIG.name))
+    dumped = Config.fromfile(
+        str(study['dn_dir'] / 'stall_once_config.py'),
+        import_custom_modules=False,
+    )
     assert dumped.model.backbone.norm_cfg.to_dict() == DN_NORM_CFG
     assert dumped.model.neck.norm_cfg.type == 'BN'  # backbone only
     assert dumped.train_dataloader.batch_size == 2
