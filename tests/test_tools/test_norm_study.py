@@ -496,6 +496,37 @@ def test_outcome_of_a_diverged_and_a_collapsed_run(tmp_path, tiny, norm_study):
     assert 'out of memory' in failed['error']
 
 
+def test_a_run_without_its_last_validation_failed(tmp_path, tiny, norm_study):
+    """A run stopped between its last checkpoint and that epoch's
+    validation ends at once when resumed: its last logged metric is an
+    earlier epoch's, and the run failed, not finished with that metric."""
+    study = norm_study.Study(str(write_spec(tmp_path / 'spec.py', tiny)))
+    run_dir = tmp_path / 'run'
+    (run_dir / '20240101_000000/vis_data').mkdir(parents=True)
+    (run_dir / '20240101_000000/vis_data/scalars.json').write_text(
+        '{"coco/bbox_mAP": 0.2, "step": 1}\n'
+    )
+    log = run_dir / 'train.log'
+    log.write_text(
+        'Epoch(val) [1][2/2]    coco/bbox_mAP: 0.2000\n'
+        'Saving checkpoint at 2 epochs\n'
+        'resumed epoch: 2, iter: 6\n'
+    )
+    stopped = norm_study.run_outcome(study, str(run_dir), 0, max_epochs=2)
+    assert stopped['status'] == 'failed'
+    assert stopped['final'] == 0.2 and stopped['last_epoch'] == 1
+    assert 'epoch 2, the last, was never validated' in stopped['error']
+    assert 'tools/test.py' in stopped['error']
+    with log.open('a') as f:
+        f.write('Epoch(val) [2][2/2]    coco/bbox_mAP: 0.3000\n')
+    (run_dir / '20240101_000000/vis_data/scalars.json').write_text(
+        '{"coco/bbox_mAP": 0.2, "step": 1}\n'
+        '{"coco/bbox_mAP": 0.3, "step": 2}\n'
+    )
+    done = norm_study.run_outcome(study, str(run_dir), 0, max_epochs=2)
+    assert (done['status'], done['final']) == ('finished', 0.3)
+
+
 # ---------------------------------------------------------------------- #
 # The command line's dry run; one study a directory
 # ---------------------------------------------------------------------- #

@@ -158,8 +158,20 @@ def ended_status(study: Study, final: Optional[float]) -> dict:
     return dict(status='collapsed' if collapsed else 'finished', error=None)
 
 
-def run_outcome(study: Study, run_dir: str, returncode: int) -> dict:
-    """Status, metrics and error of a run whose process ended."""
+def run_outcome(
+    study: Study,
+    run_dir: str,
+    returncode: int,
+    max_epochs: Optional[int] = None,
+) -> dict:
+    """Status, metrics and error of a run whose process ended.
+
+    A run that ended normally without validating its last epoch
+    (``max_epochs``) failed: mmengine saves an epoch's checkpoint before it
+    validates the epoch, so a run stopped in between and resumed from that
+    checkpoint ends at once, and its last logged metric is an earlier
+    epoch's.
+    """
     curve = read_curve(run_dir, study.metric)
     outcome: Dict[str, Any] = dict(curve={str(k): v for k, v in curve.items()})
     if curve:
@@ -176,7 +188,21 @@ def run_outcome(study: Study, run_dir: str, returncode: int) -> dict:
         outcome.update(final=None, best=None, best_epoch=None, last_epoch=None)
     log = osp.join(run_dir, LOG_FILE)
     nonfinite = _error_line(log, r'NonFiniteError')
-    if returncode == 0:
+    unvalidated = (
+        returncode == 0
+        and max_epochs is not None
+        and _error_line(log, rf'Epoch\(val\) +\[{max_epochs}\]\[') is None
+    )
+    if unvalidated:
+        outcome.update(
+            status='failed',
+            error=f'epoch {max_epochs}, the last, was never validated: the '
+            'run stopped after saving its checkpoint and before validating '
+            'it, and resumed from it with nothing left to train. Evaluate '
+            'that checkpoint with tools/test.py, or delete the run folder '
+            'to train the run again',
+        )
+    elif returncode == 0:
         outcome.update(ended_status(study, outcome['final']))
     elif nonfinite is not None:
         outcome.update(status='diverged', error=nonfinite)

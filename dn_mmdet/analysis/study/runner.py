@@ -349,7 +349,7 @@ class StudyRunner:
         epochs = run_max_epochs(self.study, self.base, run)
         returncode = self._train(command, run_dir, state, mean_wall, epochs)
         state['segments'][-1][1] = time.time()
-        outcome = run_outcome(self.study, run_dir, returncode)
+        outcome = run_outcome(self.study, run_dir, returncode, epochs)
         state['result'] = outcome
         if outcome['status'] in FINAL:
             keep_checkpoints(run_dir, self.study.keep_checkpoints)
