@@ -161,8 +161,8 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
         (see :func:`drop_disabled_hooks`), whose text (``pretty_text``:
         the log's config, the work dir's copy, every checkpoint's
         ``meta['cfg']``) is written without yapf's formatting
-        (``format_python_code=False``): the same config, one key a line;
-        yapf takes about a second a write.
+        (``format_python_code=False``): the same config, one key a line,
+        without the formatting pass that made each write slow.
 
     Raises:
         FileNotFoundError: If the config file does not exist.
