@@ -128,14 +128,19 @@ def read_curve(run_dir: str, metric: str) -> Dict[int, float]:
     return dict(sorted(values.items()))
 
 
-def _error_line(log_path: str, pattern: str) -> Optional[str]:
-    """The last line of the log's tail matching ``pattern``."""
+def _log_tail(log_path: str) -> List[str]:
+    """The lines of the log's last 64 KiB (none without a log)."""
     if not osp.isfile(log_path):
-        return None
+        return []
     with open(log_path, 'rb') as f:
         f.seek(max(0, osp.getsize(log_path) - 65536))
-        tail = f.read().decode('utf-8', 'replace').splitlines()
-    matches = [line.strip() for line in tail if re.search(pattern, line)]
+        return f.read().decode('utf-8', 'replace').splitlines()
+
+
+def _last_match(lines: List[str], pattern: str) -> Optional[str]:
+    """The last of ``lines`` matching ``pattern``, stripped and cut to 500
+    characters."""
+    matches = [line.strip() for line in lines if re.search(pattern, line)]
     return matches[-1][:500] if matches else None
 
 
@@ -186,12 +191,12 @@ def run_outcome(
         )
     else:
         outcome.update(final=None, best=None, best_epoch=None, last_epoch=None)
-    log = osp.join(run_dir, LOG_FILE)
-    nonfinite = _error_line(log, r'NonFiniteError')
+    tail = _log_tail(osp.join(run_dir, LOG_FILE))
+    nonfinite = _last_match(tail, r'NonFiniteError')
     unvalidated = (
         returncode == 0
         and max_epochs is not None
-        and _error_line(log, rf'Epoch\(val\) +\[{max_epochs}\]\[') is None
+        and _last_match(tail, rf'Epoch\(val\) +\[{max_epochs}\]\[') is None
     )
     if unvalidated:
         outcome.update(
@@ -209,7 +214,7 @@ def run_outcome(
     else:
         outcome.update(
             status='failed',
-            error=_error_line(log, r'(Error|Exception|error:)')
+            error=_last_match(tail, r'(Error|Exception|error:)')
             or f'exit status {returncode}',
         )
     outcome['returncode'] = returncode
