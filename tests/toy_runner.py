@@ -2,7 +2,8 @@
 
 A whole run takes a fraction of a second, yet goes through everything the
 hooks and utilities rely on: ``BaseModel.train_step``, ``OptimWrapper``,
-parameter schedulers, validation with a metric, ``CheckpointHook`` writing
+parameter schedulers, validation with a metric, ``CheckpointAfterValHook``
+(mmengine's ``CheckpointHook``, as the project's runtime configs) writing
 real files through the atomic backend, resume. The dataset draws from
 ``random``, ``numpy`` and ``torch`` for each sample (as mmdet's transforms
 do), so a seeding bug changes the trained weights; the metric returns numpy
@@ -190,7 +191,7 @@ def build_runner(
         logger=dict(type='LoggerHook', interval=1),
         checkpoint=checkpoint
         or dict(
-            type='CheckpointHook',
+            type='CheckpointAfterValHook',
             interval=1,
             max_keep_ckpts=2,
             backend_args=dict(backend='atomic_local'),

@@ -18,5 +18,7 @@ PY="$VENV/bin/python"
 # tests run one thread a process (tests/conftest.py). A module's tests stay
 # on one worker (loadscope), so a module-scoped fixture, such as one
 # training run that several tests read, is built once. A later -n in the
-# arguments wins (-n 0: no workers).
-exec "$PY" -m pytest tests -n 2 --dist loadscope --no-loadscope-reorder "$@"
+# arguments wins (-n 0: no workers). The ten slowest tests are listed
+# above the summary line, so that a test that grows slow shows in CI's log.
+exec "$PY" -m pytest tests -n 2 --dist loadscope --no-loadscope-reorder \
+  --durations=10 "$@"

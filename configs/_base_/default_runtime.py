@@ -12,7 +12,10 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(
-        type='CheckpointHook',
+        # mmengine's CheckpointHook, but an epoch that is validated is saved
+        # after its validation: a run stopped in between resumes there and
+        # validates it, instead of skipping it.
+        type='CheckpointAfterValHook',
         interval=1,
         # CheckpointHook deletes the oldest kept checkpoint *before* writing
         # the next one, so keep at least 2: a crash during that write must

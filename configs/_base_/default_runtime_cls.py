@@ -7,7 +7,7 @@ default_scope = 'mmpretrain'
 
 default_hooks = dict(
     # 'auto': the first metric of the val evaluator, accuracy/top1.
-    checkpoint=dict(save_best='auto'),
+    checkpoint=dict(type='mmdet.CheckpointAfterValHook', save_best='auto'),
     # dn_mmdet's hooks live in mmdet's registry; the scope prefix finds them
     # from the mmpretrain scope.
     safe_checkpoint_loader=dict(type='mmdet.SafeCheckpointLoaderHook'),

@@ -15,7 +15,7 @@ custom_imports = dict(imports=['dn_mmdet'], allow_failed_imports=False)
 
 default_hooks = dict(
     checkpoint=dict(
-        type='CheckpointHook',
+        type='CheckpointAfterValHook',
         interval=1,
         max_keep_ckpts=3,
         save_best='coco/bbox_mAP',

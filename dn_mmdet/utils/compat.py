@@ -177,9 +177,14 @@ def _unpickling_allowed_globals() -> Iterator[None]:
             yield
     finally:
         # Whatever a file put there (HistoryBuffer.__setstate__ merges its
-        # pickled table into the class's), the process keeps its own.
+        # pickled table into the class's), the process keeps its own, with
+        # the built-in methods every HistoryBuffer's __init__ or
+        # __setstate__ registers: a process that loads buffers before it
+        # makes one has them only from here.
         statistics.clear()
         statistics.update(saved)
+        for name in _HISTORY_BUFFER_METHODS:
+            statistics.setdefault(name, getattr(HistoryBuffer, name))
 
 
 def _disallowed_globals(filename: str) -> List[str]:

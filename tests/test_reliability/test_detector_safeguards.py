@@ -6,11 +6,11 @@ import re
 
 import pytest
 import torch
-from mmengine.hooks import CheckpointHook
 from mmengine.registry import MODELS
 from mmengine.runner import Runner, load_checkpoint
 
 from dn_mmdet.engine.hooks import (
+    CheckpointAfterValHook,
     CheckpointMatchHook,
     NonFiniteCheckHook,
     NonFiniteError,
@@ -20,7 +20,12 @@ from dn_mmdet.utils import load_from_local, safe_checkpoint_loading
 
 # A DN layer in the middle of the backbone (stage 3 of MobileNetV2).
 DN_LAYER = 'backbone.stage3.1.depthwise_conv.dn'
-SAFEGUARDS = (NonFiniteCheckHook, NormInputCheckHook, CheckpointMatchHook)
+SAFEGUARDS = (
+    NonFiniteCheckHook,
+    NormInputCheckHook,
+    CheckpointMatchHook,
+    CheckpointAfterValHook,
+)
 
 
 def _finite(path):
@@ -39,8 +44,10 @@ def test_configs_enable_safeguards_by_default(
     runner = Runner.from_cfg(shapes_cfg(kind, shapes_data, tmp_path))
     types = [type(h) for h in runner.hooks]
     assert all(t in types for t in SAFEGUARDS)
-    # Every after_train_iter check runs before CheckpointHook saves.
-    assert types.index(NonFiniteCheckHook) < types.index(CheckpointHook)
+    # Every after_train_iter check runs before the checkpoint hook saves.
+    assert types.index(NonFiniteCheckHook) < types.index(
+        CheckpointAfterValHook
+    )
 
 
 @pytest.mark.slow

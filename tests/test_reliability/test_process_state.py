@@ -50,6 +50,23 @@ def test_loading_a_checkpoint_keeps_the_statistics_methods(crafted_checkpoint):
     assert HistoryBuffer([1, 2, 3], [1, 1, 1]).statistics('max') == 3
 
 
+def test_buffers_loaded_before_any_is_made_have_the_statistics(
+    crafted_checkpoint, monkeypatch
+):
+    """A resumed process whose first log buffers come from the checkpoint
+    (a checkpoint written after validation holds every key the run logs)
+    computes their statistics as with mmengine's own loader."""
+    monkeypatch.setattr(HistoryBuffer, '_statistics_methods', {})
+    loaded = compat.load_from_local(str(crafted_checkpoint))
+    buffer = loaded['message_hub']['log_scalars']['loss']
+    assert buffer.statistics('mean') == 2
+    assert buffer.statistics('max') == 3
+    assert HistoryBuffer._statistics_methods == {
+        name: getattr(HistoryBuffer, name)
+        for name in ('min', 'max', 'current', 'mean')
+    }
+
+
 def test_allow_list_holds_only_while_loading(crafted_checkpoint):
     before = set(torch.serialization.get_safe_globals())
     compat.load_from_local(str(crafted_checkpoint))

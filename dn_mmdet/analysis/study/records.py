@@ -172,10 +172,12 @@ def run_outcome(
     """Status, metrics and error of a run whose process ended.
 
     A run that ended normally without validating its last epoch
-    (``max_epochs``) failed: mmengine saves an epoch's checkpoint before it
-    validates the epoch, so a run stopped in between and resumed from that
-    checkpoint ends at once, and its last logged metric is an earlier
-    epoch's.
+    (``max_epochs``) failed: mmengine's ``CheckpointHook`` saves an epoch's
+    checkpoint before it validates the epoch, so a run stopped in between
+    and resumed from that checkpoint ends at once, and its last logged
+    metric is an earlier epoch's. (The project's runtime configs save with
+    :class:`~dn_mmdet.engine.hooks.CheckpointAfterValHook`, which leaves no
+    such run; a config with mmengine's hook can.)
     """
     curve = read_curve(run_dir, study.metric)
     outcome: Dict[str, Any] = dict(curve={str(k): v for k, v in curve.items()})
