@@ -34,9 +34,13 @@ def test_logs_the_expected_duration_once_after_the_measured_iterations(
     runner.train()
     lines = _lines(tmp_path, runner)
     assert len(lines) == 1
-    total, _, iters, per_iter, validation, left, _ = lines[0].groups()
+    total, unit, iters, per_iter, validation, left, _ = lines[0].groups()
     assert int(iters) == runner.max_iters == 6
-    assert float(per_iter) > 0 and float(total) > 0
+    assert float(per_iter) > 0
+    # The whole run at that speed, to the 0.1 s the line rounds to (a fast
+    # machine's 6 toy iterations take less than 0.05 s).
+    assert unit == 's'
+    assert abs(float(total) - 6 * float(per_iter)) <= 0.05 + 1e-9
     assert validation == ' (+ validation every 1 epochs)'
     # Logged after iteration 3 of 6: 3 left.
     assert float(left) >= 0
