@@ -1,6 +1,8 @@
 """CheckpointAfterValHook: a run stopped between an epoch's checkpoint and
 its validation still validates the epoch when resumed."""
 
+import itertools
+
 import pytest
 import torch
 from mmengine.hooks import Hook
@@ -36,15 +38,14 @@ class _Validations(Hook):
         self.seen.append((runner.epoch, dict(metrics)))
 
 
-def _checkpoint(kind, **options):
+def _checkpoint(kind, max_keep_ckpts=2):
     return dict(
         type=kind,
         interval=1,
-        max_keep_ckpts=2,
+        max_keep_ckpts=max_keep_ckpts,
         save_best='xent',
         rule='less',
         backend_args=dict(backend='atomic_local'),
-        **options,
     )
 
 
@@ -103,21 +104,34 @@ def test_control_mmengine_checkpoint_hook_skips_that_validation(tmp_path, toy):
     assert seen == []
 
 
-@pytest.mark.parametrize('val_interval', [1, 2])
-def test_checkpoints_are_those_of_checkpoint_hook(tmp_path, toy, val_interval):
+# The last: from epoch 1 on, the loop validates every 3rd epoch, a change it
+# makes only after epoch 1 has trained (so the hook expects a validation at
+# epoch 1 that does not come, and saves the epoch before epoch 2 instead).
+INTERVALS = [
+    dict(val_interval=1),
+    dict(val_interval=2),
+    dict(val_interval=1, dynamic_intervals=[(1, 3)]),
+]
+
+
+@pytest.mark.parametrize(
+    'intervals', INTERVALS, ids=['every', 'every-2nd', 'dynamic']
+)
+def test_checkpoints_are_those_of_checkpoint_hook(tmp_path, toy, intervals):
     """Same files, ``last_checkpoint``, ``meta`` and kept checkpoints as
-    CheckpointHook, epochs with and without validation."""
+    CheckpointHook (with two kept: the oldest deleted; with three: every
+    epoch's), epochs with and without validation."""
     runs = {}
-    for kind in ('CheckpointHook', 'CheckpointAfterValHook'):
-        work_dir = tmp_path / kind
+    for kind, keep in itertools.product(
+        ('CheckpointHook', 'CheckpointAfterValHook'), (2, 3)
+    ):
+        work_dir = tmp_path / f'{kind}_{keep}'
         toy.build_runner(
             work_dir,
             max_epochs=3,
             validate=True,
-            checkpoint=_checkpoint(kind),
-            train_cfg=dict(
-                by_epoch=True, max_epochs=3, val_interval=val_interval
-            ),
+            checkpoint=_checkpoint(kind, keep),
+            train_cfg=dict(by_epoch=True, max_epochs=3, **intervals),
         ).train()
         files = sorted(p.name for p in work_dir.glob('*.pth'))
         metas = {
@@ -125,16 +139,22 @@ def test_checkpoints_are_those_of_checkpoint_hook(tmp_path, toy, val_interval):
             for name in files
         }
         last = (work_dir / 'last_checkpoint').read_text()
-        runs[kind] = (
+        runs[kind, keep] = (
             files,
             {n: (m['epoch'], m['iter']) for n, m in metas.items()},
             last.replace(str(work_dir), ''),
         )
-    assert runs['CheckpointAfterValHook'] == runs['CheckpointHook']
-    files, metas, last = runs['CheckpointHook']
+    for keep in (2, 3):
+        assert (
+            runs['CheckpointAfterValHook', keep]
+            == runs['CheckpointHook', keep]
+        )
+    files, metas, last = runs['CheckpointHook', 2]
     assert 'epoch_3.pth' in files and 'epoch_1.pth' not in files
     assert metas['epoch_3.pth'] == (3, 6)
     assert last.endswith('epoch_3.pth')
+    files = runs['CheckpointHook', 3][0]
+    assert {'epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth'} <= set(files)
 
 
 def test_a_resumed_checkpoint_of_a_validated_epoch_continues(tmp_path, toy):
