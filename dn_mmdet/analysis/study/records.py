@@ -195,10 +195,13 @@ def run_outcome(
         outcome.update(final=None, best=None, best_epoch=None, last_epoch=None)
     tail = _log_tail(osp.join(run_dir, LOG_FILE))
     nonfinite = _last_match(tail, r'NonFiniteError')
+    # The curve holds every validated epoch. (Without any metric, the
+    # validation logged none: ended_status says so.)
     unvalidated = (
         returncode == 0
         and max_epochs is not None
-        and _last_match(tail, rf'Epoch\(val\) +\[{max_epochs}\]\[') is None
+        and curve
+        and outcome['last_epoch'] != max_epochs
     )
     if unvalidated:
         outcome.update(
