@@ -16,6 +16,7 @@ import pytest
 from helpers import REPO, free_port
 from mmengine.config import Config, DictAction
 
+from dn_mmdet.analysis.study.supervise import live_processes
 from dn_mmdet.utils import load_from_local
 
 CONFIG = REPO / 'configs/ssdlite/ssdlite_mobilenetv2-bn_1xb16-cpu_shapes.py'
@@ -680,6 +681,13 @@ def test_a_run_still_training_is_not_started_beside(
         start_new_session=True,
     )
     try:
+        # The process as the study will look for it (on a loaded machine a
+        # clean-clone CI once saw none and trained the run).
+        deadline = time.time() + 60
+        while live_processes(alive.pid, str(run_dir)) != [alive.pid]:
+            assert alive.poll() is None, f'exited: {alive.returncode}'
+            assert time.time() < deadline, 'not seen in /proc'
+            time.sleep(0.1)
         (run_dir / 'norm_study_run.json').write_text(
             json.dumps(dict(pgid=alive.pid, segments=[[1.0, None]]))
         )
